@@ -1,1 +1,20 @@
-//! koala-graph
+//! koala-graph: ONNX model IO, checks, trainable selection, loss heads and
+//! the backward-graph compiler that turns an inference model into a
+//! training graph of standard ONNX operators.
+
+pub mod attrs;
+pub mod backward;
+pub mod facts;
+pub mod loss;
+pub mod model;
+pub mod probe;
+pub mod proto;
+pub mod tensor;
+pub mod trainable;
+pub mod training;
+
+pub use backward::{BackwardOptions, ConvWeightGrad};
+pub use loss::LossSpec;
+pub use model::Model;
+pub use trainable::TrainableSpec;
+pub use training::{build, TrainingGraph, TrainingSpec};

@@ -1,0 +1,386 @@
+//! Gradients of Conv and ConvTranspose (any spatial rank, groups incl.
+//! depthwise, strides, explicit pads or auto_pad, dilations).
+//!
+//! Conv:  dX = ConvTranspose(dY, W) with the forward's geometry (an
+//! output_padding makes the result exactly X's size); dW is a correlation of
+//! X with dY, written either as one Conv on transposed operands (batch
+//! becomes the channel axis, forward strides become dilations) or, for
+//! depthwise convs, as one shifted slice of X per kernel tap times dY.
+//! dB = ReduceSum(dY) over batch and space.
+
+use super::{ConvWeightGrad, GradCtx, RuleInput};
+use crate::attrs::{self, a_int, a_ints};
+use anyhow::{bail, Result};
+
+/// Geometry of a Conv node resolved to explicit numbers.
+#[derive(Clone, Debug)]
+struct Geometry {
+    kernel: Vec<usize>,
+    strides: Vec<usize>,
+    dilations: Vec<usize>,
+    pads_begin: Vec<usize>,
+    pads_end: Vec<usize>,
+    group: usize,
+}
+
+impl Geometry {
+    fn pads_attr(&self) -> Vec<i64> {
+        self.pads_begin
+            .iter()
+            .chain(&self.pads_end)
+            .map(|&p| p as i64)
+            .collect()
+    }
+}
+
+/// Resolves attributes (incl. auto_pad) for a conv whose input spatial size
+/// is `in_sp` and output spatial size is `out_sp`.
+fn geometry(
+    r: &RuleInput,
+    kernel: Vec<usize>,
+    in_sp: &[usize],
+    out_sp: &[usize],
+) -> Result<Geometry> {
+    let n = kernel.len();
+    let get = |name: &str| {
+        attrs::ints(r.node, name).map(|v| v.into_iter().map(|x| x as usize).collect::<Vec<_>>())
+    };
+    let strides = get("strides").unwrap_or(vec![1; n]);
+    let dilations = get("dilations").unwrap_or(vec![1; n]);
+    let group = attrs::int(r.node, "group", 1) as usize;
+    let auto_pad = attrs::string(r.node, "auto_pad", "NOTSET");
+    let (pads_begin, pads_end) = match auto_pad.as_str() {
+        "NOTSET" => {
+            let p = get("pads").unwrap_or(vec![0; 2 * n]);
+            (p[..n].to_vec(), p[n..].to_vec())
+        }
+        "VALID" => (vec![0; n], vec![0; n]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut b = vec![0; n];
+            let mut e = vec![0; n];
+            for i in 0..n {
+                let need = (out_sp[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1;
+                let total = need.saturating_sub(in_sp[i]);
+                let small = total / 2;
+                if auto_pad == "SAME_UPPER" {
+                    (b[i], e[i]) = (small, total - small);
+                } else {
+                    (b[i], e[i]) = (total - small, small);
+                }
+            }
+            (b, e)
+        }
+        other => bail!("unknown auto_pad '{other}'"),
+    };
+    Ok(Geometry {
+        kernel,
+        strides,
+        dilations,
+        pads_begin,
+        pads_end,
+        group,
+    })
+}
+
+/// Conv(X, W, B?) → Y.
+pub fn conv(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let (x, w, dy) = (
+        r.input(0).to_string(),
+        r.input(1).to_string(),
+        r.dy0()?.to_string(),
+    );
+    let xs = ctx.shape(&x)?;
+    let ws = ctx.shape(&w)?;
+    let ys = ctx.shape(r.output(0))?;
+    let g = geometry(r, ws[2..].to_vec(), &xs[2..], &ys[2..])?;
+    let mut out = r.none();
+    if r.need(0) {
+        out[0] = Some(conv_input_grad(ctx, &dy, &w, &xs, &ys, &g)?);
+    }
+    if r.need(1) {
+        let depthwise = g.group == xs[1] && ws[0] == xs[1] && ws[1] == 1;
+        out[1] = Some(
+            if depthwise && r.options.conv_weight_grad == ConvWeightGrad::UnfoldDepthwise {
+                depthwise_weight_grad_unfold(ctx, &x, &dy, &xs, &ys, &g)?
+            } else {
+                conv_weight_grad(ctx, &x, &dy, &xs, &ws, &ys, &g)?
+            },
+        );
+    }
+    if r.node.input.len() > 2 && r.need(2) {
+        let axes: Vec<i64> = std::iter::once(0).chain(2..ys.len() as i64).collect();
+        out[2] = Some(ctx.reduce_sum(&dy, &axes, false)?);
+    }
+    Ok(out)
+}
+
+/// dX of a Conv: ConvTranspose of dY with the same weights and geometry.
+fn conv_input_grad(
+    ctx: &mut GradCtx,
+    dy: &str,
+    w: &str,
+    xs: &[usize],
+    ys: &[usize],
+    g: &Geometry,
+) -> Result<String> {
+    let n = g.kernel.len();
+    let mut out_pad = vec![0i64; n];
+    for i in 0..n {
+        let produced = g.strides[i] * (ys[2 + i] - 1) + (g.kernel[i] - 1) * g.dilations[i] + 1;
+        let produced = produced as i64 - g.pads_begin[i] as i64 - g.pads_end[i] as i64;
+        out_pad[i] = xs[2 + i] as i64 - produced;
+        if out_pad[i] < 0 {
+            bail!(
+                "cannot size the input gradient (spatial axis {i}: {produced} > {})",
+                xs[2 + i]
+            );
+        }
+    }
+    let dt = ctx.dtype(dy)?;
+    let attrs = vec![
+        a_int("group", g.group as i64),
+        a_ints(
+            "kernel_shape",
+            &g.kernel.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints(
+            "strides",
+            &g.strides.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints(
+            "dilations",
+            &g.dilations.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints("pads", &g.pads_attr()),
+        a_ints("output_padding", &out_pad),
+    ];
+    Ok(ctx.emit_shaped("ConvTranspose", &[dy, w], attrs, dt, xs.to_vec()))
+}
+
+/// dW of a Conv as one Conv over transposed operands:
+/// Xr = X as [Cin/g, g·N, *S], dYr = dY as [Cout, N, *OS];
+/// Conv(Xr, dYr, group g, strides = forward dilations, dilations = forward
+/// strides, forward pads) = [Cin/g, Cout, *K'], sliced to K and transposed.
+fn conv_weight_grad(
+    ctx: &mut GradCtx,
+    x: &str,
+    dy: &str,
+    xs: &[usize],
+    ws: &[usize],
+    ys: &[usize],
+    g: &Geometry,
+) -> Result<String> {
+    let (nb, cin, cout, grp) = (xs[0], xs[1], ys[1], g.group);
+    let (cin_g, cout_g) = (cin / grp, cout / grp);
+    let sp = &xs[2..];
+    let osp = &ys[2..];
+    let rank = xs.len();
+    let tail: Vec<usize> = (3..rank + 1).collect();
+    // Xr: [N, g, Cin_g, *S] -> [Cin_g, g, N, *S] -> [Cin_g, g*N, *S]
+    let xr = if grp == 1 {
+        let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
+        ctx.transpose(x, &perm)?
+    } else {
+        let s5: Vec<usize> = [nb, grp, cin_g]
+            .into_iter()
+            .chain(sp.iter().copied())
+            .collect();
+        let x5 = ctx.reshape(x, &s5)?;
+        let perm: Vec<usize> = [2, 1, 0].into_iter().chain(tail.iter().copied()).collect();
+        let t = ctx.transpose(&x5, &perm)?;
+        let s4: Vec<usize> = [cin_g, grp * nb]
+            .into_iter()
+            .chain(sp.iter().copied())
+            .collect();
+        ctx.reshape(&t, &s4)?
+    };
+    // dYr: [N, g, Cout_g, *OS] -> [g, Cout_g, N, *OS] -> [Cout, N, *OS]
+    let dyr = if grp == 1 {
+        let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
+        ctx.transpose(dy, &perm)?
+    } else {
+        let s5: Vec<usize> = [nb, grp, cout_g]
+            .into_iter()
+            .chain(osp.iter().copied())
+            .collect();
+        let d5 = ctx.reshape(dy, &s5)?;
+        let perm: Vec<usize> = [1, 2, 0].into_iter().chain(tail.iter().copied()).collect();
+        let t = ctx.transpose(&d5, &perm)?;
+        let s4: Vec<usize> = [cout, nb].into_iter().chain(osp.iter().copied()).collect();
+        ctx.reshape(&t, &s4)?
+    };
+    let n = g.kernel.len();
+    let kprime: Vec<usize> = (0..n)
+        .map(|i| {
+            (sp[i] + g.pads_begin[i] + g.pads_end[i] - ((osp[i] - 1) * g.strides[i] + 1))
+                / g.dilations[i]
+                + 1
+        })
+        .collect();
+    let dt = ctx.dtype(x)?;
+    let zshape: Vec<usize> = [cin_g, cout]
+        .into_iter()
+        .chain(kprime.iter().copied())
+        .collect();
+    let attrs = vec![
+        a_int("group", grp as i64),
+        a_ints(
+            "kernel_shape",
+            &osp.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints(
+            "strides",
+            &g.dilations.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints(
+            "dilations",
+            &g.strides.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints("pads", &g.pads_attr()),
+    ];
+    let mut z = ctx.emit_shaped("Conv", &[&xr, &dyr], attrs, dt, zshape);
+    if kprime != g.kernel {
+        z = slice_spatial(ctx, &z, &g.kernel)?;
+    }
+    let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
+    let dw = ctx.transpose(&z, &perm)?;
+    ctx.reshape(&dw, ws)
+}
+
+/// Keeps the first `keep[i]` entries of each spatial axis (axes 2..).
+fn slice_spatial(ctx: &mut GradCtx, z: &str, keep: &[usize]) -> Result<String> {
+    let mut shape = ctx.shape(z)?;
+    let dt = ctx.dtype(z)?;
+    let starts = ctx.const_i64(&vec![0; keep.len()]);
+    let ends = ctx.const_i64(&keep.iter().map(|&k| k as i64).collect::<Vec<_>>());
+    let axes = ctx.const_i64(&(2..2 + keep.len() as i64).collect::<Vec<_>>());
+    for (i, &k) in keep.iter().enumerate() {
+        shape[2 + i] = k;
+    }
+    Ok(ctx.emit_shaped("Slice", &[z, &starts, &ends, &axes], vec![], dt, shape))
+}
+
+/// dW of a depthwise conv (multiplier 1) as a sum over kernel taps: for tap
+/// k, the strided slice of the zero-padded X that meets each output position,
+/// times dY, summed over batch and space. Memory-light and free of the big
+/// kernels the transposed-conv form needs.
+fn depthwise_weight_grad_unfold(
+    ctx: &mut GradCtx,
+    x: &str,
+    dy: &str,
+    xs: &[usize],
+    ys: &[usize],
+    g: &Geometry,
+) -> Result<String> {
+    let n = g.kernel.len();
+    let dt = ctx.dtype(x)?;
+    let pads: Vec<i64> = [0i64, 0]
+        .into_iter()
+        .chain(g.pads_begin.iter().map(|&p| p as i64))
+        .chain([0i64, 0])
+        .chain(g.pads_end.iter().map(|&p| p as i64))
+        .collect();
+    let padded_shape: Vec<usize> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i < 2 {
+                d
+            } else {
+                d + g.pads_begin[i - 2] + g.pads_end[i - 2]
+            }
+        })
+        .collect();
+    let xp = if pads.iter().any(|&p| p != 0) {
+        let p = ctx.const_i64(&pads);
+        ctx.emit_shaped("Pad", &[x, &p], vec![], dt, padded_shape)
+    } else {
+        x.to_string()
+    };
+    let taps: usize = g.kernel.iter().product();
+    let axes_all: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
+    let axes = ctx.const_i64(&(2..2 + n as i64).collect::<Vec<_>>());
+    let steps = ctx.const_i64(&g.strides.iter().map(|&s| s as i64).collect::<Vec<_>>());
+    let mut per_tap = Vec::with_capacity(taps);
+    for t in 0..taps {
+        let mut rem = t;
+        let mut idx = vec![0usize; n];
+        for i in (0..n).rev() {
+            idx[i] = rem % g.kernel[i];
+            rem /= g.kernel[i];
+        }
+        let starts: Vec<i64> = (0..n).map(|i| (idx[i] * g.dilations[i]) as i64).collect();
+        let ends: Vec<i64> = (0..n)
+            .map(|i| starts[i] + ((ys[2 + i] - 1) * g.strides[i] + 1) as i64)
+            .collect();
+        let s = ctx.const_i64(&starts);
+        let e = ctx.const_i64(&ends);
+        let sl = ctx.emit_shaped(
+            "Slice",
+            &[&xp, &s, &e, &axes, &steps],
+            vec![],
+            dt,
+            ys.to_vec(),
+        );
+        let prod = ctx.binary("Mul", &sl, dy)?;
+        let red = ctx.reduce_sum(&prod, &axes_all, false)?; // [C]
+        per_tap.push(ctx.unsqueeze(&red, &[1])?); // [C, 1]
+    }
+    let refs: Vec<&str> = per_tap.iter().map(|s| s.as_str()).collect();
+    let c = xs[1];
+    let cat = ctx.emit_shaped("Concat", &refs, vec![a_int("axis", 1)], dt, vec![c, taps]);
+    let wshape: Vec<usize> = [c, 1].into_iter().chain(g.kernel.iter().copied()).collect();
+    ctx.reshape(&cat, &wshape)
+}
+
+/// ConvTranspose(X, W, B?) → Y. Its input gradient is a Conv of dY with the
+/// same weights; its weight gradient is the Conv weight gradient with the
+/// roles of X and dY swapped.
+pub fn conv_transpose(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let (x, w, dy) = (
+        r.input(0).to_string(),
+        r.input(1).to_string(),
+        r.dy0()?.to_string(),
+    );
+    let xs = ctx.shape(&x)?;
+    let ws = ctx.shape(&w)?;
+    let ys = ctx.shape(r.output(0))?;
+    if attrs::get(r.node, "output_shape").is_some() && attrs::get(r.node, "pads").is_none() {
+        bail!("ConvTranspose with output_shape and implicit pads is not supported; export the model with explicit pads");
+    }
+    // The transposed conv Y = ConvT(X) is the input-gradient of a conv
+    // Y -> X; resolve that conv's geometry (its input is Y, its output X).
+    let g = geometry(r, ws[2..].to_vec(), &ys[2..], &xs[2..])?;
+    let mut out = r.none();
+    if r.need(0) {
+        let dt = ctx.dtype(&dy)?;
+        let attrs = vec![
+            a_int("group", g.group as i64),
+            a_ints(
+                "kernel_shape",
+                &g.kernel.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+            ),
+            a_ints(
+                "strides",
+                &g.strides.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+            ),
+            a_ints(
+                "dilations",
+                &g.dilations.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+            ),
+            a_ints("pads", &g.pads_attr()),
+        ];
+        out[0] = Some(ctx.emit_shaped("Conv", &[&dy, &w], attrs, dt, xs.clone()));
+    }
+    if r.need(1) {
+        // W of ConvTranspose is [Cin, Cout/g, *K]; as the forward conv dY -> X
+        // it has the Conv layout [C_out' = Cin, C_in'/g = Cout/g, *K], so the
+        // Conv weight gradient with input dY and output-gradient X applies.
+        out[1] = Some(conv_weight_grad(ctx, &dy, &x, &ys, &ws, &xs, &g)?);
+    }
+    if r.node.input.len() > 2 && r.need(2) {
+        let axes: Vec<i64> = std::iter::once(0).chain(2..ys.len() as i64).collect();
+        out[2] = Some(ctx.reduce_sum(&dy, &axes, false)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,86 @@
+//! Gradients of broadcasting arithmetic: Add, Sub, Mul, Div, Neg.
+//!
+//! Each operand's gradient is the output gradient (times the other operand's
+//! local derivative) summed back over the axes it was broadcast along.
+
+use super::{GradCtx, RuleInput};
+use anyhow::Result;
+
+/// Y = A + B.
+pub fn add(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let mut out = r.none();
+    for i in 0..2 {
+        if r.need(i) {
+            let t = ctx.shape(r.input(i))?;
+            out[i] = Some(ctx.unbroadcast(&dy, &t)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Y = A − B.
+pub fn sub(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let mut out = r.none();
+    if r.need(0) {
+        let t = ctx.shape(r.input(0))?;
+        out[0] = Some(ctx.unbroadcast(&dy, &t)?);
+    }
+    if r.need(1) {
+        let t = ctx.shape(r.input(1))?;
+        let neg = negate(ctx, &dy)?;
+        out[1] = Some(ctx.unbroadcast(&neg, &t)?);
+    }
+    Ok(out)
+}
+
+/// Y = −X.
+pub fn neg(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    Ok(vec![Some(negate(ctx, &dy)?)])
+}
+
+fn negate(ctx: &mut GradCtx, x: &str) -> Result<String> {
+    let shape = ctx.shape(x)?;
+    let dt = ctx.dtype(x)?;
+    Ok(ctx.emit_shaped("Neg", &[x], vec![], dt, shape))
+}
+
+/// Y = A · B.
+pub fn mul(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let mut out = r.none();
+    for i in 0..2 {
+        if r.need(i) {
+            let other = r.input(1 - i).to_string();
+            let prod = ctx.binary("Mul", &dy, &other)?;
+            let t = ctx.shape(r.input(i))?;
+            out[i] = Some(ctx.unbroadcast(&prod, &t)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Y = A / B: dA = dY / B, dB = −dY · Y / B.
+pub fn div(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let (a, b, y) = (
+        r.input(0).to_string(),
+        r.input(1).to_string(),
+        r.output(0).to_string(),
+    );
+    let mut out = r.none();
+    let dy_over_b = ctx.binary("Div", &dy, &b)?;
+    if r.need(0) {
+        let t = ctx.shape(&a)?;
+        out[0] = Some(ctx.unbroadcast(&dy_over_b, &t)?);
+    }
+    if r.need(1) {
+        let prod = ctx.binary("Mul", &dy_over_b, &y)?;
+        let neg = negate(ctx, &prod)?;
+        let t = ctx.shape(&b)?;
+        out[1] = Some(ctx.unbroadcast(&neg, &t)?);
+    }
+    Ok(out)
+}

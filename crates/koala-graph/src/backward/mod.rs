@@ -1,0 +1,304 @@
+//! The backward-graph generator: reverse-mode differentiation of an ONNX
+//! graph, written out as standard ONNX operators.
+//!
+//! One rule per op family lives in a file named after it. A rule is a plain
+//! function from the forward node and the gradients of its outputs to the
+//! gradients of its inputs, expressed as new nodes emitted through
+//! [`GradCtx`]. The pass here walks the nodes that lie on a path from a
+//! trainable weight to the loss in reverse topological order, sums fan-out
+//! gradients, and leaves integer/shape subgraphs alone.
+
+mod activation;
+mod batchnorm;
+mod concat_split;
+mod conv;
+mod ctx;
+mod elementwise;
+mod gemm;
+mod matmul;
+mod pool;
+mod reduce;
+mod shape_ops;
+mod slice_pad;
+mod softmax;
+
+pub use ctx::{broadcast_shape, norm_axis, GradCtx};
+
+use crate::model::node_label;
+use crate::proto::{DataType, NodeProto};
+use anyhow::{Context, Result};
+use std::collections::{HashMap, HashSet};
+
+/// What a rule receives.
+pub struct RuleInput<'a> {
+    /// The forward node.
+    pub node: &'a NodeProto,
+    /// Gradient of each output (None: no gradient flows into that output).
+    pub dy: &'a [Option<String>],
+    /// For each input: does the caller need its gradient?
+    pub needs: &'a [bool],
+    /// Options that select between equivalent formulations.
+    pub options: &'a BackwardOptions,
+}
+
+impl RuleInput<'_> {
+    /// Input `i` of the forward node ("" when absent).
+    pub fn input(&self, i: usize) -> &str {
+        self.node.input.get(i).map(|s| s.as_str()).unwrap_or("")
+    }
+    /// Output `i` of the forward node.
+    pub fn output(&self, i: usize) -> &str {
+        self.node.output.get(i).map(|s| s.as_str()).unwrap_or("")
+    }
+    /// Does input `i` need a gradient?
+    pub fn need(&self, i: usize) -> bool {
+        self.needs.get(i).copied().unwrap_or(false)
+    }
+    /// The gradient of the first output (rules for single-output ops).
+    pub fn dy0(&self) -> Result<&str> {
+        self.dy
+            .first()
+            .and_then(|d| d.as_deref())
+            .context("no gradient reaches the node's first output")
+    }
+    /// A result vector with no gradients, sized for the node's inputs.
+    pub fn none(&self) -> Vec<Option<String>> {
+        vec![None; self.node.input.len()]
+    }
+}
+
+/// A gradient rule.
+pub type Rule = fn(&mut GradCtx, &RuleInput) -> Result<Vec<Option<String>>>;
+
+/// How the Conv weight gradient is written (both are standard ONNX; which is
+/// faster depends on the runtime's kernels, so it is measured, see benches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvWeightGrad {
+    /// One Conv with input and output-gradient transposed (batch as channels).
+    #[default]
+    TransposedConv,
+    /// Depthwise convs: shifted slices of the input times the output
+    /// gradient, summed per kernel tap. Other convs use `TransposedConv`.
+    UnfoldDepthwise,
+}
+
+/// Options of the backward generator.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct BackwardOptions {
+    /// Formulation of the Conv weight gradient.
+    pub conv_weight_grad: ConvWeightGrad,
+}
+
+/// The rule for an op, if koala has one. Ops in non-default domains have none.
+pub fn rule_for(node: &NodeProto) -> Option<Rule> {
+    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+        return None;
+    }
+    Some(match node.op_type.as_str() {
+        "Conv" => conv::conv,
+        "ConvTranspose" => conv::conv_transpose,
+        "Gemm" => gemm::gemm,
+        "MatMul" => matmul::matmul,
+        "Add" => elementwise::add,
+        "Sub" => elementwise::sub,
+        "Mul" => elementwise::mul,
+        "Div" => elementwise::div,
+        "Neg" => elementwise::neg,
+        "Relu" => activation::relu,
+        "LeakyRelu" => activation::leaky_relu,
+        "Clip" => activation::clip,
+        "Sigmoid" => activation::sigmoid,
+        "HardSigmoid" => activation::hard_sigmoid,
+        "HardSwish" => activation::hard_swish,
+        "Tanh" => activation::tanh,
+        "Softmax" => softmax::softmax,
+        "LogSoftmax" => softmax::log_softmax,
+        "BatchNormalization" => batchnorm::batch_norm,
+        "MaxPool" => pool::max_pool,
+        "AveragePool" => pool::average_pool,
+        "GlobalAveragePool" => pool::global_average_pool,
+        "ReduceMean" => reduce::reduce_mean,
+        "ReduceSum" => reduce::reduce_sum,
+        "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => shape_ops::reshape_like,
+        "Transpose" => shape_ops::transpose,
+        "Identity" | "Dropout" => shape_ops::identity,
+        "Concat" => concat_split::concat,
+        "Split" => concat_split::split,
+        "Slice" => slice_pad::slice,
+        "Pad" => slice_pad::pad,
+        _ => return None,
+    })
+}
+
+/// Ops with a rule (for messages and `koala check`).
+pub const SUPPORTED_OPS: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Conv",
+    "ConvTranspose",
+    "Div",
+    "Dropout",
+    "Flatten",
+    "Gemm",
+    "GlobalAveragePool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "LeakyRelu",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Neg",
+    "Pad",
+    "ReduceMean",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Squeeze",
+    "Sub",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+];
+
+/// Values that depend on a trainable weight through float computations.
+/// Integer outputs (Shape, ArgMax, …) stop the propagation: no gradient
+/// flows through shape arithmetic.
+pub fn grad_reachable(
+    nodes: &[NodeProto],
+    trainable: &[String],
+    is_float: impl Fn(&str) -> bool,
+) -> HashSet<String> {
+    let mut live: HashSet<String> = trainable.iter().cloned().collect();
+    for n in nodes {
+        if n.input.iter().any(|i| live.contains(i)) {
+            live.extend(
+                n.output
+                    .iter()
+                    .filter(|o| !o.is_empty() && is_float(o))
+                    .cloned(),
+            );
+        }
+    }
+    live
+}
+
+/// Nodes that need a rule: on a path from a trainable weight to `target`.
+pub fn nodes_on_path(nodes: &[NodeProto], live: &HashSet<String>, target: &str) -> Vec<usize> {
+    let mut wanted: HashSet<&str> = HashSet::from([target]);
+    let mut out = Vec::new();
+    for (i, n) in nodes.iter().enumerate().rev() {
+        if n.output.iter().any(|o| wanted.contains(o.as_str()))
+            && n.input.iter().any(|x| live.contains(x))
+        {
+            out.push(i);
+            for x in &n.input {
+                if live.contains(x) {
+                    wanted.insert(x);
+                }
+            }
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// Runs reverse-mode differentiation from `target` (whose gradient is the
+/// value `seed`) back to every name in `wrt`. Returns, for each of `wrt`, the
+/// name of its gradient value (None when no path connects it to `target`).
+pub fn differentiate(
+    ctx: &mut GradCtx,
+    nodes: &[NodeProto],
+    wrt: &[String],
+    target: &str,
+    seed: &str,
+    options: &BackwardOptions,
+) -> Result<Vec<Option<String>>> {
+    let live = grad_reachable(nodes, wrt, |v| {
+        ctx.dtype(v)
+            .is_ok_and(|d| matches!(d, DataType::Float | DataType::Double))
+    });
+    let order = nodes_on_path(nodes, &live, target);
+    let mut pending: HashMap<String, Vec<String>> = HashMap::new();
+    pending.insert(target.to_string(), vec![seed.to_string()]);
+    for &idx in order.iter().rev() {
+        let node = &nodes[idx];
+        let dy: Vec<Option<String>> = node
+            .output
+            .iter()
+            .map(|o| take_sum(ctx, &mut pending, o))
+            .collect::<Result<_>>()?;
+        if dy.iter().all(|d| d.is_none()) {
+            continue;
+        }
+        let needs: Vec<bool> = node.input.iter().map(|i| live.contains(i)).collect();
+        let rule = rule_for(node).with_context(|| missing_rule_message(idx, node))?;
+        ctx.set_scope(if node.name.is_empty() {
+            &node.op_type
+        } else {
+            &node.name
+        });
+        let input = RuleInput {
+            node,
+            dy: &dy,
+            needs: &needs,
+            options,
+        };
+        let dx = rule(ctx, &input)
+            .with_context(|| format!("while writing the gradient of {}", node_label(idx, node)))?;
+        for (i, g) in dx.into_iter().enumerate() {
+            if let (Some(g), true) = (g, needs.get(i).copied().unwrap_or(false)) {
+                pending.entry(node.input[i].clone()).or_default().push(g);
+            }
+        }
+    }
+    wrt.iter().map(|w| take_sum(ctx, &mut pending, w)).collect()
+}
+
+/// Removes and sums the gradient contributions of a value (fan-out).
+fn take_sum(
+    ctx: &mut GradCtx,
+    pending: &mut HashMap<String, Vec<String>>,
+    value: &str,
+) -> Result<Option<String>> {
+    let Some(parts) = pending.remove(value) else {
+        return Ok(None);
+    };
+    Ok(Some(match parts.len() {
+        1 => parts.into_iter().next().unwrap(),
+        _ => {
+            let shape = ctx.shape(value)?;
+            let dt = ctx.dtype(value)?;
+            let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+            ctx.emit_shaped("Sum", &refs, vec![], dt, shape)
+        }
+    }))
+}
+
+/// The error text for an op without a gradient rule.
+pub fn missing_rule_message(idx: usize, node: &NodeProto) -> String {
+    let what = if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+        format!(
+            "is a custom-domain op ('{}'), which koala cannot differentiate",
+            node.domain
+        )
+    } else if matches!(node.op_type.as_str(), "If" | "Loop" | "Scan") {
+        "is control flow, which koala cannot differentiate".to_string()
+    } else {
+        "has no gradient rule in koala".to_string()
+    };
+    format!(
+        "{} {what}; it lies between a trainable weight and the loss. Freeze the weights before it (--freeze <regex>) so no gradient has to pass through it, or re-export the model without this op. Supported ops: {}",
+        node_label(idx, node),
+        SUPPORTED_OPS.join(", ")
+    )
+}

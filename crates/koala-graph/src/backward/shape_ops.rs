@@ -1,0 +1,43 @@
+//! Gradients of pure data-movement ops: Flatten, Reshape, Squeeze,
+//! Unsqueeze (a reshape back), Transpose (the inverse permutation),
+//! Identity and Dropout in inference mode (pass-through).
+
+use super::{GradCtx, RuleInput};
+use crate::attrs;
+use anyhow::{bail, Result};
+
+/// Flatten / Reshape / Squeeze / Unsqueeze: reshape dY to X's shape.
+pub fn reshape_like(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let (x, dy) = (r.input(0).to_string(), r.dy0()?.to_string());
+    let xs = ctx.shape(&x)?;
+    let mut out = r.none();
+    out[0] = Some(ctx.reshape(&dy, &xs)?);
+    Ok(out)
+}
+
+/// Transpose(perm): dX = Transpose(dY, perm⁻¹).
+pub fn transpose(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let rank = ctx.shape(&dy)?.len();
+    let perm: Vec<usize> = attrs::ints(r.node, "perm")
+        .map(|p| p.into_iter().map(|x| x as usize).collect())
+        .unwrap_or_else(|| (0..rank).rev().collect());
+    let mut inv = vec![0; rank];
+    for (i, &p) in perm.iter().enumerate() {
+        inv[p] = i;
+    }
+    Ok(vec![Some(ctx.transpose(&dy, &inv)?)])
+}
+
+/// Identity / Dropout (inference): dX = dY.
+pub fn identity(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    if r.node.op_type == "Dropout"
+        && !r.input(2).is_empty()
+        && ctx.ints(r.input(2)).is_some_and(|v| v.first() == Some(&1))
+    {
+        bail!("Dropout in training mode is not supported (its mask is random); export the model in eval mode");
+    }
+    let mut out = r.none();
+    out[0] = Some(r.dy0()?.to_string());
+    Ok(out)
+}

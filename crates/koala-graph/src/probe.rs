@@ -1,0 +1,254 @@
+//! Shape facts by probing: run the forward graph once in ONNX Runtime with
+//! every intermediate value exposed, on zero inputs of the fixed input shapes.
+//!
+//! Two sessions: the first only reads the element types ORT infers for every
+//! value (no run); the second outputs `Shape(v)` for every value (always
+//! int64, so any element type works) plus the values of int64 tensors (shape
+//! arithmetic, Slice/Reshape parameters computed in the graph).
+
+use crate::facts::{Facts, ValueFact, MAX_KEPT_INTS};
+use crate::model::Model;
+use crate::proto::{DataType, NodeProto, TensorProto, ValueInfoProto};
+use crate::tensor;
+use anyhow::{bail, Context, Result};
+use koala_runtime::{ElementType, Session, SessionOptions, TensorView};
+use std::collections::HashMap;
+
+/// Concrete shapes for the graph inputs: name → shape.
+pub type InputShapes = HashMap<String, Vec<usize>>;
+
+/// Facts that need no run: initializers, Constant nodes, graph inputs.
+pub fn static_facts(model: &Model, inputs: &InputShapes) -> Result<Facts> {
+    let mut facts = Facts::default();
+    let g = model.graph();
+    for t in &g.initializer {
+        facts.insert(&t.name, fact_of_tensor(t)?);
+    }
+    for n in g.node.iter().filter(|n| n.op_type == "Constant") {
+        if let Some(t) = n
+            .attribute
+            .iter()
+            .find(|a| a.name == "value")
+            .and_then(|a| a.t.as_ref())
+        {
+            facts.insert(&n.output[0], fact_of_tensor(t)?);
+        }
+    }
+    for i in &g.input {
+        if let Some(shape) = inputs.get(&i.name) {
+            let dt = input_dtype(i).unwrap_or(DataType::Float);
+            facts.insert(
+                &i.name,
+                ValueFact {
+                    dtype: dt,
+                    shape: shape.clone(),
+                    ints: None,
+                },
+            );
+        }
+    }
+    Ok(facts)
+}
+
+fn fact_of_tensor(t: &TensorProto) -> Result<ValueFact> {
+    let dt = tensor::data_type(t)?;
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let n = tensor::numel(&t.dims);
+    let ints = if matches!(dt, DataType::Int64 | DataType::Int32) && n <= MAX_KEPT_INTS {
+        tensor::to_i64(t).ok()
+    } else {
+        None
+    };
+    Ok(ValueFact {
+        dtype: dt,
+        shape,
+        ints,
+    })
+}
+
+/// The declared element type of a graph input.
+pub fn input_dtype(v: &ValueInfoProto) -> Option<DataType> {
+    match v.r#type.as_ref()?.value.as_ref()? {
+        crate::proto::type_proto::Value::TensorType(t) => DataType::try_from(t.elem_type).ok(),
+        _ => None,
+    }
+}
+
+fn dtype_of(e: &ElementType) -> DataType {
+    match e {
+        ElementType::F32 => DataType::Float,
+        ElementType::F64 => DataType::Double,
+        ElementType::I64 => DataType::Int64,
+        ElementType::Other(s) => {
+            let s = s.to_lowercase();
+            match () {
+                _ if s.contains("bool") => DataType::Bool,
+                _ if s.contains("bfloat16") => DataType::Bfloat16,
+                _ if s.contains("float16") || s.contains("f16") => DataType::Float16,
+                _ if s.contains("uint8") || s.contains("u8") => DataType::Uint8,
+                _ if s.contains("int8") || s.contains("i8") => DataType::Int8,
+                _ if s.contains("uint16") => DataType::Uint16,
+                _ if s.contains("int16") => DataType::Int16,
+                _ if s.contains("uint32") => DataType::Uint32,
+                _ if s.contains("int32") || s.contains("i32") => DataType::Int32,
+                _ if s.contains("uint64") => DataType::Uint64,
+                _ if s.contains("string") => DataType::String,
+                _ => DataType::Undefined,
+            }
+        }
+    }
+}
+
+/// Runs the probe and returns facts for every value of the graph.
+pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Facts> {
+    let mut facts = static_facts(model, inputs)?;
+    let g = model.graph();
+    for i in &g.input {
+        if !inputs.contains_key(&i.name) && !g.initializer.iter().any(|t| t.name == i.name) {
+            bail!("no shape given for graph input '{}'", i.name);
+        }
+    }
+    let values: Vec<String> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type != "Constant")
+        .flat_map(|n| n.output.iter())
+        .filter(|o| !o.is_empty() && facts.get(o).is_none())
+        .cloned()
+        .collect();
+    if values.is_empty() {
+        return Ok(facts);
+    }
+    let opts = SessionOptions {
+        intra_threads: Some(threads.max(1)),
+        ..SessionOptions::default()
+    };
+
+    // Session 1: element types only.
+    let mut typed = model.proto.clone();
+    let gg = typed.graph.as_mut().unwrap();
+    gg.output = values
+        .iter()
+        .map(|v| ValueInfoProto {
+            name: v.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let s1 =
+        Session::from_bytes(&prost::Message::encode_to_vec(&typed), &opts).with_context(|| {
+            format!(
+                "ONNX Runtime could not load {} to infer its shapes",
+                model.display_name()
+            )
+        })?;
+    let dtypes: HashMap<String, DataType> = s1
+        .outputs()
+        .iter()
+        .map(|o| (o.name.clone(), dtype_of(&o.element_type)))
+        .collect();
+    drop(s1);
+
+    // Session 2: Shape(v) for every value, plus small int64 values.
+    let mut probe = model.proto.clone();
+    let pg = probe.graph.as_mut().unwrap();
+    pg.output.clear();
+    let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (value, shape output, keep ints)
+    for (k, v) in values.iter().enumerate() {
+        let sname = format!("koala_probe_shape_{k}");
+        pg.node.push(NodeProto {
+            op_type: "Shape".into(),
+            input: vec![v.clone()],
+            output: vec![sname.clone()],
+            name: format!("koala_probe_{k}"),
+            ..Default::default()
+        });
+        pg.output.push(ValueInfoProto {
+            name: sname.clone(),
+            ..Default::default()
+        });
+        let is_int = dtypes.get(v) == Some(&DataType::Int64);
+        if is_int {
+            pg.output.push(ValueInfoProto {
+                name: v.clone(),
+                ..Default::default()
+            });
+        }
+        wanted.push((v.clone(), sname, is_int));
+    }
+    let mut s2 =
+        Session::from_bytes(&prost::Message::encode_to_vec(&probe), &opts).with_context(|| {
+            format!(
+                "ONNX Runtime could not load the shape probe of {}",
+                model.display_name()
+            )
+        })?;
+    let feeds = zero_feeds(model, inputs)?;
+    let views: Vec<(&str, TensorView)> = feeds
+        .iter()
+        .map(|(n, s, d)| {
+            let v = match d {
+                Feed::F32(x) => TensorView::f32(x, s),
+                Feed::F64(x) => TensorView::f64(x, s),
+                Feed::I64(x) => TensorView::i64(x, s),
+            };
+            (n.as_str(), v)
+        })
+        .collect();
+    let outs = s2.run(&views).with_context(|| {
+        format!(
+            "ONNX Runtime failed to run {} on zero inputs of the given shapes",
+            model.display_name()
+        )
+    })?;
+    let by_name: HashMap<&str, &koala_runtime::OwnedTensor> =
+        outs.iter().map(|o| (o.name.as_str(), o)).collect();
+    for (v, sname, is_int) in wanted {
+        let shape: Vec<usize> = by_name
+            .get(sname.as_str())
+            .and_then(|t| t.as_i64())
+            .context("probe lost a shape output")?
+            .iter()
+            .map(|&d| d as usize)
+            .collect();
+        let ints = if is_int {
+            by_name
+                .get(v.as_str())
+                .and_then(|t| t.as_i64())
+                .filter(|x| x.len() <= MAX_KEPT_INTS)
+                .map(|x| x.to_vec())
+        } else {
+            None
+        };
+        let dtype = dtypes.get(&v).copied().unwrap_or(DataType::Undefined);
+        facts.insert(&v, ValueFact { dtype, shape, ints });
+    }
+    Ok(facts)
+}
+
+enum Feed {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+}
+
+fn zero_feeds(model: &Model, inputs: &InputShapes) -> Result<Vec<(String, Vec<usize>, Feed)>> {
+    let g = model.graph();
+    let mut out = Vec::new();
+    for i in &g.input {
+        let Some(shape) = inputs.get(&i.name) else {
+            continue;
+        };
+        let n: usize = shape.iter().product();
+        let feed = match input_dtype(i).unwrap_or(DataType::Float) {
+            DataType::Float => Feed::F32(vec![0.0; n]),
+            DataType::Double => Feed::F64(vec![0.0; n]),
+            DataType::Int64 => Feed::I64(vec![0; n]),
+            other => bail!(
+                "graph input '{}' has type {other:?}; koala feeds float32, float64 or int64 inputs",
+                i.name
+            ),
+        };
+        out.push((i.name.clone(), shape.clone(), feed));
+    }
+    Ok(out)
+}

@@ -1,0 +1,334 @@
+//! Assembles the training graph: forward + loss head + backward, as one ONNX
+//! model that stock ONNX Runtime runs.
+//!
+//! Inputs: `[data…, labels, trainable weights…]`; frozen weights stay
+//! initializers. Outputs: `[loss, per_sample_loss, <weight>_grad…, <model
+//! output>]` — the model output (logits) comes last so a trainer can report
+//! accuracy without a second forward pass.
+
+use crate::backward::{self, BackwardOptions, GradCtx};
+use crate::facts::Facts;
+use crate::loss::{self, LossSpec};
+use crate::model::Model;
+use crate::probe::{self, InputShapes};
+use crate::proto::{
+    dimension, type_proto, DataType, Dimension, ModelProto, NodeProto, TensorShapeProto, TypeProto,
+    ValueInfoProto,
+};
+use crate::tensor;
+use crate::trainable::{self, TrainableSpec};
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+
+/// Everything needed to build a training graph.
+#[derive(Clone, Debug, Default)]
+pub struct TrainingSpec {
+    /// Concrete shapes of the data inputs (batch size fixed).
+    pub input_shapes: InputShapes,
+    /// Loss head.
+    pub loss: LossSpec,
+    /// The model output the loss reads (default: the first graph output).
+    pub output: Option<String>,
+    /// Which weights train.
+    pub trainable: TrainableSpec,
+    /// Backward formulation choices.
+    pub backward: BackwardOptions,
+    /// Threads for the shape probe.
+    pub probe_threads: usize,
+}
+
+/// A trainable tensor of the training graph.
+#[derive(Clone, Debug)]
+pub struct TrainableTensor {
+    /// Initializer name in the original model (= training graph input name).
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Initial values from the model.
+    pub init: Vec<f32>,
+    /// Name of its gradient output.
+    pub grad_output: String,
+}
+
+/// The built training graph and how to feed it.
+#[derive(Clone, Debug)]
+pub struct TrainingGraph {
+    /// The ONNX model to run.
+    pub proto: ModelProto,
+    /// Data inputs with their fixed shapes and types.
+    pub data_inputs: Vec<(String, Vec<usize>, DataType)>,
+    /// Name of the label input (stable: `labels`).
+    pub labels: String,
+    /// Label element type (int64 for cross-entropy, float for MSE).
+    pub label_dtype: DataType,
+    /// Label shape.
+    pub label_shape: Vec<usize>,
+    /// Trainable tensors, in graph input order.
+    pub trainable: Vec<TrainableTensor>,
+    /// Output name of the scalar loss (`loss`).
+    pub loss: String,
+    /// Output name of the per-sample losses (`per_sample_loss`).
+    pub per_sample_loss: String,
+    /// Output name of the model output (logits) in the training graph.
+    pub model_output: String,
+    /// Shape of the model output.
+    pub model_output_shape: Vec<usize>,
+    /// Selected weights that turned out to have no path to the loss; they
+    /// stay frozen (initializers) and are listed for the user.
+    pub unreachable: Vec<String>,
+    /// Float Constant nodes promoted to trainable initializers.
+    pub promoted_constants: Vec<String>,
+}
+
+/// Names of the fixed outputs.
+pub const LOSS: &str = "loss";
+/// Per-sample loss output.
+pub const PER_SAMPLE_LOSS: &str = "per_sample_loss";
+/// Label input.
+pub const LABELS: &str = "labels";
+
+/// Gradient output name of a weight.
+pub fn grad_name(weight: &str) -> String {
+    format!("{weight}_grad")
+}
+
+/// Builds the training graph of `model`.
+pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
+    let mut model = model.clone();
+    let promoted: Vec<String> = if spec.trainable.train_constants {
+        trainable::promote_constants(&mut model)
+            .into_iter()
+            .map(|p| p.value)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let selected = trainable::select(&model, &spec.trainable)?;
+    if selected.is_empty() {
+        bail!(
+            "no trainable weights in {}: the include/exclude patterns match no float initializer",
+            model.display_name()
+        );
+    }
+    let output = match &spec.output {
+        Some(o) => o.clone(),
+        None => model.graph().output[0].name.clone(),
+    };
+    check_names(&model, &selected)?;
+    let data_inputs = data_inputs(&model, &spec.input_shapes)?;
+    let mut facts: Facts = probe::probe(&model, &spec.input_shapes, spec.probe_threads.max(1))?;
+    if facts.get(&output).is_none() {
+        bail!("the model has no value named '{output}' to put the loss on");
+    }
+    let g = model.graph();
+    let mut ctx = GradCtx::new(&mut facts, model.opset());
+    let head = loss::append(&mut ctx, &spec.loss, &output, LABELS)?;
+    let loss_nodes = ctx.nodes.len();
+    let grads = backward::differentiate(
+        &mut ctx,
+        &g.node,
+        &selected,
+        &output,
+        &head.seed,
+        &spec.backward,
+    )?;
+
+    let mut trainable = Vec::new();
+    let mut unreachable = Vec::new();
+    let mut outputs_tail = Vec::new();
+    for (w, gname) in selected.iter().zip(grads) {
+        match gname {
+            Some(gv) => {
+                let out = grad_name(w);
+                ctx.emit_into("Identity", &[&gv], &[&out], vec![]);
+                let t = g
+                    .initializer
+                    .iter()
+                    .find(|t| &t.name == w)
+                    .expect("selected from initializers");
+                let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+                let init = tensor::to_f32(t)?;
+                outputs_tail.push(value_info(&out, DataType::Float, &shape));
+                trainable.push(TrainableTensor {
+                    name: w.clone(),
+                    shape,
+                    init,
+                    grad_output: out,
+                });
+            }
+            None => unreachable.push(w.clone()),
+        }
+    }
+    if trainable.is_empty() {
+        bail!("none of the selected weights influences the output '{output}'; nothing to train");
+    }
+    let out_fact = ctx.shape(&output)?;
+    let out_dt = ctx.dtype(&output)?;
+    let (new_nodes, new_inits) = (
+        std::mem::take(&mut ctx.nodes),
+        std::mem::take(&mut ctx.initializers),
+    );
+    drop(ctx);
+
+    let train_set: HashSet<&str> = trainable.iter().map(|t| t.name.as_str()).collect();
+    let mut proto = model.proto.clone();
+    proto.ir_version = proto.ir_version.max(4);
+    let pg = proto.graph.as_mut().unwrap();
+    pg.initializer
+        .retain(|t| !train_set.contains(t.name.as_str()));
+    pg.initializer.extend(new_inits);
+    let init_names: HashSet<String> = pg.initializer.iter().map(|t| t.name.clone()).collect();
+    // Inputs: data (fixed shapes), labels, trainable weights.
+    let mut inputs: Vec<ValueInfoProto> = data_inputs
+        .iter()
+        .map(|(n, s, d)| value_info(n, *d, s))
+        .collect();
+    inputs.push(value_info(LABELS, head.label_dtype, &head.label_shape));
+    inputs.extend(
+        trainable
+            .iter()
+            .map(|t| value_info(&t.name, DataType::Float, &t.shape)),
+    );
+    pg.input = inputs;
+    pg.input.retain(|i| !init_names.contains(&i.name));
+    pg.node.extend(new_nodes.iter().take(loss_nodes).cloned());
+    pg.node.push(identity(&head.loss, LOSS));
+    pg.node.push(identity(&head.per_sample, PER_SAMPLE_LOSS));
+    pg.node.extend(new_nodes.into_iter().skip(loss_nodes));
+    let model_out = "model_output".to_string();
+    pg.node.push(identity(&output, &model_out));
+    let batch = out_fact.first().copied().unwrap_or(1);
+    let mut outs = vec![
+        value_info(LOSS, out_dt, &[]),
+        value_info(PER_SAMPLE_LOSS, out_dt, &[batch]),
+    ];
+    outs.extend(outputs_tail);
+    outs.push(value_info(&model_out, out_dt, &out_fact));
+    pg.output = outs;
+    pg.value_info.clear();
+    Ok(TrainingGraph {
+        proto,
+        data_inputs,
+        labels: LABELS.into(),
+        label_dtype: head.label_dtype,
+        label_shape: head.label_shape,
+        trainable,
+        loss: LOSS.into(),
+        per_sample_loss: PER_SAMPLE_LOSS.into(),
+        model_output: model_out,
+        model_output_shape: out_fact,
+        unreachable,
+        promoted_constants: promoted,
+    })
+}
+
+fn identity(from: &str, to: &str) -> NodeProto {
+    NodeProto {
+        op_type: "Identity".into(),
+        input: vec![from.into()],
+        output: vec![to.into()],
+        name: format!("koala_out/{to}"),
+        ..Default::default()
+    }
+}
+
+/// The reserved names must not clash with the model's own values.
+fn check_names(model: &Model, selected: &[String]) -> Result<()> {
+    let g = model.graph();
+    let mut names: HashSet<&str> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(|s| s.as_str()))
+        .collect();
+    names.extend(g.input.iter().map(|i| i.name.as_str()));
+    names.extend(g.initializer.iter().map(|i| i.name.as_str()));
+    let mut reserved = vec![
+        LOSS.to_string(),
+        PER_SAMPLE_LOSS.to_string(),
+        LABELS.to_string(),
+        "model_output".into(),
+    ];
+    reserved.extend(selected.iter().map(|w| grad_name(w)));
+    for r in reserved {
+        if names.contains(r.as_str()) {
+            bail!("{} already has a value named '{r}', which koala's training graph reserves; rename it in the model", model.display_name());
+        }
+    }
+    Ok(())
+}
+
+/// Graph inputs that are data (not initializers), with the shapes given.
+fn data_inputs(model: &Model, shapes: &InputShapes) -> Result<Vec<(String, Vec<usize>, DataType)>> {
+    let g = model.graph();
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut out = Vec::new();
+    for i in g.input.iter().filter(|i| !inits.contains(i.name.as_str())) {
+        let shape = shapes
+            .get(&i.name)
+            .with_context(|| format!("no shape given for model input '{}'", i.name))?;
+        let declared = declared_dims(i);
+        if declared.len() != shape.len() && !declared.is_empty() {
+            bail!(
+                "model input '{}' has rank {} but the data has shape {:?}",
+                i.name,
+                declared.len(),
+                shape
+            );
+        }
+        for (k, (d, &s)) in declared.iter().zip(shape).enumerate() {
+            if let Some(d) = d {
+                if *d as usize != s {
+                    bail!("model input '{}' has size {d} on axis {k} but the data has {s} (shape {:?}); resize the data to the model's input", i.name, shape);
+                }
+            }
+        }
+        out.push((
+            i.name.clone(),
+            shape.clone(),
+            probe::input_dtype(i).unwrap_or(DataType::Float),
+        ));
+    }
+    Ok(out)
+}
+
+/// Declared dimensions of a graph input (None for symbolic ones).
+pub fn declared_dims(v: &ValueInfoProto) -> Vec<Option<i64>> {
+    match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match &d.value {
+                        Some(dimension::Value::DimValue(v)) if *v > 0 => Some(*v),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => vec![],
+    }
+}
+
+/// A tensor ValueInfo with a static shape.
+pub fn value_info(name: &str, dt: DataType, shape: &[usize]) -> ValueInfoProto {
+    let dims = shape
+        .iter()
+        .map(|&d| Dimension {
+            value: Some(dimension::Value::DimValue(d as i64)),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: dt as i32,
+                shape: Some(TensorShapeProto { dim: dims }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
