@@ -1,0 +1,122 @@
+//! Session options and the default thread count.
+
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+
+/// How much ONNX Runtime may rewrite the graph before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OptimizationLevel {
+    /// No rewrites (useful to check that an optimisation changes nothing).
+    Disable,
+    /// Constant folding and redundant-node elimination.
+    Basic,
+    /// Plus node fusions.
+    Extended,
+    /// Every optimisation, including layout changes (ONNX Runtime's default).
+    #[default]
+    All,
+}
+
+/// Options for [`crate::Session`].
+///
+/// Inter-op parallelism is fixed at one thread: koala runs graphs sequentially (ORT's default
+/// execution mode), where ORT does not use an inter-op pool at all, so more threads would only
+/// idle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Threads inside one operator; `None` means the number of physical cores, which is what
+    /// ONNX Runtime itself recommends (hyper-threads slow down its compute-bound kernels).
+    pub intra_threads: Option<usize>,
+    /// Graph optimisation level; default [`OptimizationLevel::All`].
+    pub optimization: OptimizationLevel,
+    /// ONNX Runtime's memory pattern planner (preallocates one arena per input shape); on by
+    /// default. Turn it off when input shapes change from call to call.
+    pub memory_pattern: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            intra_threads: None,
+            optimization: OptimizationLevel::All,
+            memory_pattern: true,
+        }
+    }
+}
+
+impl SessionOptions {
+    /// The intra-op thread count these options resolve to.
+    pub fn resolved_intra_threads(&self) -> usize {
+        self.intra_threads.unwrap_or_else(physical_cores).max(1)
+    }
+
+    /// Applies the options to an `ort` session builder.
+    pub(crate) fn apply(
+        &self,
+        builder: SessionBuilder,
+    ) -> Result<SessionBuilder, ort::Error<SessionBuilder>> {
+        let level = match self.optimization {
+            OptimizationLevel::Disable => GraphOptimizationLevel::Disable,
+            OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
+            OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
+            OptimizationLevel::All => GraphOptimizationLevel::All,
+        };
+        builder
+            .with_intra_threads(self.resolved_intra_threads())?
+            .with_inter_threads(1)?
+            .with_optimization_level(level)?
+            .with_memory_pattern(self.memory_pattern)
+    }
+}
+
+/// Number of physical cores: distinct (physical id, core id) pairs in `/proc/cpuinfo`, falling
+/// back to the number of logical CPUs where that file is missing or says nothing.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| count_physical_cores(&text))
+        .map_or(logical, |n| n.min(logical))
+}
+
+/// Counts distinct (physical id, core id) pairs; `None` if the text has no core ids.
+fn count_physical_cores(cpuinfo: &str) -> Option<usize> {
+    let mut cores = std::collections::BTreeSet::new();
+    let mut physical = "";
+    for line in cpuinfo.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "physical id" => physical = value.trim(),
+            "core id" => {
+                cores.insert((physical.to_string(), value.trim().to_string()));
+            }
+            _ => {}
+        }
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hyperthreads_count_once() {
+        let text = "processor: 0\nphysical id: 0\ncore id: 0\n\nprocessor: 1\nphysical id: 0\ncore id: 0\n\n\
+                    processor: 2\nphysical id: 0\ncore id: 1\n\nprocessor: 3\nphysical id: 1\ncore id: 0\n";
+        assert_eq!(count_physical_cores(text), Some(3));
+        assert_eq!(count_physical_cores("processor: 0\n"), None);
+    }
+
+    #[test]
+    fn default_threads_are_physical_cores_and_at_least_one() {
+        let opts = SessionOptions::default();
+        assert_eq!(opts.resolved_intra_threads(), physical_cores().max(1));
+        let zero = SessionOptions {
+            intra_threads: Some(0),
+            ..SessionOptions::default()
+        };
+        assert_eq!(zero.resolved_intra_threads(), 1);
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests: fixture paths, raw little-endian readers, and a
+//! watchdog that turns a hang (the rc.15 `IoBinding` trap) into a test failure.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// `tests/fixtures/reference/tiny_cnn` at the workspace root.
+pub fn tiny_cnn_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/reference/tiny_cnn")
+}
+
+/// A file in this crate's `tests/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Reads a raw little-endian f32 file (the reference format, see tests/fixtures/reference/README.md).
+pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    assert_eq!(
+        bytes.len() % 4,
+        0,
+        "{} is not a whole number of f32s",
+        path.display()
+    );
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Largest absolute elementwise difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Runs `f` on its own thread and fails the test if it takes longer than 30 s (a hang).
+pub fn within_30s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what} did not finish within 30 s (hang)"),
+    }
+}
