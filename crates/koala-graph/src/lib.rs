@@ -18,3 +18,6 @@ pub use loss::LossSpec;
 pub use model::Model;
 pub use trainable::TrainableSpec;
 pub use training::{build, TrainingGraph, TrainingSpec};
+pub mod gradcheck;
+pub mod reference;
+pub mod step;
