@@ -1,0 +1,92 @@
+//! What the loader hands out: [`Batch`], the [`Cursor`] to resume from, skipped-sample reports and
+//! [`LoaderStats`].
+
+use std::time::Duration;
+
+/// A position in the stream of batches: batch `position` (0-based) of epoch `epoch`.
+///
+/// Batches are fixed slices of each epoch's order, so a cursor fully determines the batches that follow it:
+/// resuming from the cursor saved with a checkpoint reproduces an uninterrupted run exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Cursor {
+    /// Epoch number (0-based).
+    pub epoch: u64,
+    /// Batch index within the epoch (0-based).
+    pub position: usize,
+}
+
+impl Cursor {
+    /// Batch `position` of `epoch`.
+    pub fn new(epoch: u64, position: usize) -> Self {
+        Cursor { epoch, position }
+    }
+}
+
+/// One batch of preprocessed images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `shape[0] × shape[1] × shape[2] × shape[3]` values, NCHW, row-major.
+    pub images: Vec<f32>,
+    /// Label of each image.
+    pub labels: Vec<i64>,
+    /// Index of each image in the loader's source.
+    pub indices: Vec<usize>,
+    /// `[N, C, H, W]`. `N` can be below the batch size for the last batch of an epoch (without `drop_last`) and
+    /// when samples were skipped because they failed to decode.
+    pub shape: [usize; 4],
+    /// Where this batch sits in the stream.
+    pub cursor: Cursor,
+    /// The cursor of the batch after this one: save it with a checkpoint taken after training on this batch.
+    pub next: Cursor,
+}
+
+impl Batch {
+    /// Number of images (`shape[0]`).
+    pub fn len(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// Whether the batch holds no images (never the case for batches the loader yields).
+    pub fn is_empty(&self) -> bool {
+        self.shape[0] == 0
+    }
+}
+
+/// A sample that was left out of its batch because it could not be loaded or preprocessed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedSample {
+    /// Where it happened.
+    pub cursor: Cursor,
+    /// Index in the loader's source.
+    pub index: usize,
+    /// The sample's path (or `file:record`), from [`crate::ImageSource::describe`].
+    pub what: String,
+    /// The error message.
+    pub error: String,
+}
+
+impl std::fmt::Display for SkippedSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "skipped {} (epoch {}, batch {}): {}",
+            self.what, self.cursor.epoch, self.cursor.position, self.error
+        )
+    }
+}
+
+/// Counters of one [`crate::BatchIter`], for judging whether data loading slows training down.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoaderStats {
+    /// Total time the consumer spent blocked in `next()` waiting for a batch. In steady state with enough
+    /// prefetch this stays near zero; a growing value means the training step outpaces decoding.
+    pub wait_time: Duration,
+    /// Batches yielded.
+    pub batches: usize,
+    /// Images yielded.
+    pub samples: usize,
+    /// Samples skipped (each occurrence; a corrupt file counts once per epoch).
+    pub skipped: usize,
+    /// Every skipped sample, in stream order.
+    pub skipped_samples: Vec<SkippedSample>,
+}

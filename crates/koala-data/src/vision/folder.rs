@@ -1,0 +1,157 @@
+//! [`ImageFolder`]: the `root/<class_name>/<image>` layout used by torchvision's `ImageFolder`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+
+use super::source::{decode_file, has_image_extension, ImageSource, IMAGE_EXTENSIONS};
+use crate::error::{DataError, Result};
+
+/// Images grouped in one sub-folder per class.
+///
+/// Classes are the sub-folders of the root sorted by name (hidden entries, starting with `.`, are ignored);
+/// label `i` is the `i`-th class. Images are collected recursively inside each class folder, sorted by path,
+/// and recognised by extension ([`IMAGE_EXTENSIONS`]); other files are ignored. The order is therefore fixed by
+/// the file names alone, which is what makes seeds reproducible across machines.
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    root: PathBuf,
+    class_names: Vec<String>,
+    samples: Vec<(PathBuf, i64)>,
+}
+
+impl ImageFolder {
+    /// Scans `root`. Fails if it does not exist, holds no class folders, or a class folder holds no images.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref();
+        let class_dirs = class_dirs(root)?;
+        let mut class_names = Vec::with_capacity(class_dirs.len());
+        let mut samples = Vec::new();
+        for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
+            let images = images_under(&dir)?;
+            if images.is_empty() {
+                return Err(DataError::layout(
+                    &dir,
+                    format!(
+                        "class folder `{name}` holds no images (looked for extensions {}); \
+                         add images or remove the folder",
+                        IMAGE_EXTENSIONS.join(", ")
+                    ),
+                ));
+            }
+            samples.extend(images.into_iter().map(|p| (p, label as i64)));
+            class_names.push(name);
+        }
+        Ok(ImageFolder {
+            root: root.to_path_buf(),
+            class_names,
+            samples,
+        })
+    }
+
+    /// The folder this source was opened from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path of sample `index`.
+    pub fn path(&self, index: usize) -> &Path {
+        &self.samples[index].0
+    }
+}
+
+impl ImageSource for ImageFolder {
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    fn label(&self, index: usize) -> i64 {
+        self.samples[index].1
+    }
+
+    fn load(&self, index: usize) -> Result<DynamicImage> {
+        decode_file(&self.samples[index].0)
+    }
+
+    fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    fn describe(&self, index: usize) -> String {
+        self.samples[index].0.display().to_string()
+    }
+}
+
+/// The class sub-folders of `root` as `(name, path)`, sorted by name.
+fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    if !root.exists() {
+        return Err(DataError::layout(
+            root,
+            "data folder does not exist; pass a folder that holds one sub-folder of images per class",
+        ));
+    }
+    if !root.is_dir() {
+        return Err(DataError::layout(
+            root,
+            "is a file, not a folder; pass a folder that holds one sub-folder of images per class \
+             (or use a CSV list / IDX source for files)",
+        ));
+    }
+    let mut dirs = Vec::new();
+    for entry in sorted_entries(root)? {
+        let name = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned);
+        match name {
+            Some(name) if entry.is_dir() && !is_hidden(&entry) => dirs.push((name, entry)),
+            _ => {}
+        }
+    }
+    if dirs.is_empty() {
+        return Err(DataError::layout(
+            root,
+            "no class folders found; expected <root>/<class_name>/<image files>, one sub-folder per class",
+        ));
+    }
+    Ok(dirs)
+}
+
+/// All image files under `dir` (recursively), sorted by path.
+fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in sorted_entries(&current)? {
+            if is_hidden(&entry) {
+                continue;
+            }
+            if entry.is_dir() {
+                pending.push(entry);
+            } else if has_image_extension(&entry) {
+                found.push(entry);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether the file name starts with `.`: hidden folders and macOS `._name.jpg` metadata files, which carry
+/// image extensions but are not images.
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
+/// The entries of `dir` sorted by file name, so the scan order does not depend on the file system.
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
+        entries.push(entry.map_err(|e| DataError::io(dir, e))?.path());
+    }
+    entries.sort();
+    Ok(entries)
+}

@@ -1,0 +1,305 @@
+//! [`Loader`]: turns a source and a [`Preprocess`] into deterministic batches.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::batch::{Batch, Cursor, SkippedSample};
+use super::batch_iter::BatchIter;
+use super::preprocess::Preprocess;
+use super::seeding::{permutation, rng_for, Stream};
+use super::source::ImageSource;
+use super::transform::Transform;
+use crate::error::{DataError, Result};
+
+/// Batching, ordering and threading settings of a [`Loader`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Seed of the epoch order and of the augmentations.
+    #[serde(default)]
+    pub seed: u64,
+    /// Visit samples in a fresh random order each epoch (otherwise in source order).
+    #[serde(default)]
+    pub shuffle: bool,
+    /// Apply the training geometry (random crop, flip); otherwise the evaluation geometry.
+    #[serde(default)]
+    pub augment: bool,
+    /// Drop the last, incomplete batch of each epoch.
+    #[serde(default)]
+    pub drop_last: bool,
+    /// Batches prepared ahead of the consumer by the background thread.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// Decoding threads; 0 uses rayon's global pool (one thread per core).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_prefetch() -> usize {
+    2
+}
+
+impl LoaderConfig {
+    /// Training: shuffled, augmented, last partial batch kept, 2 batches of prefetch.
+    pub fn train(batch_size: usize, seed: u64) -> Self {
+        LoaderConfig {
+            batch_size,
+            seed,
+            shuffle: true,
+            augment: true,
+            drop_last: false,
+            prefetch: 2,
+            threads: 0,
+        }
+    }
+
+    /// Evaluation: source order, no augmentation, every sample.
+    pub fn eval(batch_size: usize) -> Self {
+        LoaderConfig {
+            batch_size,
+            seed: 0,
+            shuffle: false,
+            augment: false,
+            drop_last: false,
+            prefetch: 2,
+            threads: 0,
+        }
+    }
+}
+
+/// Callback told about every skipped sample, on the consumer's thread, in stream order.
+pub type SkipCallback = Arc<dyn Fn(&SkippedSample) + Send + Sync>;
+
+/// Produces batches of preprocessed images from an [`ImageSource`].
+///
+/// **Determinism.** Epoch `e` visits the samples in a permutation drawn from `(seed, e)`; batch `p` is the
+/// slice `p * batch_size ..` of it. The augmentation of sample `i` in epoch `e` is drawn from
+/// `(seed, e, i)`. Nothing depends on thread count, prefetch depth or where iteration started, so
+/// [`Loader::iter`] from a saved [`Cursor`] yields exactly what an uninterrupted run would have.
+///
+/// **Corrupt samples** are skipped, not replaced: the batch simply holds fewer images (filling it with later
+/// samples would shift every following batch and break resumption). Each skip is reported through
+/// [`Loader::on_skip`] and [`crate::LoaderStats`]. A batch whose every sample fails is not yielded at all.
+#[derive(Clone)]
+pub struct Loader {
+    pub(crate) source: Arc<dyn ImageSource>,
+    transform: Arc<Transform>,
+    pub(crate) config: LoaderConfig,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    pub(crate) on_skip: Option<SkipCallback>,
+}
+
+impl Loader {
+    /// Validates the settings and prepares the decoding threads. Fails on an empty source, a zero batch size,
+    /// an invalid [`Preprocess`], or `drop_last` with fewer samples than one batch.
+    pub fn new(
+        source: Arc<dyn ImageSource>,
+        preprocess: Preprocess,
+        config: LoaderConfig,
+    ) -> Result<Self> {
+        if source.is_empty() {
+            return Err(DataError::config(
+                "source",
+                "the data source holds no samples",
+            ));
+        }
+        if config.batch_size == 0 {
+            return Err(DataError::config("batch_size", "must be at least 1"));
+        }
+        if config.drop_last && source.len() < config.batch_size {
+            return Err(DataError::config(
+                "drop_last",
+                format!(
+                    "the source holds {} samples, fewer than batch_size = {}, so no batch would be produced",
+                    source.len(),
+                    config.batch_size
+                ),
+            ));
+        }
+        let transform = Arc::new(Transform::new(preprocess)?);
+        let pool = match config.threads {
+            0 => None,
+            n => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("koala-data-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        DataError::config(
+                            "threads",
+                            format!("cannot start {n} decoding threads: {e}"),
+                        )
+                    })?,
+            )),
+        };
+        Ok(Loader {
+            source,
+            transform,
+            config,
+            pool,
+            on_skip: None,
+        })
+    }
+
+    /// Calls `f` for every skipped sample (e.g. to log it), in addition to recording it in the stats.
+    pub fn on_skip(mut self, f: impl Fn(&SkippedSample) + Send + Sync + 'static) -> Self {
+        self.on_skip = Some(Arc::new(f));
+        self
+    }
+
+    /// The source batches are drawn from.
+    pub fn source(&self) -> &Arc<dyn ImageSource> {
+        &self.source
+    }
+
+    /// The preprocessing applied to every image.
+    pub fn preprocess(&self) -> &Preprocess {
+        self.transform.preprocess()
+    }
+
+    /// The settings this loader was built with.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// Batches in one epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.source.len(), self.config.batch_size);
+        if self.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Batches from `from` up to the end of epoch `until_epoch - 1`, prepared by a background thread. A cursor
+    /// past the end of its epoch starts at the next epoch.
+    pub fn iter(&self, from: Cursor, until_epoch: u64) -> BatchIter {
+        BatchIter::spawn(self.clone(), from, until_epoch)
+    }
+
+    /// All batches of one epoch.
+    pub fn epoch(&self, epoch: u64) -> BatchIter {
+        self.iter(Cursor::new(epoch, 0), epoch + 1)
+    }
+
+    /// The order in which epoch `epoch` visits the source.
+    pub(crate) fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        let n = self.source.len();
+        if self.config.shuffle {
+            permutation(n, &mut rng_for(self.config.seed, Stream::Shuffle, epoch, 0))
+        } else {
+            (0..n).collect()
+        }
+    }
+
+    /// The cursor after `cursor`, rolling over to the next epoch.
+    pub(crate) fn advance(&self, cursor: Cursor) -> Cursor {
+        if cursor.position + 1 >= self.batches_per_epoch() {
+            Cursor::new(cursor.epoch + 1, 0)
+        } else {
+            Cursor::new(cursor.epoch, cursor.position + 1)
+        }
+    }
+
+    /// Decodes and preprocesses batch `cursor` of an epoch visiting `order`, into `buffers` (reused if they
+    /// come from [`BatchIter::recycle`]). Returns the batch (`None` if every sample failed) and the skips.
+    pub(crate) fn build_batch(
+        &self,
+        cursor: Cursor,
+        order: &[usize],
+        mut buffers: Buffers,
+    ) -> (Option<Batch>, Vec<SkippedSample>) {
+        let b = self.config.batch_size;
+        let members = &order[cursor.position * b..((cursor.position + 1) * b).min(order.len())];
+        let sample_len = self.transform.preprocess().sample_len();
+        buffers.images.clear();
+        buffers.images.resize(members.len() * sample_len, 0.0);
+        let mut decode = || -> Vec<Result<()>> {
+            buffers
+                .images
+                .par_chunks_mut(sample_len)
+                .zip(members.par_iter())
+                .map(|(slot, &index)| self.prepare_sample(cursor.epoch, index, slot))
+                .collect()
+        };
+        let outcomes = match &self.pool {
+            Some(pool) => pool.install(decode),
+            None => decode(),
+        };
+        let skipped = self.compact(cursor, members, outcomes, sample_len, &mut buffers);
+        let n = buffers.labels.len();
+        let batch = (n > 0).then(|| {
+            let [c, h, w] = self.transform.preprocess().chw();
+            Batch {
+                images: buffers.images,
+                labels: buffers.labels,
+                indices: buffers.indices,
+                shape: [n, c, h, w],
+                cursor,
+                next: self.advance(cursor),
+            }
+        });
+        (batch, skipped)
+    }
+
+    /// Loads sample `index` and writes it, preprocessed, to `slot`.
+    fn prepare_sample(&self, epoch: u64, index: usize, slot: &mut [f32]) -> Result<()> {
+        let image = self.source.load(index)?;
+        if self.config.augment {
+            let mut rng = rng_for(self.config.seed, Stream::Augment, epoch, index as u64);
+            self.transform.apply(&image, Some(&mut rng), slot)
+        } else {
+            self.transform.apply(&image, None, slot)
+        }
+    }
+
+    /// Moves the images that were prepared successfully to the front of `buffers.images`, fills labels and
+    /// indices for them, and reports the rest as skipped.
+    fn compact(
+        &self,
+        cursor: Cursor,
+        members: &[usize],
+        outcomes: Vec<Result<()>>,
+        sample_len: usize,
+        buffers: &mut Buffers,
+    ) -> Vec<SkippedSample> {
+        buffers.labels.clear();
+        buffers.indices.clear();
+        let mut skipped = Vec::new();
+        for (k, (&index, outcome)) in members.iter().zip(outcomes).enumerate() {
+            match outcome {
+                Ok(()) => {
+                    let kept = buffers.labels.len();
+                    if kept != k {
+                        buffers
+                            .images
+                            .copy_within(k * sample_len..(k + 1) * sample_len, kept * sample_len);
+                    }
+                    buffers.labels.push(self.source.label(index));
+                    buffers.indices.push(index);
+                }
+                Err(e) => skipped.push(SkippedSample {
+                    cursor,
+                    index,
+                    what: self.source.describe(index),
+                    error: e.to_string(),
+                }),
+            }
+        }
+        buffers.images.truncate(buffers.labels.len() * sample_len);
+        skipped
+    }
+}
+
+/// The vectors of a batch, passed back through [`BatchIter::recycle`] so steady-state batching reuses them.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers {
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+    pub indices: Vec<usize>,
+}

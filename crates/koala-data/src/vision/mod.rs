@@ -1,0 +1,17 @@
+//! The image pipeline: sources on disk → preprocessing → deterministic batches.
+
+pub mod batch;
+pub mod batch_iter;
+pub mod csv_list;
+pub mod folder;
+mod geometry;
+pub mod idx;
+pub mod loader;
+#[cfg(test)]
+mod pillow_reference_tests;
+pub mod preprocess;
+mod resample;
+mod seeding;
+pub mod source;
+pub mod subset;
+mod transform;
