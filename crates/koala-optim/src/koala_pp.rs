@@ -1,0 +1,388 @@
+//! KOALA++ (spec §5): per tensor, the covariance–gradient product v = H·P, the previous
+//! H and the previous innovation variance S replace the n×n covariance.
+//!
+//! Two computations of the same step are provided (`KoalaPPPath`):
+//! * fused (spec §5.5): pass 1 reads g, θ, H_prev, v_prev and reduces the five dot
+//!   products a = h·h_p, b = h·v_p, c = h·h, t = θ·θ and ‖g‖²; all scalars follow from
+//!   these and the cached x = ‖h_p‖², y = h_p·v_p; pass 2 writes v, H and θ. 44 bytes per
+//!   parameter, chunk-parallel, no allocation.
+//! * literal (spec §5.3): the reference code's operation order with separate reductions;
+//!   slower, kept as an independent cross-check of the fused algebra.
+
+use rayon::prelude::*;
+
+use crate::config::{KoalaPPConfig, KoalaPPPath, KoalaPPVariant, OptimizerConfig};
+use crate::error::OptimError;
+use crate::kernels::{
+    below_skip_threshold, dot, lane_sums, par_chunk_sums, update_noise, Sums, CHUNK,
+};
+use crate::optimizer::{check_step_inputs, summarize, Optimizer, StepContext, StepReport};
+use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
+
+// Scalar and global slot indices; must match the layouts below.
+const S: usize = 0;
+const X: usize = 1;
+const Y: usize = 2;
+const R: usize = 0;
+
+static FUSED_LAYOUT: StateLayout = StateLayout {
+    kind: "koala-pp/fused",
+    vectors: &["v", "H"],
+    scalars: &["S", "x", "y"],
+    globals: &["R"],
+    scratch: 0,
+};
+
+static LITERAL_LAYOUT: StateLayout = StateLayout {
+    kind: "koala-pp/literal",
+    vectors: &["v", "H"],
+    scalars: &["S", "x", "y"],
+    globals: &["R"],
+    // The literal path's scratch: new h, new v, and v + Q·h.
+    scratch: 3,
+};
+
+/// The KOALA++ optimizer.
+#[derive(Debug)]
+pub struct KoalaPP {
+    cfg: KoalaPPConfig,
+    config: OptimizerConfig,
+}
+
+impl KoalaPP {
+    pub(crate) fn new(cfg: KoalaPPConfig) -> Self {
+        KoalaPP {
+            config: OptimizerConfig::KoalaPlusPlus(cfg.clone()),
+            cfg,
+        }
+    }
+
+    fn layout(&self) -> &'static StateLayout {
+        match self.cfg.path {
+            KoalaPPPath::Fused => &FUSED_LAYOUT,
+            KoalaPPPath::Literal => &LITERAL_LAYOUT,
+        }
+    }
+}
+
+impl Optimizer for KoalaPP {
+    fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    fn init(&self, specs: &[TensorSpec]) -> Result<OptimizerState, OptimError> {
+        OptimizerState::new(
+            self.layout(),
+            self.config.clone(),
+            specs,
+            vec![self.cfg.r.unwrap_or(self.cfg.r_init)],
+        )
+    }
+
+    /// KOALA++ has no prediction step (the reference method exists and does nothing).
+    fn predict(&self, state: &mut OptimizerState, _: &mut [&mut [f32]]) -> Result<(), OptimError> {
+        state.expect_layout(self.layout())
+    }
+
+    fn step(
+        &self,
+        state: &mut OptimizerState,
+        params: &mut [&mut [f32]],
+        grads: &[Option<&[f32]>],
+        ctx: &StepContext,
+    ) -> Result<StepReport, OptimError> {
+        state.expect_layout(self.layout())?;
+        check_step_inputs(state, params, grads)?;
+        // R is global and updated once per call, before any tensor, even if all skip.
+        update_noise(
+            &mut state.globals[R],
+            self.cfg.r,
+            self.cfg.alpha_r,
+            ctx.loss_var,
+        );
+        let r = state.globals[R];
+        state
+            .tensors
+            .par_iter_mut()
+            .zip(params.par_iter_mut())
+            .zip(grads.par_iter())
+            .for_each(|((t, p), g)| {
+                t.report = match g {
+                    None => skipped(),
+                    Some(g) => match self.cfg.path {
+                        KoalaPPPath::Fused => self.fused_tensor(t, p, g, r, ctx),
+                        KoalaPPPath::Literal => self.literal_tensor(t, p, g, r, ctx),
+                    },
+                }
+            });
+        state.last_step = Some(ctx.step);
+        Ok(summarize(state))
+    }
+}
+
+fn skipped() -> TensorReport {
+    TensorReport {
+        skipped: true,
+        ..TensorReport::default()
+    }
+}
+
+/// Scalars of one tensor's step, all derived from the pass-1 dot products.
+struct StepScalars {
+    /// Coefficients of v = c_v·v_p + c_h·h + c_p·h_p.
+    c_v: f64,
+    c_h: f64,
+    c_p: f64,
+    /// θ ← θ + step·(v + Q·h), step = −η·ℓ/S.
+    step: f64,
+    /// S after the optional guard, and whether the guard clamped it.
+    s: f64,
+    guard_hit: bool,
+    /// Cached x and y of the next step: ‖h‖² and h·v.
+    x_next: f64,
+    y_next: f64,
+}
+
+/// Previous state of a tensor as seen by the scalar computation.
+#[derive(Clone, Copy)]
+struct Prev {
+    s: f64,
+    x: f64,
+    y: f64,
+}
+
+/// The fused form's dot products (spec §5.5).
+#[derive(Clone, Copy)]
+struct Dots {
+    /// h·h_p
+    a: f64,
+    /// h·v_p
+    b: f64,
+    /// h·h
+    c: f64,
+    /// θ·θ
+    t: f64,
+}
+
+impl KoalaPP {
+    /// Spec §5.3 steps c–k in scalar form. `prev = None` is the lazy first step: the
+    /// reference pretends h_p = h and v_p = σ·h (a phantom measurement update), so a, b,
+    /// x, y and S_p follow from c alone.
+    fn scalars(&self, dots: Dots, prev: Option<Prev>, r: f64, ctx: &StepContext) -> StepScalars {
+        let (q, sigma, wd) = (self.cfg.q, self.cfg.sigma, self.cfg.weight_decay);
+        let Dots { c, t, .. } = dots;
+        let (a, b, x, y, s_p) = match prev {
+            Some(p) => (dots.a, dots.b, p.x, p.y, p.s),
+            None => (c, sigma * c, c, sigma * c, sigma * c + q * c + r),
+        };
+        let lambda = (b + q * a) / s_p;
+        let alpha = a / x;
+        let w = match self.cfg.variant {
+            KoalaPPVariant::Symmetric => b / x - a * y / (x * x),
+            KoalaPPVariant::Vanilla => 0.0,
+        };
+        let c_v = alpha - lambda;
+        let c_p = w - q * lambda;
+        // v·h expanded so that S needs no second reduction.
+        let vh = c_v * b + q * c + c_p * a;
+        let s_raw = vh + q * c + r;
+        let s = if self.cfg.s_guard {
+            s_raw.max(r).max(1e-12)
+        } else {
+            s_raw
+        };
+        let layer_loss = ctx.loss + 0.5 * wd * t;
+        let (c_v, c_h, c_p) = match prev {
+            Some(_) => (c_v, q, c_p),
+            // v_p = σ·h and h_p = h fold into a single coefficient on h.
+            None => (0.0, c_v * sigma + q + c_p, 0.0),
+        };
+        StepScalars {
+            c_v,
+            c_h,
+            c_p,
+            step: -ctx.lr * layer_loss / s,
+            s,
+            guard_hit: s != s_raw,
+            x_next: c,
+            y_next: vh,
+        }
+    }
+
+    fn fused_tensor(
+        &self,
+        t: &mut TensorState,
+        p: &mut [f32],
+        g: &[f32],
+        r: f64,
+        ctx: &StepContext,
+    ) -> TensorReport {
+        let n = t.numel();
+        let wd = self.cfg.weight_decay as f32;
+        let [v, h] = t.vectors.as_mut_slice() else {
+            unreachable!("KOALA++ layout has two vectors")
+        };
+        let sums = {
+            let (p, v, h) = (&*p, &*v, &*h);
+            par_chunk_sums(&mut t.partials, n, |rg| {
+                pass1(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
+            })
+        };
+        let [a, b, c, tt, gg] = sums;
+        if below_skip_threshold(gg, self.cfg.skip_eps) {
+            return skipped();
+        }
+        let prev = t.initialized.then(|| Prev {
+            s: t.scalars[S],
+            x: t.scalars[X],
+            y: t.scalars[Y],
+        });
+        let dots = Dots { a, b, c, t: tt };
+        let k = self.scalars(dots, prev, r, ctx);
+        let coef = Pass2 {
+            c_v: k.c_v as f32,
+            c_h: k.c_h as f32,
+            c_p: k.c_p as f32,
+            q: self.cfg.q as f32,
+            step: k.step as f32,
+            wd,
+        };
+        (
+            p.par_chunks_mut(CHUNK),
+            v.par_chunks_mut(CHUNK),
+            h.par_chunks_mut(CHUNK),
+            g.par_chunks(CHUNK),
+        )
+            .into_par_iter()
+            .for_each(|(p, v, h, g)| pass2(p, v, h, g, &coef));
+        t.scalars[S] = k.s;
+        t.scalars[X] = k.x_next;
+        t.scalars[Y] = k.y_next;
+        t.initialized = true;
+        TensorReport {
+            skipped: false,
+            s: Some(k.s),
+            guard_hit: k.guard_hit,
+        }
+    }
+
+    /// Spec §5.3 literally: h, then (lazy init) v_p, h_p, then x, y, S_p, a, b, λ, α, w,
+    /// v, S, ℓ and θ, each as its own operation. Tensor-parallel only.
+    fn literal_tensor(
+        &self,
+        t: &mut TensorState,
+        p: &mut [f32],
+        g: &[f32],
+        r: f64,
+        ctx: &StepContext,
+    ) -> TensorReport {
+        if below_skip_threshold(dot(g, g), self.cfg.skip_eps) {
+            return skipped();
+        }
+        let (q, wd) = (self.cfg.q, self.cfg.weight_decay);
+        let (qf, wdf) = (q as f32, wd as f32);
+        let [hs, vs, vq] = t.scratch.as_mut_slice() else {
+            unreachable!("literal layout has three scratch vectors")
+        };
+        for ((h, g), p) in hs.iter_mut().zip(g).zip(p.iter()) {
+            *h = g + wdf * p; // b. h = g + wd·θ
+        }
+        let first = !t.initialized;
+        let [v_p, h_p] = t.vectors.as_mut_slice() else {
+            unreachable!("KOALA++ layout has two vectors")
+        };
+        if first {
+            // c. lazy init: v_p = σ·h, h_p = h
+            let sigma = self.cfg.sigma as f32;
+            for ((vp, hp), h) in v_p.iter_mut().zip(h_p.iter_mut()).zip(hs.iter()) {
+                *vp = sigma * h;
+                *hp = *h;
+            }
+        }
+        let x = dot(h_p, h_p); // d.
+        let y = dot(h_p, v_p);
+        let s_p = if first { y + q * x + r } else { t.scalars[S] }; // e.
+        let a = dot(hs, h_p); // f.
+        let b = dot(hs, v_p);
+        let lambda = (b + q * a) / s_p; // g.
+        let alpha = a / x;
+        let w = match self.cfg.variant {
+            KoalaPPVariant::Symmetric => b / x - a * y / (x * x),
+            KoalaPPVariant::Vanilla => 0.0,
+        };
+        let (c_vp, lam, wf) = ((alpha - lambda) as f32, lambda as f32, w as f32);
+        for (((v, vp), hp), h) in vs.iter_mut().zip(v_p.iter()).zip(h_p.iter()).zip(hs.iter()) {
+            *v = c_vp * vp + qf * (h - lam * hp) + wf * hp; // h. new v
+        }
+        for ((vq, v), h) in vq.iter_mut().zip(vs.iter()).zip(hs.iter()) {
+            *vq = v + qf * h;
+        }
+        let s_raw = dot(vq, hs) + r; // i.
+        let s = if self.cfg.s_guard {
+            s_raw.max(r).max(1e-12)
+        } else {
+            s_raw
+        };
+        let layer_loss = ctx.loss + 0.5 * wd * dot(p, p); // j.
+        let step = (-ctx.lr * layer_loss / s) as f32; // k.
+        for (p, vq) in p.iter_mut().zip(vq.iter()) {
+            *p += step * vq;
+        }
+        // l. state ← (v, h, S); swapping buffers keeps the step allocation-free.
+        std::mem::swap(v_p, vs);
+        std::mem::swap(h_p, hs);
+        t.scalars[S] = s;
+        t.scalars[X] = dot(h_p, h_p);
+        t.scalars[Y] = dot(h_p, v_p);
+        t.initialized = true;
+        TensorReport {
+            skipped: false,
+            s: Some(s),
+            guard_hit: s != s_raw,
+        }
+    }
+}
+
+/// Pass 1 over one chunk: [h·h_p, h·v_p, h·h, θ·θ, g·g] with h = g + wd·θ formed in f32
+/// exactly as pass 2 forms it.
+#[inline(always)]
+fn pass1(g: &[f32], p: &[f32], hp: &[f32], vp: &[f32], wd: f32) -> Sums {
+    let n = g.len();
+    let (p, hp, vp) = (&p[..n], &hp[..n], &vp[..n]);
+    lane_sums(n, |i| {
+        let h = f64::from(g[i] + wd * p[i]);
+        let (t, gi) = (f64::from(p[i]), f64::from(g[i]));
+        [
+            h * f64::from(hp[i]),
+            h * f64::from(vp[i]),
+            h * h,
+            t * t,
+            gi * gi,
+        ]
+    })
+}
+
+/// Pass-2 coefficients in f32 (the stored vectors are f32).
+struct Pass2 {
+    c_v: f32,
+    c_h: f32,
+    c_p: f32,
+    q: f32,
+    step: f32,
+    wd: f32,
+}
+
+/// Pass 2 over one chunk: h = g + wd·θ; v = c_v·v_p + c_h·h + c_p·h_p;
+/// θ ← θ + step·(v + Q·h); v and h overwrite v_p and h_p in place.
+#[inline(always)]
+fn pass2(p: &mut [f32], v: &mut [f32], h: &mut [f32], g: &[f32], k: &Pass2) {
+    let n = p.len();
+    let (v, h, g) = (&mut v[..n], &mut h[..n], &g[..n]);
+    for i in 0..n {
+        let hi = g[i] + k.wd * p[i];
+        let vi = k.c_v * v[i] + k.c_h * hi + k.c_p * h[i];
+        p[i] += k.step * (vi + k.q * hi);
+        v[i] = vi;
+        h[i] = hi;
+    }
+}
