@@ -1,0 +1,265 @@
+//! `koala check`: a report on whether (and how) a model can be fine-tuned,
+//! listing every problem at once, each naming the node/op/value with a
+//! suggestion. Static: it needs no ONNX Runtime and no data.
+
+use crate::backward::{self, rule_for};
+use crate::model::{node_label, Model};
+use crate::tensor;
+use crate::trainable::{self, TrainableSpec};
+use crate::training::declared_dims;
+use anyhow::Result;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+/// Supported default-domain opset range.
+pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Training cannot proceed as is.
+    Error,
+    /// Worth knowing; training works.
+    Note,
+}
+
+/// One finding.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    /// Error or note.
+    pub severity: Severity,
+    /// What and where.
+    pub message: String,
+    /// What to do.
+    pub suggestion: String,
+}
+
+/// The check report.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// Model name for display.
+    pub model: String,
+    /// Default-domain opset.
+    pub opset: i64,
+    /// Op → count.
+    pub ops: BTreeMap<String, usize>,
+    /// Total float parameters in initializers.
+    pub parameters: usize,
+    /// Trainable tensors with element counts.
+    pub trainable: Vec<(String, usize)>,
+    /// Graph inputs with their declared dims.
+    pub inputs: Vec<String>,
+    /// Findings.
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// True when no finding is an error.
+    pub fn ok(&self) -> bool {
+        self.problems.iter().all(|p| p.severity != Severity::Error)
+    }
+}
+
+/// Ops whose outputs are integers or booleans: gradients never flow through.
+const NON_DIFFERENTIABLE: &[&str] = &[
+    "Shape",
+    "Size",
+    "ArgMax",
+    "ArgMin",
+    "NonZero",
+    "Equal",
+    "Greater",
+    "Less",
+    "GreaterOrEqual",
+    "LessOrEqual",
+    "Not",
+    "And",
+    "Or",
+    "Xor",
+    "IsNaN",
+    "IsInf",
+    "ConstantOfShape",
+    "Range",
+    "TopK",
+];
+
+/// Checks a model against a trainable selection.
+pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
+    let g = model.graph();
+    let mut ops = BTreeMap::new();
+    for n in &g.node {
+        let key = if n.domain.is_empty() || n.domain == "ai.onnx" {
+            n.op_type.clone()
+        } else {
+            format!("{}::{}", n.domain, n.op_type)
+        };
+        *ops.entry(key).or_insert(0) += 1;
+    }
+    let parameters = g
+        .initializer
+        .iter()
+        .filter(|t| tensor::to_f32(t).is_ok())
+        .map(|t| tensor::numel(&t.dims))
+        .sum();
+    let mut work = model.clone();
+    if spec.train_constants {
+        trainable::promote_constants(&mut work);
+    }
+    let selected = trainable::select(&work, spec)?;
+    let sizes: Vec<(String, usize)> = selected
+        .iter()
+        .map(|n| {
+            let t = work
+                .graph()
+                .initializer
+                .iter()
+                .find(|t| &t.name == n)
+                .expect("selected from initializers");
+            (n.clone(), tensor::numel(&t.dims))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    let opset = model.opset();
+    if !OPSETS.contains(&opset) {
+        problems.push(Problem {
+            severity: Severity::Error,
+            message: format!(
+                "default-domain opset {opset} is outside the supported range {}–{}",
+                OPSETS.start(),
+                OPSETS.end()
+            ),
+            suggestion:
+                "convert the model (e.g. onnx.version_converter.convert_version(model, 17))".into(),
+        });
+    }
+    if selected.is_empty() {
+        problems.push(Problem { severity: Severity::Error, message: "no trainable float initializers selected".into(), suggestion: "check --train/--freeze patterns; use --train-constants if the weights live in Constant nodes".into() });
+    }
+    inputs_problems(model, &mut problems);
+    path_problems(&work, &selected, &mut problems);
+    let inputs = g
+        .input
+        .iter()
+        .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+        .map(|i| {
+            let dims: Vec<String> = declared_dims(i)
+                .iter()
+                .map(|d| d.map(|v| v.to_string()).unwrap_or("?".into()))
+                .collect();
+            format!("{} [{}]", i.name, dims.join(", "))
+        })
+        .collect();
+    Ok(CheckReport {
+        model: model.display_name(),
+        opset,
+        ops,
+        parameters,
+        trainable: sizes,
+        inputs,
+        problems,
+    })
+}
+
+fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
+    let g = model.graph();
+    for i in g
+        .input
+        .iter()
+        .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+    {
+        for (axis, d) in declared_dims(i).iter().enumerate().skip(1) {
+            if d.is_none() {
+                problems.push(Problem {
+                    severity: Severity::Note,
+                    message: format!("input '{}' has a dynamic dimension on axis {axis}", i.name),
+                    suggestion: "it is fixed from the data (image size / sequence length) when the training graph is built; pass --image-size to choose it".into(),
+                });
+            }
+        }
+    }
+}
+
+/// Nodes between a trainable weight and an output that koala cannot
+/// differentiate, and control flow / custom ops anywhere.
+fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>) {
+    let g = model.graph();
+    let live = backward::grad_reachable(&g.node, selected, |_| true);
+    let mut on_path: HashSet<usize> = HashSet::new();
+    for o in &g.output {
+        on_path.extend(backward::nodes_on_path(&g.node, &live, &o.name));
+    }
+    for (i, n) in g.node.iter().enumerate() {
+        let custom = !(n.domain.is_empty() || n.domain == "ai.onnx");
+        let control = matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
+        let needs_rule = on_path.contains(&i) && !NON_DIFFERENTIABLE.contains(&n.op_type.as_str());
+        if needs_rule && rule_for(n).is_none() {
+            problems.push(Problem {
+                severity: Severity::Error,
+                message: backward::missing_rule_message(i, n).split("; it lies").next().unwrap_or_default().to_string() + " and lies between a trainable weight and the output",
+                suggestion: "freeze the weights before it (--freeze '<regex>') so no gradient passes through it, or re-export the model without this op".into(),
+            });
+        } else if control || custom {
+            problems.push(Problem {
+                severity: Severity::Note,
+                message: format!(
+                    "{} is {} but no gradient passes through it",
+                    node_label(i, n),
+                    if control {
+                        "control flow"
+                    } else {
+                        "a custom-domain op"
+                    }
+                ),
+                suggestion: "nothing to do: it only runs in the forward pass".into(),
+            });
+        }
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "model {}  (opset {})", self.model, self.opset)?;
+        writeln!(f, "inputs: {}", self.inputs.join(", "))?;
+        let total: usize = self.ops.values().sum();
+        writeln!(f, "ops ({total} nodes):")?;
+        for (op, n) in &self.ops {
+            writeln!(f, "  {op:<24} {n:>5}")?;
+        }
+        let trainable: usize = self.trainable.iter().map(|t| t.1).sum();
+        writeln!(
+            f,
+            "parameters: {} in float initializers; trainable: {} tensors, {} parameters",
+            self.parameters,
+            self.trainable.len(),
+            trainable
+        )?;
+        for (n, k) in self.trainable.iter().take(8) {
+            writeln!(f, "  {n} ({k})")?;
+        }
+        if self.trainable.len() > 8 {
+            writeln!(f, "  … and {} more", self.trainable.len() - 8)?;
+        }
+        if self.problems.is_empty() {
+            write!(f, "no problems: this model can be fine-tuned")
+        } else {
+            for p in &self.problems {
+                let tag = if p.severity == Severity::Error {
+                    "error"
+                } else {
+                    "note"
+                };
+                writeln!(f, "{tag}: {}\n  → {}", p.message, p.suggestion)?;
+            }
+            let errors = self
+                .problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            write!(
+                f,
+                "{errors} error(s), {} note(s)",
+                self.problems.len() - errors
+            )
+        }
+    }
+}

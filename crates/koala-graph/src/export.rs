@@ -1,0 +1,126 @@
+//! Writing the updated model: the original graph (with a replaced head, if
+//! any) with the trained weights written into its initializers, or back into
+//! the Constant nodes they came from. Nothing else changes: opset, metadata,
+//! names and dynamic axes are preserved. Files over 2 GB put large tensors
+//! in an external data file (protobuf's message limit).
+
+use crate::model::{write_atomic, Model};
+use crate::proto::{DataLocation, StringStringEntryProto, TensorProto};
+use crate::tensor;
+use anyhow::{bail, Context, Result};
+use prost::Message;
+use std::path::Path;
+
+/// Protobuf messages cannot exceed 2 GiB.
+const PROTOBUF_LIMIT: usize = 2_000_000_000;
+/// Tensors at least this large go to the external data file when needed.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+
+/// Returns a copy of `model` with `weights` (name → values) written in.
+pub fn with_weights<'a>(
+    model: &Model,
+    weights: impl IntoIterator<Item = (&'a str, &'a [f32])>,
+) -> Result<Model> {
+    let mut out = model.clone();
+    let g = out.graph_mut();
+    for (name, values) in weights {
+        if let Some(t) = g.initializer.iter_mut().find(|t| t.name == name) {
+            tensor::overwrite_f32(t, values)?;
+            continue;
+        }
+        let node = g
+            .node
+            .iter_mut()
+            .find(|n| n.op_type == "Constant" && n.output.first().map(|s| s.as_str()) == Some(name))
+            .with_context(|| {
+                format!("the model has no initializer or Constant node named '{name}' to write")
+            })?;
+        let t = node
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == "value")
+            .and_then(|a| a.t.as_mut())
+            .context("Constant node without a tensor value")?;
+        tensor::overwrite_f32(t, values)?;
+    }
+    Ok(out)
+}
+
+/// Writes `model` to `path` atomically. Refuses to overwrite `input` (the
+/// user's original model). Models over 2 GB get an external data file
+/// `<file name>.data` next to them.
+pub fn save(model: &Model, path: &Path, input: Option<&Path>) -> Result<()> {
+    if let Some(inp) = input {
+        let same = match (std::fs::canonicalize(inp), std::fs::canonicalize(path)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => inp == path,
+        };
+        if same {
+            bail!(
+                "refusing to overwrite the input model '{}'; choose another output path",
+                path.display()
+            );
+        }
+    }
+    let mut proto = model.proto.clone();
+    if proto.encoded_len() > PROTOBUF_LIMIT {
+        let fname = format!(
+            "{}.data",
+            path.file_name()
+                .and_then(|s| s.to_str())
+                .unwrap_or("model.onnx")
+        );
+        let data = externalize(
+            proto.graph.as_mut().unwrap().initializer.as_mut_slice(),
+            &fname,
+        );
+        write_atomic(&path.with_file_name(&fname), &data)?;
+    }
+    write_atomic(path, &proto.encode_to_vec())
+        .with_context(|| format!("cannot write the model to '{}'", path.display()))
+}
+
+/// Moves large tensors' bytes into one buffer and points them at `location`.
+fn externalize(tensors: &mut [TensorProto], location: &str) -> Vec<u8> {
+    let mut data = Vec::new();
+    for t in tensors
+        .iter_mut()
+        .filter(|t| t.raw_data.len() >= EXTERNAL_MIN_BYTES)
+    {
+        while data.len() % 64 != 0 {
+            data.push(0);
+        }
+        let offset = data.len();
+        data.extend_from_slice(&t.raw_data);
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: k.into(),
+            value: v,
+        };
+        t.external_data = vec![
+            entry("location", location.into()),
+            entry("offset", offset.to_string()),
+            entry("length", t.raw_data.len().to_string()),
+        ];
+        t.data_location = DataLocation::External as i32;
+        t.raw_data = Vec::new();
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn externalized_tensors_point_into_the_data_file() {
+        let mut ts = vec![
+            tensor::from_f32("big", &[512], &[1.5; 512]),
+            tensor::from_f32("small", &[2], &[1.0, 2.0]),
+        ];
+        let data = externalize(&mut ts, "m.onnx.data");
+        assert_eq!(data.len(), 2048);
+        assert!(ts[0].raw_data.is_empty() && tensor::is_external(&ts[0]));
+        assert_eq!(ts[0].external_data[2].value, "2048");
+        assert!(!tensor::is_external(&ts[1]));
+    }
+}
