@@ -36,7 +36,7 @@ pub enum Error {
     Provision(#[from] ProvisionError),
 
     /// A library file was found but could not be used as ONNX Runtime.
-    #[error("cannot use {path} as ONNX Runtime: {reason}. Set ORT_DYLIB_PATH to a libonnxruntime.so.{wanted} (from the PyPI wheel onnxruntime=={wanted}), or unset it to let koala fetch one", path = path.display(), wanted = crate::provision::ORT_VERSION)]
+    #[error("cannot use {path} as ONNX Runtime: {reason}. Set ORT_DYLIB_PATH to a libonnxruntime.so.{wanted} (from the PyPI wheel onnxruntime=={wanted}), or unset it to let koala fetch one; if the file is koala's cached copy, delete it and koala fetches it again", path = path.display(), wanted = crate::provision::ORT_VERSION)]
     Load {
         /// The library file.
         path: PathBuf,

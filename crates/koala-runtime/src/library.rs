@@ -110,7 +110,7 @@ fn load(path: &Path) -> Result<Loaded> {
 fn open_and_probe(path: &Path) -> std::result::Result<(libloading::Library, String), String> {
     // SAFETY: loading a shared library runs its initialisers; that is inherent to using ORT at all.
     let library = unsafe { libloading::Library::new(path) }
-        .map_err(|e| format!("the dynamic loader refused it ({e})"))?;
+        .map_err(|e| format!("the dynamic loader refused it ({})", with_sources(&e)))?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: the symbol, when present, has this signature in every ONNX Runtime release.
     let get_base = unsafe { library.get::<GetApiBase>(b"OrtGetApiBase") }.map_err(|_| {
@@ -127,6 +127,18 @@ fn open_and_probe(path: &Path) -> std::result::Result<(libloading::Library, Stri
         .to_string_lossy()
         .into_owned();
     Ok((library, version))
+}
+
+/// An error's message followed by its sources' (libloading puts dlerror's text in the source).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Accepts ONNX Runtime 1.x with x ≥ 31 (the C API level `ort` is built against). koala fetches

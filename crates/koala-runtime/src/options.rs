@@ -49,22 +49,31 @@ impl SessionOptions {
         self.intra_threads.unwrap_or_else(physical_cores).max(1)
     }
 
-    /// Applies the options to an `ort` session builder.
+    /// Applies the options to an `ort` session builder; `context` names the model for errors.
     pub(crate) fn apply(
         &self,
         builder: SessionBuilder,
-    ) -> Result<SessionBuilder, ort::Error<SessionBuilder>> {
+        context: &str,
+    ) -> crate::Result<SessionBuilder> {
         let level = match self.optimization {
             OptimizationLevel::Disable => GraphOptimizationLevel::Disable,
             OptimizationLevel::Basic => GraphOptimizationLevel::Level1,
             OptimizationLevel::Extended => GraphOptimizationLevel::Level2,
             OptimizationLevel::All => GraphOptimizationLevel::All,
         };
+        let err = |what: &str| {
+            let context = format!("{context}: setting {what}");
+            move |e: ort::Error<SessionBuilder>| crate::Error::ort(context, e)
+        };
         builder
-            .with_intra_threads(self.resolved_intra_threads())?
-            .with_inter_threads(1)?
-            .with_optimization_level(level)?
+            .with_intra_threads(self.resolved_intra_threads())
+            .map_err(err("the intra-op thread count"))?
+            .with_inter_threads(1)
+            .map_err(err("the inter-op thread count"))?
+            .with_optimization_level(level)
+            .map_err(err("the optimization level"))?
             .with_memory_pattern(self.memory_pattern)
+            .map_err(err("the memory pattern option"))
     }
 }
 

@@ -190,6 +190,26 @@ pub struct Runner {
     out_values: Vec<*mut OrtValue>,
 }
 
+impl std::fmt::Debug for HostTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostTensor")
+            .field("name", &self.name)
+            .field("element_type", &self.element_type())
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("session", &self.session)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
 // SAFETY: the raw pointers point into heap storage owned by this Runner (name strings in the
 // session, OrtValues and buffers in the HostTensors), which moves with it; `&mut self` on `run`
 // keeps calls exclusive.

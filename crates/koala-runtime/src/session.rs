@@ -62,6 +62,16 @@ impl Scratch {
     }
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("origin", &self.origin)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish_non_exhaustive()
+    }
+}
+
 // SAFETY: the raw pointers in `Scratch` are only set during a `&mut self` call and cleared before
 // it returns; everything else is `Send` (`ort` marks its session and memory info `Send`).
 unsafe impl Send for Session {}
@@ -177,10 +187,8 @@ impl Session {
         reset_flags(&mut s.seen_inputs, self.inputs.len());
         reset_flags(&mut s.seen_outputs, self.outputs.len());
         for (name, view) in inputs {
-            let idx = self.input_index(name)?;
-            mark_once(&mut s.seen_inputs, idx, Direction::Input, name)?;
             let parts = view.raw();
-            check_buffer(Direction::Input, &self.inputs[idx], &parts)?;
+            let idx = self.checked_index(Direction::Input, name, &parts, &mut s.seen_inputs)?;
             // SAFETY: `view` borrows the data for the whole call; ORT only reads inputs.
             let value = unsafe { self.wrap_parts(&parts, &mut s.shape) }?;
             s.in_names.push(self.input_cnames[idx].as_ptr());
@@ -189,10 +197,8 @@ impl Session {
         }
         self.check_all_inputs_given(&s.seen_inputs)?;
         for (name, view) in outputs.iter_mut() {
-            let idx = self.output_index(name)?;
-            mark_once(&mut s.seen_outputs, idx, Direction::Output, name)?;
             let parts = view.raw();
-            check_buffer(Direction::Output, &self.outputs[idx], &parts)?;
+            let idx = self.checked_index(Direction::Output, name, &parts, &mut s.seen_outputs)?;
             // SAFETY: `view` borrows the data mutably (exclusively) for the whole call.
             let value = unsafe { self.wrap_parts(&parts, &mut s.shape) }?;
             s.out_names.push(self.output_cnames[idx].as_ptr());
@@ -207,6 +213,24 @@ impl Session {
         };
         // SAFETY: names point into `self.*_cnames`, values into `s.values`, both alive here.
         unsafe { raw::run(&mut self.inner, args) }.map_err(|e| self.run_error(e))
+    }
+
+    /// The graph position of a named buffer, after checking that the name exists, was not
+    /// given before in this call (`seen`), and that the buffer fits the declaration.
+    fn checked_index(
+        &self,
+        direction: Direction,
+        name: &str,
+        parts: &RawParts<'_>,
+        seen: &mut [bool],
+    ) -> Result<usize> {
+        let (idx, infos) = match direction {
+            Direction::Input => (self.input_index(name)?, &self.inputs),
+            Direction::Output => (self.output_index(name)?, &self.outputs),
+        };
+        mark_once(seen, idx, direction, name)?;
+        check_buffer(direction, &infos[idx], parts)?;
+        Ok(idx)
     }
 
     /// Wraps a buffer as an `OrtValue` without copying.
@@ -256,9 +280,7 @@ impl Session {
         let mut seen = vec![false; self.inputs.len()];
         let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
         for (name, view) in inputs {
-            let idx = self.input_index(name)?;
-            mark_once(&mut seen, idx, Direction::Input, name)?;
-            check_buffer(Direction::Input, &self.inputs[idx], &view.raw())?;
+            self.checked_index(Direction::Input, name, &view.raw(), &mut seen)?;
             values.push((name.to_string(), self.tensor_ref(name, view)?));
         }
         self.check_all_inputs_given(&seen)?;
@@ -313,9 +335,11 @@ fn owned_output(name: &str, value: &ort::value::DynValue) -> Result<OwnedTensor,
             let (shape, data) = value.try_extract_tensor::<i64>()?;
             (shape, TensorData::I64(data.to_vec()))
         }
-        ElementType::Other(other) => return Err(ort::Error::new(format!(
+        ElementType::Other(other) => {
+            return Err(ort::Error::new(format!(
             "output {name:?} has element type {other}; koala reads only f32, f64 and i64 outputs"
-        ))),
+        )))
+        }
     };
     Ok(OwnedTensor {
         name: name.to_string(),
@@ -330,7 +354,7 @@ fn builder(opts: &SessionOptions, origin: &str) -> Result<ort::session::builder:
     let context = || format!("configuring a session for {origin}");
     let builder =
         ort::session::Session::builder(environment).map_err(|e| Error::ort(context(), e))?;
-    opts.apply(builder).map_err(|e| Error::ort(context(), e))
+    opts.apply(builder, &context())
 }
 
 fn lookup(
