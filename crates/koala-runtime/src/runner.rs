@@ -326,12 +326,19 @@ impl Runner {
         &self.outputs
     }
 
-    /// One input buffer, mutably, by index.
+    /// One input buffer, mutably, by index (from [`Runner::input_index`]).
+    ///
+    /// # Panics
+    /// If `index` is out of range, like slice indexing: indices come from
+    /// [`Runner::input_index`], which reports unknown names as errors.
     pub fn input_mut(&mut self, index: usize) -> &mut HostTensor {
         &mut self.inputs[index]
     }
 
-    /// One output buffer by index.
+    /// One output buffer by index (from [`Runner::output_index`]).
+    ///
+    /// # Panics
+    /// If `index` is out of range, like slice indexing.
     pub fn output(&self, index: usize) -> &HostTensor {
         &self.outputs[index]
     }

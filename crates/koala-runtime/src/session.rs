@@ -162,7 +162,8 @@ impl Session {
     /// skips work only they need). Each buffer's type and shape are checked against the model
     /// first, and an error names the tensor, the expected and the actual type or shape.
     ///
-    /// Why this works in `ort` rc.15 where `IoBinding` does not: see the [`crate::raw`] notes.
+    /// Why this goes through ONNX Runtime's C API rather than `ort`'s `IoBinding` (whose
+    /// `bind_input` deadlocks on borrowed tensors in rc.15): see the crate docs.
     /// After the scratch vectors have grown once, a call allocates nothing on koala's side;
     /// ONNX Runtime still creates one small `OrtValue` header per tensor. [`crate::Runner`]
     /// avoids even that by creating them once.

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{fixture, within_30s};
+use common::{fixture, within_30s, FixedBuffers};
 use koala_runtime::{ElementType, Runner, Session, SessionOptions, TensorView, TensorViewMut};
 
 const A: [f64; 6] = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
@@ -167,34 +167,15 @@ fn check_many_io(r: &Runner) {
 fn timing_many_io_run_into_versus_runner() {
     const N: usize = 200;
     let mut s = many_io();
-    let shapes: Vec<Vec<usize>> = s
-        .inputs()
-        .iter()
-        .map(|i| i.fixed_shape().unwrap())
-        .collect();
-    let names: Vec<String> = s.inputs().iter().map(|i| i.name.clone()).collect();
-    let out_names: Vec<String> = s.outputs().iter().map(|o| o.name.clone()).collect();
-    let inputs: Vec<Vec<f32>> = shapes.iter().map(|sh| vec![1.0; sh[0]]).collect();
-    let mut outputs: Vec<Vec<f32>> = shapes.iter().map(|sh| vec![0.0; sh[0]]).collect();
+    let mut buffers = FixedBuffers::for_session(&s, 1.0);
     let mut times = Vec::with_capacity(N);
     for _ in 0..N {
         let t = Instant::now();
-        let ins: Vec<(&str, TensorView)> = names
-            .iter()
-            .zip(&inputs)
-            .zip(&shapes)
-            .map(|((n, d), sh)| (n.as_str(), TensorView::f32(d, sh)))
-            .collect();
-        let mut outs: Vec<(&str, TensorViewMut)> = out_names
-            .iter()
-            .zip(outputs.iter_mut())
-            .zip(&shapes)
-            .map(|((n, d), sh)| (n.as_str(), TensorViewMut::f32(d, sh)))
-            .collect();
+        let (ins, mut outs) = buffers.views();
         s.run_into(&ins, &mut outs).unwrap();
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    assert_eq!(outputs[159][0], 160.0);
+    assert_eq!(buffers.outputs[159][0], 160.0);
     times.sort_by(f64::total_cmp);
     let run_into_us = times[N / 2];
     let mut r = Runner::new(s, &[]).unwrap();

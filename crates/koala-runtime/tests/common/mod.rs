@@ -56,3 +56,66 @@ pub fn within_30s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 
         Err(_) => panic!("{what} did not finish within 30 s (hang)"),
     }
 }
+
+/// Named f32 buffers for every input and output of a model with fixed shapes (many_io.onnx),
+/// so tests can build `run_into` argument lists.
+pub struct FixedBuffers {
+    pub in_names: Vec<String>,
+    pub out_names: Vec<String>,
+    pub in_shapes: Vec<Vec<usize>>,
+    pub out_shapes: Vec<Vec<usize>>,
+    pub inputs: Vec<Vec<f32>>,
+    pub outputs: Vec<Vec<f32>>,
+}
+
+impl FixedBuffers {
+    /// Inputs filled with `fill`, outputs with zeros.
+    pub fn for_session(s: &koala_runtime::Session, fill: f32) -> FixedBuffers {
+        let shapes = |infos: &[koala_runtime::ValueInfo]| -> Vec<Vec<usize>> {
+            infos
+                .iter()
+                .map(|i| i.fixed_shape().expect("fixed shapes"))
+                .collect()
+        };
+        let (in_shapes, out_shapes) = (shapes(s.inputs()), shapes(s.outputs()));
+        let buffers = |shapes: &[Vec<usize>], v: f32| -> Vec<Vec<f32>> {
+            shapes
+                .iter()
+                .map(|sh| vec![v; sh.iter().product()])
+                .collect()
+        };
+        FixedBuffers {
+            in_names: s.inputs().iter().map(|i| i.name.clone()).collect(),
+            out_names: s.outputs().iter().map(|o| o.name.clone()).collect(),
+            inputs: buffers(&in_shapes, fill),
+            outputs: buffers(&out_shapes, 0.0),
+            in_shapes,
+            out_shapes,
+        }
+    }
+
+    /// `(name, view)` for every input, and `(name, mutable view)` for every output.
+    #[allow(clippy::type_complexity)]
+    pub fn views(
+        &mut self,
+    ) -> (
+        Vec<(&str, koala_runtime::TensorView<'_>)>,
+        Vec<(&str, koala_runtime::TensorViewMut<'_>)>,
+    ) {
+        let ins = self
+            .in_names
+            .iter()
+            .zip(&self.inputs)
+            .zip(&self.in_shapes)
+            .map(|((n, d), sh)| (n.as_str(), koala_runtime::TensorView::f32(d, sh)))
+            .collect();
+        let outs = self
+            .out_names
+            .iter()
+            .zip(self.outputs.iter_mut())
+            .zip(&self.out_shapes)
+            .map(|((n, d), sh)| (n.as_str(), koala_runtime::TensorViewMut::f32(d, sh)))
+            .collect();
+        (ins, outs)
+    }
+}
