@@ -25,6 +25,9 @@ pub(crate) struct AxisPlan {
 /// `weights[o * stride ..]`. Kept between images so steady-state resampling allocates nothing.
 #[derive(Debug, Default)]
 pub(crate) struct AxisWeights {
+    /// The `(plan, mirror)` the taps were computed for: evaluation of same-size images (all of an IDX file)
+    /// reuses them instead of recomputing.
+    computed_for: Option<(AxisPlan, bool)>,
     first: Vec<usize>,
     count: Vec<usize>,
     stride: usize,
@@ -35,7 +38,12 @@ impl AxisWeights {
     /// Recomputes the taps for `plan`; with `mirror`, output `o` gets the taps of `out_len - 1 - o`, which is a
     /// horizontal flip of the result at no extra cost.
     pub(crate) fn compute(&mut self, plan: &AxisPlan, mirror: bool) {
+        if self.computed_for == Some((*plan, mirror)) {
+            return;
+        }
+        self.computed_for = Some((*plan, mirror));
         let filter_scale = plan.scale.max(1.0);
+        let inv_filter_scale = 1.0 / filter_scale;
         let support = filter_scale; // the triangle filter has support 1
         self.stride = 2 * support.ceil() as usize + 1;
         self.first.clear();
@@ -54,14 +62,15 @@ impl AxisWeights {
             let taps = &mut self.weights[slot * self.stride..slot * self.stride + (hi - lo)];
             let mut total = 0.0;
             for (k, w) in taps.iter_mut().enumerate() {
-                let x = ((lo + k) as f64 - center + 0.5) / filter_scale;
+                let x = ((lo + k) as f64 - center + 0.5) * inv_filter_scale;
                 let v = (1.0 - x.abs()).max(0.0);
                 *w = v as f32;
                 total += v;
             }
             if total > 0.0 {
+                let inv_total = 1.0 / total;
                 taps.iter_mut()
-                    .for_each(|w| *w = (*w as f64 / total) as f32);
+                    .for_each(|w| *w = (f64::from(*w) * inv_total) as f32);
             } else {
                 taps[0] = 1.0; // degenerate window: fall back to the nearest readable pixel
             }
@@ -153,6 +162,9 @@ pub(crate) fn render(src: Pixels<'_>, norm: &Normalizer, scratch: &mut Scratch, 
 }
 
 /// Filters source rows `row_lo..row_hi` horizontally into `rows` (`(row_hi - row_lo) × out_w × channels`).
+///
+/// This pass cannot be vectorised across outputs (each has its own taps), so it runs on the fewest rows
+/// possible (only those the vertical taps read) and keeps its sums in registers, specialised per channel count.
 fn horizontal_pass(
     src: Pixels<'_>,
     x: &AxisWeights,
@@ -166,14 +178,27 @@ fn horizontal_pass(
     let stride = src.width * sc;
     for (r, dst) in (row_lo..row_hi).zip(rows.chunks_exact_mut(out_w * sc)) {
         let line = &src.data[r * stride..(r + 1) * stride];
-        for (ox, px) in dst.chunks_exact_mut(sc).enumerate() {
-            let (first, weights) = x.taps(ox);
-            px.iter_mut().for_each(|p| *p = 0.0);
-            for (k, &w) in weights.iter().enumerate() {
-                let s = &line[(first + k) * sc..][..sc];
-                px.iter_mut()
-                    .zip(s)
-                    .for_each(|(p, &v)| *p += w * f32::from(v));
+        if sc == 1 {
+            for (ox, d) in dst.iter_mut().enumerate() {
+                let (first, weights) = x.taps(ox);
+                let taps = &line[first..first + weights.len()];
+                *d = weights
+                    .iter()
+                    .zip(taps)
+                    .map(|(&w, &v)| w * f32::from(v))
+                    .sum();
+            }
+        } else {
+            for (ox, d) in dst.chunks_exact_mut(3).enumerate() {
+                let (first, weights) = x.taps(ox);
+                let taps = &line[first * 3..(first + weights.len()) * 3];
+                let mut sum = [0.0f32; 3];
+                for (&w, px) in weights.iter().zip(taps.chunks_exact(3)) {
+                    sum[0] += w * f32::from(px[0]);
+                    sum[1] += w * f32::from(px[1]);
+                    sum[2] += w * f32::from(px[2]);
+                }
+                d.copy_from_slice(&sum);
             }
         }
     }
