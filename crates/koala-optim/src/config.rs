@@ -108,9 +108,12 @@ pub struct KoalaPPConfig {
     pub path: KoalaPPPath,
     /// A tensor whose raw gradient has ‖g‖₂ below this is skipped. Default 1e-9.
     pub skip_eps: f64,
-    /// Optional guard against a non-positive innovation variance (the reference has none,
-    /// spec §5.4): S is clamped to max(S, R, 1e-12) and each clamp is counted in the step
-    /// report. Default off; must be off to reproduce the reference vectors.
+    /// Optional guard against a covariance that is not positive along h (the reference
+    /// has none, spec §5.4): when S ≤ R, i.e. h·P̂·h ≤ 0 (S ≤ 0 included), the tensor's
+    /// filter restarts from its lazy initial state (the phantom first step with P = σ·I)
+    /// for this step, and the restart is counted in the step report. Clamping S instead
+    /// makes the step go uphill and diverged in tests. Default off; must be off to
+    /// reproduce the reference vectors.
     pub s_guard: bool,
 }
 

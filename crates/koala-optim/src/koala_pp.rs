@@ -135,7 +135,7 @@ struct StepScalars {
     c_p: f64,
     /// θ ← θ + step·(v + Q·h), step = −η·ℓ/S.
     step: f64,
-    /// S after the optional guard, and whether the guard clamped it.
+    /// S of this step, and whether the optional guard restarted the tensor's filter.
     s: f64,
     guard_hit: bool,
     /// Cached x and y of the next step: ‖h‖² and h·v.
@@ -185,12 +185,7 @@ impl KoalaPP {
         let c_p = w - q * lambda;
         // v·h expanded so that S needs no second reduction.
         let vh = c_v * b + q * c + c_p * a;
-        let s_raw = vh + q * c + r;
-        let s = if self.cfg.s_guard {
-            s_raw.max(r).max(1e-12)
-        } else {
-            s_raw
-        };
+        let s = vh + q * c + r;
         let layer_loss = ctx.loss + 0.5 * wd * t;
         let (c_v, c_h, c_p) = match prev {
             Some(_) => (c_v, q, c_p),
@@ -203,9 +198,34 @@ impl KoalaPP {
             c_p,
             step: -ctx.lr * layer_loss / s,
             s,
-            guard_hit: s != s_raw,
+            guard_hit: false,
             x_next: c,
             y_next: vh,
+        }
+    }
+
+    /// The scalars, with the optional guard applied: if S ≤ R, i.e. h·P̂·h = S − R ≤ 0
+    /// (the implicit covariance is not positive along h, spec §5.4), the tensor's filter
+    /// restarts from its lazy initial state (phantom step with P = σ·I, spec §5.3), whose
+    /// S is always > R. Clamping S instead (e.g. to max(S, R)) keeps the inconsistent v and
+    /// makes the step go uphill (h·Δθ = −η·ℓ·(S_raw − R)/S > 0); on a plain quadratic that
+    /// diverged, which is why the guard restarts rather than clamps.
+    fn guarded_scalars(
+        &self,
+        dots: Dots,
+        prev: Option<Prev>,
+        r: f64,
+        ctx: &StepContext,
+    ) -> StepScalars {
+        let k = self.scalars(dots, prev, r, ctx);
+        let not_positive = !(k.s > r);
+        if self.cfg.s_guard && prev.is_some() && not_positive {
+            StepScalars {
+                guard_hit: true,
+                ..self.scalars(dots, None, r, ctx)
+            }
+        } else {
+            k
         }
     }
 
@@ -238,7 +258,7 @@ impl KoalaPP {
             y: t.scalars[Y],
         });
         let dots = Dots { a, b, c, t: tt };
-        let k = self.scalars(dots, prev, r, ctx);
+        let k = self.guarded_scalars(dots, prev, r, ctx);
         let coef = Pass2 {
             c_v: k.c_v as f32,
             c_h: k.c_h as f32,
@@ -287,41 +307,47 @@ impl KoalaPP {
         for ((h, g), p) in hs.iter_mut().zip(g).zip(p.iter()) {
             *h = g + wdf * p; // b. h = g + wd·θ
         }
-        let first = !t.initialized;
         let [v_p, h_p] = t.vectors.as_mut_slice() else {
             unreachable!("KOALA++ layout has two vectors")
         };
-        if first {
-            // c. lazy init: v_p = σ·h, h_p = h
-            let sigma = self.cfg.sigma as f32;
-            for ((vp, hp), h) in v_p.iter_mut().zip(h_p.iter_mut()).zip(hs.iter()) {
-                *vp = sigma * h;
-                *hp = *h;
+        let mut first = !t.initialized;
+        let mut guard_hit = false;
+        let s = loop {
+            if first {
+                // c. lazy init: v_p = σ·h, h_p = h
+                let sigma = self.cfg.sigma as f32;
+                for ((vp, hp), h) in v_p.iter_mut().zip(h_p.iter_mut()).zip(hs.iter()) {
+                    *vp = sigma * h;
+                    *hp = *h;
+                }
             }
-        }
-        let x = dot(h_p, h_p); // d.
-        let y = dot(h_p, v_p);
-        let s_p = if first { y + q * x + r } else { t.scalars[S] }; // e.
-        let a = dot(hs, h_p); // f.
-        let b = dot(hs, v_p);
-        let lambda = (b + q * a) / s_p; // g.
-        let alpha = a / x;
-        let w = match self.cfg.variant {
-            KoalaPPVariant::Symmetric => b / x - a * y / (x * x),
-            KoalaPPVariant::Vanilla => 0.0,
-        };
-        let (c_vp, lam, wf) = ((alpha - lambda) as f32, lambda as f32, w as f32);
-        for (((v, vp), hp), h) in vs.iter_mut().zip(v_p.iter()).zip(h_p.iter()).zip(hs.iter()) {
-            *v = c_vp * vp + qf * (h - lam * hp) + wf * hp; // h. new v
-        }
-        for ((vq, v), h) in vq.iter_mut().zip(vs.iter()).zip(hs.iter()) {
-            *vq = v + qf * h;
-        }
-        let s_raw = dot(vq, hs) + r; // i.
-        let s = if self.cfg.s_guard {
-            s_raw.max(r).max(1e-12)
-        } else {
-            s_raw
+            let x = dot(h_p, h_p); // d.
+            let y = dot(h_p, v_p);
+            let s_p = if first { y + q * x + r } else { t.scalars[S] }; // e.
+            let a = dot(hs, h_p); // f.
+            let b = dot(hs, v_p);
+            let lambda = (b + q * a) / s_p; // g.
+            let alpha = a / x;
+            let w = match self.cfg.variant {
+                KoalaPPVariant::Symmetric => b / x - a * y / (x * x),
+                KoalaPPVariant::Vanilla => 0.0,
+            };
+            let (c_vp, lam, wf) = ((alpha - lambda) as f32, lambda as f32, w as f32);
+            for (((v, vp), hp), h) in vs.iter_mut().zip(v_p.iter()).zip(h_p.iter()).zip(hs.iter()) {
+                *v = c_vp * vp + qf * (h - lam * hp) + wf * hp; // h. new v
+            }
+            for ((vq, v), h) in vq.iter_mut().zip(vs.iter()).zip(hs.iter()) {
+                *vq = v + qf * h;
+            }
+            let s = dot(vq, hs) + r; // i.
+                                     // Optional guard (see `guarded_scalars`): restart from the lazy init.
+            let not_positive = !(s > r);
+            if self.cfg.s_guard && !first && not_positive {
+                first = true;
+                guard_hit = true;
+                continue;
+            }
+            break s;
         };
         let layer_loss = ctx.loss + 0.5 * wd * dot(p, p); // j.
         let step = (-ctx.lr * layer_loss / s) as f32; // k.
@@ -338,7 +364,7 @@ impl KoalaPP {
         TensorReport {
             skipped: false,
             s: Some(s),
-            guard_hit: s != s_raw,
+            guard_hit,
         }
     }
 }
