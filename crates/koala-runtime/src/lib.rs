@@ -19,6 +19,9 @@
 //! idempotent, and [`Session`] calls it implicitly. When nothing works, the error lists every
 //! source tried with its outcome and says what to do.
 //!
+//! `ort` allows one environment per process, so code elsewhere that needs `ort` directly must
+//! take [`environment`] from here rather than call `ort::init()` itself.
+//!
 //! Environment variables: `ORT_DYLIB_PATH` (library override), `KOALA_CACHE_DIR` (cache root),
 //! `XDG_CACHE_HOME` and `HOME` (default cache root).
 //!
@@ -29,12 +32,33 @@
 //! * [`Runner`] — a session whose input and output buffers are bound once; one C call per run,
 //!   no allocation on koala's side. This is the trainer's per-step path.
 //!
+//! A training loop, sketched (names as koala-graph's training graphs use them):
+//!
+//! ```no_run
+//! use koala_runtime::{Runner, Session, SessionOptions};
+//! # fn main() -> koala_runtime::Result<()> {
+//! let session = Session::from_file("train.onnx".as_ref(), &SessionOptions::default())?;
+//! let mut runner = Runner::new(session, &[("batch", 32)])?;
+//! let (data, loss) = (runner.input_index("data")?, runner.output_index("loss")?);
+//! for _step in 0..100 {
+//!     runner.input_mut(data).f32s_mut()?.fill(0.0); // write the batch in place
+//!     runner.run()?;
+//!     let _loss = runner.output(loss).f32s()?[0];
+//!     let (inputs, outputs) = runner.io_mut(); // update weights from gradients in place
+//!     # let _ = (inputs, outputs);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # The rc.15 pitfall
 //!
 //! In `ort` 2.0.0-rc.15, `IoBinding::bind_input` with a borrowed `TensorRef` deadlocks. A
 //! borrowed tensor may alias, so `bind_input` clones it; the clone (`Tensor::to`) copies through
 //! a cached identity session while holding the global lock of that cache, and binds *its* input
 //! with a borrowed view too, which clones again and takes the same non-reentrant lock.
+//! (Checked on tiny_cnn: binding a borrowed input never returns, an owned one binds in
+//! microseconds, and `bind_output` of a `TensorRefMut` over a Rust buffer does work.)
 //! koala therefore never binds inputs through
 //! `IoBinding`. The zero-copy paths call ONNX Runtime's C API directly (`ort::api()`):
 //! `CreateTensorWithDataAsOrtValue` wraps a Rust buffer without copying, and `Run` writes into
