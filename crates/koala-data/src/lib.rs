@@ -3,9 +3,9 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use koala_data::{Cursor, ImageFolder, Loader, LoaderConfig, Preprocess};
+//! use koala_data::{Cursor, ImageFiles, Loader, LoaderConfig, Preprocess};
 //!
-//! let source = Arc::new(ImageFolder::open("data/pets")?);
+//! let source = Arc::new(ImageFiles::open_folder("data/pets")?);
 //! let train = Loader::new(source, Preprocess::imagenet(224), LoaderConfig::train(32, 42))?;
 //! for batch in train.iter(Cursor::new(0, 0), 10) {
 //!     // batch.images: [N, 3, 224, 224] f32, batch.labels: [N] i64
@@ -14,7 +14,7 @@
 //! # Ok::<(), koala_data::DataError>(())
 //! ```
 //!
-//! Sources ([`ImageFolder`], [`CsvList`], [`IdxSource`], or any [`ImageSource`]) only list samples; a
+//! Sources ([`ImageFiles`] from a class-folder tree or a CSV list, [`IdxSource`], or any [`ImageSource`]) only list samples; a
 //! [`Loader`] decodes them in parallel with a [`Preprocess`] and prefetches batches on a background thread.
 
 pub mod error;
@@ -23,12 +23,12 @@ pub mod vision;
 pub use error::{DataError, Result};
 pub use vision::batch::{Batch, Cursor, LoaderStats, SkippedSample};
 pub use vision::batch_iter::BatchIter;
-pub use vision::csv_list::CsvList;
-pub use vision::folder::ImageFolder;
+pub use vision::files::ImageFiles;
 pub use vision::idx::{
     IdxSource, IdxSplit, FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC,
 };
 pub use vision::loader::{Loader, LoaderConfig, SkipCallback};
+pub use vision::open::open_source;
 pub use vision::preprocess::{Preprocess, RandomResizedCrop, Resize, IMAGENET_MEAN, IMAGENET_STD};
 pub use vision::source::{ImageSource, IMAGE_EXTENSIONS};
 pub use vision::subset::{train_val_split, Subset};

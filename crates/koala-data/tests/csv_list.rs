@@ -4,8 +4,8 @@ mod common;
 
 use std::path::Path;
 
-use common::write_png;
-use koala_data::{CsvList, DataError, ImageSource};
+use common::{assert_mentions, write_png};
+use koala_data::{DataError, ImageFiles, ImageSource};
 
 fn images(dir: &Path) {
     write_png(&dir.join("img/a.png"), 3, 3, [1, 2, 3]);
@@ -24,7 +24,7 @@ fn named_labels_with_header_and_comments() {
     let tmp = tempfile::tempdir().unwrap();
     images(tmp.path());
     let csv = write(tmp.path(), "path,label\n# a comment\nimg/a.png,zebra\n\n\"img/b, with comma.png\", ant\nimg/c.png,zebra\n");
-    let list = CsvList::open(&csv).unwrap();
+    let list = ImageFiles::open_csv(&csv).unwrap();
     assert_eq!(list.class_names(), ["ant", "zebra"]);
     assert_eq!(
         (0..3).map(|i| list.label(i)).collect::<Vec<_>>(),
@@ -46,7 +46,7 @@ fn integer_labels_without_header() {
     images(tmp.path());
     let abs = tmp.path().join("img/c.png");
     let csv = write(tmp.path(), &format!("img/a.png,2\n{},0\n", abs.display()));
-    let list = CsvList::open(&csv).unwrap();
+    let list = ImageFiles::open_csv(&csv).unwrap();
     assert_eq!(list.class_names(), ["0", "1", "2"]);
     assert_eq!((list.label(0), list.label(1)), (2, 0));
 }
@@ -55,7 +55,7 @@ fn csv_error(text: &str) -> (usize, String) {
     let tmp = tempfile::tempdir().unwrap();
     images(tmp.path());
     let csv = write(tmp.path(), text);
-    let err = CsvList::open(&csv).unwrap_err();
+    let err = ImageFiles::open_csv(&csv).unwrap_err();
     let shown = err.to_string();
     assert!(
         shown.contains("list.csv:"),
@@ -71,22 +71,19 @@ fn csv_error(text: &str) -> (usize, String) {
 fn bad_lines_are_reported_with_file_and_line() {
     let (line, msg) = csv_error("path,label\nimg/a.png,0\nimg/c.png\n");
     assert_eq!(line, 3);
-    assert!(msg.contains("list.csv:3: expected `path,label`"), "{msg}");
+    assert_mentions(&msg, &["list.csv:3: expected `path,label`"]);
 
     let (line, msg) = csv_error("img/a.png,0\n\nimg/missing.png,1\n");
     assert_eq!(line, 3);
-    assert!(
-        msg.contains("missing.png") && msg.contains("not found"),
-        "{msg}"
-    );
+    assert_mentions(&msg, &["missing.png", "not found"]);
 
     let (line, msg) = csv_error("img/a.png,cat\nimg/c.png,1\n");
     assert_eq!(line, 2);
-    assert!(msg.contains("label kind differs from line 1"), "{msg}");
+    assert_mentions(&msg, &["label kind differs from line 1"]);
 
     let (line, msg) = csv_error("img/a.png,-1\n");
     assert_eq!(line, 1);
-    assert!(msg.contains("negative"), "{msg}");
+    assert_mentions(&msg, &["negative"]);
 
     let (line, _) = csv_error("img/a.png,0\n,1\n");
     assert_eq!(line, 2);
@@ -96,13 +93,22 @@ fn bad_lines_are_reported_with_file_and_line() {
 fn empty_and_missing_lists_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let csv = write(tmp.path(), "path,label\n");
-    let err = CsvList::open(&csv).unwrap_err().to_string();
-    assert!(
-        err.contains("list.csv") && err.contains("lists no images"),
-        "{err}"
-    );
-    let err = CsvList::open(tmp.path().join("absent.csv"))
+    let err = ImageFiles::open_csv(&csv).unwrap_err().to_string();
+    assert_mentions(&err, &["list.csv", "lists no images"]);
+    let err = ImageFiles::open_csv(tmp.path().join("absent.csv"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("absent.csv"), "{err}");
+    assert_mentions(&err, &["absent.csv"]);
+}
+
+#[test]
+fn byte_order_mark_does_not_hide_the_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    images(tmp.path());
+    let csv = write(tmp.path(), "\u{feff}path,label\r\nimg/a.png,dog\r\n");
+    let list = ImageFiles::open_csv(&csv).unwrap();
+    assert_eq!(
+        (list.len(), list.class_names()),
+        (1, &["dog".to_string()][..])
+    );
 }

@@ -4,8 +4,9 @@
 mod common;
 
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use common::fashion_dir;
+use common::{assert_mentions, fashion_dir};
 use koala_data::{DataError, IdxSource, IdxSplit, ImageSource, FASHION_MNIST_CLASSES};
 
 fn class_counts(source: &IdxSource) -> Vec<usize> {
@@ -70,19 +71,28 @@ fn decoded_pixels_match_python() {
     );
 }
 
+/// A file of the shipped subset.
+fn shipped(name: &str) -> PathBuf {
+    fashion_dir().join(name)
+}
+
+/// The error message of opening `images` + `labels`, which must fail.
+fn open_error(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> String {
+    IdxSource::open(images, labels).unwrap_err().to_string()
+}
+
 #[test]
 fn explicit_paths_and_class_names() {
-    let dir = fashion_dir();
     let source = IdxSource::open(
-        dir.join("t10k-images-idx3-ubyte.gz"),
-        dir.join("t10k-labels-idx1-ubyte.gz"),
+        shipped("t10k-images-idx3-ubyte.gz"),
+        shipped("t10k-labels-idx1-ubyte.gz"),
     )
     .unwrap()
     .with_class_names(FASHION_MNIST_CLASSES)
     .unwrap();
     assert_eq!(source.len(), 500);
     assert_eq!(source.class_names()[9], "Ankle boot");
-    let too_few = IdxSource::from_dir(&dir, IdxSplit::Test)
+    let too_few = IdxSource::from_dir(fashion_dir(), IdxSplit::Test)
         .unwrap()
         .with_class_names(["a", "b"]);
     assert!(matches!(
@@ -108,95 +118,79 @@ fn plain_uncompressed_files_load_too() {
 
 #[test]
 fn swapped_files_report_bad_magic_with_path() {
-    let dir = fashion_dir();
-    let err = IdxSource::open(
-        dir.join("t10k-labels-idx1-ubyte.gz"),
-        dir.join("t10k-images-idx3-ubyte.gz"),
-    )
-    .unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains("t10k-labels-idx1-ubyte.gz"), "{msg}");
-    assert!(
-        msg.contains("bad magic 0x00000801") && msg.contains("expected 0x00000803"),
-        "{msg}"
+    let err = open_error(
+        shipped("t10k-labels-idx1-ubyte.gz"),
+        shipped("t10k-images-idx3-ubyte.gz"),
+    );
+    assert_mentions(
+        &err,
+        &[
+            "t10k-labels-idx1-ubyte.gz",
+            "bad magic 0x00000801",
+            "expected 0x00000803",
+        ],
     );
 }
 
 #[test]
 fn truncated_files_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
+    let labels = shipped("t10k-labels-idx1-ubyte.gz");
     let images = gunzip("t10k-images-idx3-ubyte.gz");
     let cut = tmp.path().join("cut-images");
     std::fs::write(&cut, &images[..images.len() - 100]).unwrap();
-    let err = IdxSource::open(&cut, fashion_dir().join("t10k-labels-idx1-ubyte.gz"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("cut-images") && err.contains("truncated"),
-        "{err}"
+    let err = open_error(&cut, &labels);
+    assert_mentions(
+        &err,
+        &[
+            "cut-images",
+            "truncated",
+            "392000 data bytes but only 391900",
+        ],
     );
-    assert!(err.contains("392000 data bytes but only 391900"), "{err}");
 
-    let gz = std::fs::read(fashion_dir().join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let gz = std::fs::read(shipped("t10k-images-idx3-ubyte.gz")).unwrap();
     let cut_gz = tmp.path().join("cut-images.gz");
     std::fs::write(&cut_gz, &gz[..gz.len() / 2]).unwrap();
-    let err = IdxSource::open(&cut_gz, fashion_dir().join("t10k-labels-idx1-ubyte.gz"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("cut-images.gz") && err.contains("gzip stream is truncated"),
-        "{err}"
+    assert_mentions(
+        &open_error(&cut_gz, &labels),
+        &["cut-images.gz", "gzip stream is truncated"],
     );
 
     let header_only = tmp.path().join("short");
     std::fs::write(&header_only, [0, 0, 8, 3, 0, 0]).unwrap();
-    let err = IdxSource::open(
-        &header_only,
-        fashion_dir().join("t10k-labels-idx1-ubyte.gz"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("short") && err.contains("truncated header"),
-        "{err}"
+    assert_mentions(
+        &open_error(&header_only, &labels),
+        &["short", "truncated header"],
     );
 }
 
 #[test]
 fn mismatched_counts_and_missing_files_are_reported() {
-    let dir = fashion_dir();
-    let err = IdxSource::open(
-        dir.join("train-images-idx3-ubyte.gz"),
-        dir.join("t10k-labels-idx1-ubyte.gz"),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("2000 images") && err.contains("500 labels"),
-        "{err}"
+    let err = open_error(
+        shipped("train-images-idx3-ubyte.gz"),
+        shipped("t10k-labels-idx1-ubyte.gz"),
     );
+    assert_mentions(&err, &["2000 images", "500 labels"]);
 
     let tmp = tempfile::tempdir().unwrap();
-    let err = IdxSource::from_dir(tmp.path(), IdxSplit::Train)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("train-images-idx3-ubyte.gz") && err.contains("no IDX images file"),
-        "{err}"
+    let dir_error = |dir: &Path| {
+        IdxSource::from_dir(dir, IdxSplit::Train)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_mentions(
+        &dir_error(tmp.path()),
+        &["train-images-idx3-ubyte.gz", "no IDX images file"],
     );
-
-    let missing = tmp.path().join("nope");
-    let err = IdxSource::from_dir(&missing, IdxSplit::Train)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("nope") && err.contains("does not exist"),
-        "{err}"
+    assert_mentions(
+        &dir_error(&tmp.path().join("nope")),
+        &["nope", "does not exist"],
     );
 }
 
 fn gunzip(name: &str) -> Vec<u8> {
-    let raw = std::fs::read(fashion_dir().join(name)).unwrap();
+    let raw = std::fs::read(shipped(name)).unwrap();
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(raw.as_slice())
         .read_to_end(&mut out)

@@ -2,6 +2,9 @@
 //! magnitudes ≤ 3): the arithmetic is a handful of f32 operations per value, with errors of a few ulps.
 //! Resampling itself is checked against Pillow in the crate's unit tests (`pillow_reference_tests`).
 
+mod common;
+
+use common::assert_mentions;
 use image::{DynamicImage, GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use koala_data::{DataError, Preprocess, RandomResizedCrop, Resize, IMAGENET_MEAN, IMAGENET_STD};
 
@@ -196,10 +199,7 @@ fn wrong_buffer_and_bad_settings_are_reported() {
         .apply_eval(&ramp(4, 4), &mut [0.0; 10])
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("output buffer") && err.contains("192"),
-        "{err}"
-    );
+    assert_mentions(&err, &["output buffer", "192"]);
 
     let field = |p: Preprocess| match p.validate() {
         Err(DataError::Config { field, .. }) => field,

@@ -1,29 +1,41 @@
-//! [`CsvList`]: a CSV file of `path,label` lines.
+//! [`ImageFiles::open_csv`]: a CSV file of `path,label` lines.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use image::DynamicImage;
-
-use super::source::{decode_file, numeric_class_names, ImageSource};
+use super::files::ImageFiles;
+use super::source::numeric_class_names;
 use crate::error::{DataError, Result};
 
-/// Images listed in a CSV file, one `path,label` per line.
-///
-/// * `path` is relative to the CSV file's folder (absolute paths are kept). The line is split at its **last**
-///   comma, so paths may contain commas; surrounding double quotes and spaces are stripped.
-/// * `label` is either a non-negative integer on every line (class names become `"0"`, `"1"`, …) or a class
-///   name on every line (classes are the distinct names sorted, label = position). Mixing both is an error.
-/// * An optional header line such as `path,label` or `file,class` is recognised and skipped; empty lines and
-///   lines starting with `#` are ignored.
-///
-/// Every listed file must exist when the list is opened, so a typo fails fast with `file:line` rather than
-/// silently skipping samples during training. Files that exist but fail to decode are skipped by the loader.
-#[derive(Debug, Clone)]
-pub struct CsvList {
-    csv_path: PathBuf,
-    class_names: Vec<String>,
-    samples: Vec<(PathBuf, i64)>,
+impl ImageFiles {
+    /// Reads a CSV list of `path,label` lines.
+    ///
+    /// * `path` is relative to the CSV file's folder (absolute paths are kept). The line is split at its
+    ///   **last** comma, so paths may contain commas; surrounding double quotes and spaces are stripped.
+    /// * `label` is either a non-negative integer on every line (class names become `"0"`, `"1"`, …) or a class
+    ///   name on every line (classes are the distinct names sorted, label = position). Mixing both is an error.
+    /// * An optional header line such as `path,label` or `file,class` is recognised and skipped; empty lines and
+    ///   lines starting with `#` are ignored.
+    ///
+    /// Every listed file must exist when the list is opened, so a typo fails fast with `file:line` rather than
+    /// silently skipping samples during training. Files that exist but fail to decode are skipped by the loader.
+    pub fn open_csv(csv_path: impl AsRef<Path>) -> Result<Self> {
+        let csv_path = csv_path.as_ref();
+        let text = std::fs::read_to_string(csv_path).map_err(|e| DataError::io(csv_path, e))?;
+        // Spreadsheet exports often start with a UTF-8 byte-order mark, which would hide the header.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let base = csv_path.parent().unwrap_or_else(|| Path::new("."));
+        let entries = parse_entries(csv_path, base, text)?;
+        if entries.is_empty() {
+            return Err(DataError::layout(
+                csv_path,
+                "lists no images; expected lines of the form `path,label`",
+            ));
+        }
+        let (class_names, labels) = resolve_labels(csv_path, &entries)?;
+        let samples = entries.into_iter().map(|e| e.path).zip(labels).collect();
+        Ok(ImageFiles::new(csv_path, class_names, samples))
+    }
 }
 
 /// One data line before labels are resolved.
@@ -36,56 +48,6 @@ struct Entry {
 enum RawLabel {
     Index(i64),
     Name(String),
-}
-
-impl CsvList {
-    /// Reads and validates the list at `csv_path`.
-    pub fn open(csv_path: impl AsRef<Path>) -> Result<Self> {
-        let csv_path = csv_path.as_ref();
-        let text = std::fs::read_to_string(csv_path).map_err(|e| DataError::io(csv_path, e))?;
-        let base = csv_path.parent().unwrap_or_else(|| Path::new("."));
-        let entries = parse_entries(csv_path, base, &text)?;
-        if entries.is_empty() {
-            return Err(DataError::layout(
-                csv_path,
-                "lists no images; expected lines of the form `path,label`",
-            ));
-        }
-        let (class_names, labels) = resolve_labels(csv_path, &entries)?;
-        let samples = entries.into_iter().map(|e| e.path).zip(labels).collect();
-        Ok(CsvList {
-            csv_path: csv_path.to_path_buf(),
-            class_names,
-            samples,
-        })
-    }
-
-    /// The CSV file this list was read from.
-    pub fn csv_path(&self) -> &Path {
-        &self.csv_path
-    }
-}
-
-impl ImageSource for CsvList {
-    fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    fn label(&self, index: usize) -> i64 {
-        self.samples[index].1
-    }
-
-    fn load(&self, index: usize) -> Result<DynamicImage> {
-        decode_file(&self.samples[index].0)
-    }
-
-    fn class_names(&self) -> &[String] {
-        &self.class_names
-    }
-
-    fn describe(&self, index: usize) -> String {
-        self.samples[index].0.display().to_string()
-    }
 }
 
 /// Parses the data lines of the CSV text, skipping blanks, comments and a header.

@@ -1,29 +1,22 @@
-//! [`ImageFolder`]: the `root/<class_name>/<image>` layout used by torchvision's `ImageFolder`.
+//! [`ImageFiles::open_folder`]: the `root/<class_name>/<image>` layout of torchvision's `ImageFolder`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use image::DynamicImage;
-
-use super::source::{decode_file, has_image_extension, ImageSource, IMAGE_EXTENSIONS};
+use super::files::ImageFiles;
+use super::source::{has_image_extension, IMAGE_EXTENSIONS};
 use crate::error::{DataError, Result};
 
-/// Images grouped in one sub-folder per class.
-///
-/// Classes are the sub-folders of the root sorted by name (hidden entries, starting with `.`, are ignored);
-/// label `i` is the `i`-th class. Images are collected recursively inside each class folder, sorted by path,
-/// and recognised by extension ([`IMAGE_EXTENSIONS`]); other files are ignored. The order is therefore fixed by
-/// the file names alone, which is what makes seeds reproducible across machines.
-#[derive(Debug, Clone)]
-pub struct ImageFolder {
-    root: PathBuf,
-    class_names: Vec<String>,
-    samples: Vec<(PathBuf, i64)>,
-}
-
-impl ImageFolder {
-    /// Scans `root`. Fails if it does not exist, holds no class folders, or a class folder holds no images.
-    pub fn open(root: impl AsRef<Path>) -> Result<Self> {
+impl ImageFiles {
+    /// Scans a class-folder tree: `root/<class_name>/<images>`.
+    ///
+    /// Classes are the sub-folders of the root sorted by name (hidden entries, starting with `.`, are ignored);
+    /// label `i` is the `i`-th class. Images are collected recursively inside each class folder, sorted by path,
+    /// and recognised by extension ([`IMAGE_EXTENSIONS`]); other files are ignored. The order is therefore fixed
+    /// by the file names alone, which is what makes seeds reproducible across machines.
+    ///
+    /// Fails if `root` does not exist, holds no class folders, or a class folder holds no images.
+    pub fn open_folder(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
         let class_dirs = class_dirs(root)?;
         let mut class_names = Vec::with_capacity(class_dirs.len());
@@ -43,43 +36,7 @@ impl ImageFolder {
             samples.extend(images.into_iter().map(|p| (p, label as i64)));
             class_names.push(name);
         }
-        Ok(ImageFolder {
-            root: root.to_path_buf(),
-            class_names,
-            samples,
-        })
-    }
-
-    /// The folder this source was opened from.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// The path of sample `index`.
-    pub fn path(&self, index: usize) -> &Path {
-        &self.samples[index].0
-    }
-}
-
-impl ImageSource for ImageFolder {
-    fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    fn label(&self, index: usize) -> i64 {
-        self.samples[index].1
-    }
-
-    fn load(&self, index: usize) -> Result<DynamicImage> {
-        decode_file(&self.samples[index].0)
-    }
-
-    fn class_names(&self) -> &[String] {
-        &self.class_names
-    }
-
-    fn describe(&self, index: usize) -> String {
-        self.samples[index].0.display().to_string()
+        Ok(ImageFiles::new(root, class_names, samples))
     }
 }
 

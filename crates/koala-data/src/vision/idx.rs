@@ -37,7 +37,7 @@ pub enum IdxSplit {
 }
 
 impl IdxSplit {
-    fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             IdxSplit::Train => "train",
             IdxSplit::Test => "t10k",

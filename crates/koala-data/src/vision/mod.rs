@@ -2,11 +2,13 @@
 
 pub mod batch;
 pub mod batch_iter;
-pub mod csv_list;
-pub mod folder;
+mod csv_list;
+pub mod files;
+mod folder;
 mod geometry;
 pub mod idx;
 pub mod loader;
+pub mod open;
 #[cfg(test)]
 mod pillow_reference_tests;
 pub mod preprocess;

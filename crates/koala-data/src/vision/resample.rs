@@ -234,58 +234,51 @@ fn emit_row(
 mod tests {
     use super::*;
 
-    fn plan(out_len: usize, in_len: usize) -> AxisPlan {
-        AxisPlan {
+    /// Checks the taps of output `o` when resampling `in_len` pixels to `out_len`. Tolerance 1e-6: weights are
+    /// computed in f64 and stored as f32 (relative error ≤ 6e-8).
+    fn assert_taps(out_len: usize, in_len: usize, o: usize, first: usize, expected: &[f32]) {
+        let plan = AxisPlan {
             out_len,
             start: 0.0,
             scale: in_len as f64 / out_len as f64,
             lo: 0,
             hi: in_len,
-        }
+        };
+        let mut w = AxisWeights::default();
+        w.compute(&plan, false);
+        let (f, taps) = w.taps(o);
+        assert_eq!(f, first, "first tap of output {o}");
+        let nonzero: Vec<f32> = taps.iter().copied().filter(|&t| t != 0.0).collect();
+        assert_eq!(nonzero.len(), expected.len(), "{taps:?}");
+        assert!(
+            nonzero
+                .iter()
+                .zip(expected)
+                .all(|(a, b)| (a - b).abs() < 1e-6),
+            "{taps:?} vs {expected:?}"
+        );
     }
 
     #[test]
     fn same_size_is_identity_taps() {
-        let mut w = AxisWeights::default();
-        w.compute(&plan(5, 5), false);
+        // Output o is centred on pixel o: weight 1 there; the neighbour's weight is triangle(1) = 0 exactly.
         for o in 0..5 {
-            let (first, taps) = w.taps(o);
-            // Tap o has weight 1, tap o+1 weight 0 (exactly: triangle(1) = 0).
-            assert_eq!(first, o);
-            assert_eq!(taps[0], 1.0);
-            assert!(taps[1..].iter().all(|&t| t == 0.0));
+            assert_taps(5, 5, o, o, &[1.0]);
         }
     }
 
     #[test]
     fn upscale_by_two_matches_hand_computed_bilinear() {
-        // 2 → 4: centres at 0.25, 0.75, 1.25, 1.75 in source pixels; pixel centres at 0.5, 1.5.
-        // Output 1 (centre 0.75): 0.75 * p0 + 0.25 * p1. Output 0 (centre 0.25): p0 only once clipped.
-        let mut w = AxisWeights::default();
-        w.compute(&plan(4, 2), false);
-        let (f1, t1) = w.taps(1);
-        assert_eq!(f1, 0);
-        assert!(
-            (t1[0] - 0.75).abs() < 1e-7 && (t1[1] - 0.25).abs() < 1e-7,
-            "{t1:?}"
-        );
-        let (f0, t0) = w.taps(0);
-        assert_eq!(f0, 0);
-        assert!((t0[0] - 1.0).abs() < 1e-7, "{t0:?}");
+        // 2 → 4: output centres 0.25, 0.75, … in source coordinates, pixel centres 0.5, 1.5.
+        // Output 1 (centre 0.75): 0.75 * p0 + 0.25 * p1. Output 0 (centre 0.25): only p0 is inside the image.
+        assert_taps(4, 2, 1, 0, &[0.75, 0.25]);
+        assert_taps(4, 2, 0, 0, &[1.0]);
     }
 
     #[test]
-    fn downscale_by_two_averages_pairs() {
-        // 4 → 2 with support 2: output 0 centre 1.0; taps at pixel centres 0.5, 1.5 (weight 0.75 each before
-        // normalisation) and 2.5 (weight 0.25, clipped? no: floor(1+2+0.5)=3 so pixels 0..3) → 0.75,0.75,0.25
-        // normalised by 1.75.
-        let mut w = AxisWeights::default();
-        w.compute(&plan(2, 4), false);
-        let (f0, t0) = w.taps(0);
-        assert_eq!(f0, 0);
-        let expect = [0.75 / 1.75, 0.75 / 1.75, 0.25 / 1.75];
-        for (a, b) in t0.iter().zip(expect) {
-            assert!((a - b).abs() < 1e-6, "{t0:?}");
-        }
+    fn downscale_by_two_widens_the_filter() {
+        // 4 → 2: support 2, output 0 centred at 1.0 reads pixels 0..3 (centres 0.5, 1.5, 2.5) with triangle
+        // weights 1 - |d| / 2 = 0.75, 0.75, 0.25, normalised by their sum 1.75.
+        assert_taps(2, 4, 0, 0, &[0.75 / 1.75, 0.75 / 1.75, 0.25 / 1.75]);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::{DynamicImage, ImageBuffer, Pixel};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -113,27 +113,18 @@ impl Preprocess {
 /// Alpha is dropped, as Pillow's `convert("RGB")` does.
 fn with_pixels<R>(image: &DynamicImage, f: impl FnOnce(Pixels<'_>) -> R) -> R {
     match image {
-        DynamicImage::ImageLuma8(g) => f(gray_pixels(g)),
-        DynamicImage::ImageRgb8(c) => f(rgb_pixels(c)),
-        other if !other.color().has_color() => f(gray_pixels(&other.to_luma8())),
-        other => f(rgb_pixels(&other.to_rgb8())),
+        DynamicImage::ImageLuma8(g) => f(pixels(g)),
+        DynamicImage::ImageRgb8(c) => f(pixels(c)),
+        other if !other.color().has_color() => f(pixels(&other.to_luma8())),
+        other => f(pixels(&other.to_rgb8())),
     }
 }
 
-fn gray_pixels(g: &GrayImage) -> Pixels<'_> {
+fn pixels<P: Pixel<Subpixel = u8>>(image: &ImageBuffer<P, Vec<u8>>) -> Pixels<'_> {
     Pixels {
-        data: g.as_raw(),
-        width: g.width() as usize,
-        height: g.height() as usize,
-        channels: 1,
-    }
-}
-
-fn rgb_pixels(c: &RgbImage) -> Pixels<'_> {
-    Pixels {
-        data: c.as_raw(),
-        width: c.width() as usize,
-        height: c.height() as usize,
-        channels: 3,
+        data: image.as_raw(),
+        width: image.width() as usize,
+        height: image.height() as usize,
+        channels: usize::from(P::CHANNEL_COUNT),
     }
 }

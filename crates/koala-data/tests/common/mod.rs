@@ -25,3 +25,13 @@ pub fn write_garbage(path: &Path) {
     )
     .unwrap();
 }
+
+/// Asserts that an error message names every one of `parts` (the file, the field, the remedy…).
+pub fn assert_mentions(message: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "message should mention `{part}`: {message}"
+        );
+    }
+}
