@@ -161,17 +161,7 @@ fn softmax_cross_entropy(
         dt,
         vec![rows, classes],
     );
-    let depth = ctx.const_i64(&[classes as i64]);
-    let on = 1.0 - eps + eps / classes as f64;
-    let off = eps / classes as f64;
-    let values = ctx.const_like(&[off, on], &[2], logits)?;
-    let target = ctx.emit_shaped(
-        "OneHot",
-        &[&y_safe, &depth, &values],
-        vec![a_int("axis", -1)],
-        dt,
-        vec![rows, classes],
-    );
+    let target = smoothed_one_hot(ctx, &y_safe, rows, classes, eps, logits)?;
     let mut diff = ctx.binary("Sub", &p, &target)?;
     if let Some(w) = &weight {
         let wu = ctx.unsqueeze(w, &[1])?;
@@ -186,6 +176,37 @@ fn softmax_cross_entropy(
         label_dtype: DataType::Int64,
         label_shape,
     })
+}
+
+/// The smoothed one-hot target [rows, C]: 1 − ε + ε/C at the label, ε/C
+/// elsewhere, in the logits' element type.
+///
+/// Written as `Where(label == class, on, off)` rather than `OneHot`: ONNX
+/// Runtime has no OneHot kernel with float64 values, and this form works for
+/// every float type with ops every runtime has.
+fn smoothed_one_hot(
+    ctx: &mut GradCtx,
+    labels: &str,
+    rows: usize,
+    classes: usize,
+    eps: f64,
+    like: &str,
+) -> Result<String> {
+    let dt = ctx.dtype(like)?;
+    let class_ids: Vec<i64> = (0..classes as i64).collect();
+    let range = ctx.const_i64(&class_ids);
+    let range = ctx.reshape(&range, &[1, classes])?;
+    let column = ctx.unsqueeze(labels, &[1])?;
+    let hit = ctx.emit_shaped(
+        "Equal",
+        &[&column, &range],
+        vec![],
+        DataType::Bool,
+        vec![rows, classes],
+    );
+    let on = ctx.scalar_like(1.0 - eps + eps / classes as f64, like)?;
+    let off = ctx.scalar_like(eps / classes as f64, like)?;
+    Ok(ctx.emit_shaped("Where", &[&hit, &on, &off], vec![], dt, vec![rows, classes]))
 }
 
 /// Mean of each sample's rows ([B·T] → [B]); with weights, over kept rows.

@@ -46,6 +46,10 @@ pub struct TrainableTensor {
     pub shape: Vec<usize>,
     /// Initial values from the model.
     pub init: Vec<f32>,
+    /// Element type of the weight: the training graph's input and gradient
+    /// output have it too (f32 for almost every model; an f64 model's
+    /// weights are fed and returned as f64).
+    pub dtype: DataType,
     /// Name of its gradient output.
     pub grad_output: String,
 }
@@ -148,11 +152,13 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
                     .expect("selected from initializers");
                 let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
                 let init = tensor::to_f32(t)?;
-                outputs_tail.push(value_info(&out, DataType::Float, &shape));
+                let dtype = tensor::data_type(t)?;
+                outputs_tail.push(value_info(&out, dtype, &shape));
                 trainable.push(TrainableTensor {
                     name: w.clone(),
                     shape,
                     init,
+                    dtype,
                     grad_output: out,
                 });
             }
@@ -187,7 +193,7 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     inputs.extend(
         trainable
             .iter()
-            .map(|t| value_info(&t.name, DataType::Float, &t.shape)),
+            .map(|t| value_info(&t.name, t.dtype, &t.shape)),
     );
     pg.input = inputs;
     pg.input.retain(|i| !init_names.contains(&i.name));

@@ -10,10 +10,10 @@ use anyhow::Result;
 pub fn add(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
     let dy = r.dy0()?.to_string();
     let mut out = r.none();
-    for i in 0..2 {
+    for (i, slot) in out.iter_mut().enumerate().take(2) {
         if r.need(i) {
             let t = ctx.shape(r.input(i))?;
-            out[i] = Some(ctx.unbroadcast(&dy, &t)?);
+            *slot = Some(ctx.unbroadcast(&dy, &t)?);
         }
     }
     Ok(out)
@@ -51,12 +51,12 @@ fn negate(ctx: &mut GradCtx, x: &str) -> Result<String> {
 pub fn mul(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
     let dy = r.dy0()?.to_string();
     let mut out = r.none();
-    for i in 0..2 {
+    for (i, slot) in out.iter_mut().enumerate().take(2) {
         if r.need(i) {
             let other = r.input(1 - i).to_string();
             let prod = ctx.binary("Mul", &dy, &other)?;
             let t = ctx.shape(r.input(i))?;
-            out[i] = Some(ctx.unbroadcast(&prod, &t)?);
+            *slot = Some(ctx.unbroadcast(&prod, &t)?);
         }
     }
     Ok(out)
