@@ -218,8 +218,7 @@ impl KoalaPP {
         ctx: &StepContext,
     ) -> StepScalars {
         let k = self.scalars(dots, prev, r, ctx);
-        let not_positive = !(k.s > r);
-        if self.cfg.s_guard && prev.is_some() && not_positive {
+        if self.cfg.s_guard && prev.is_some() && not_positive_along_h(k.s, r) {
             StepScalars {
                 guard_hit: true,
                 ..self.scalars(dots, None, r, ctx)
@@ -341,8 +340,7 @@ impl KoalaPP {
             }
             let s = dot(vq, hs) + r; // i.
                                      // Optional guard (see `guarded_scalars`): restart from the lazy init.
-            let not_positive = !(s > r);
-            if self.cfg.s_guard && !first && not_positive {
+            if self.cfg.s_guard && !first && not_positive_along_h(s, r) {
                 first = true;
                 guard_hit = true;
                 continue;
@@ -367,6 +365,11 @@ impl KoalaPP {
             guard_hit,
         }
     }
+}
+
+/// S ≤ R (or NaN) means h·P̂·h = S − R is not positive: the guard's trigger.
+fn not_positive_along_h(s: f64, r: f64) -> bool {
+    s.partial_cmp(&r) != Some(std::cmp::Ordering::Greater)
 }
 
 /// Pass 1 over one chunk: [h·h_p, h·v_p, h·h, θ·θ, g·g] with h = g + wd·θ formed in f32
