@@ -1,3 +1,356 @@
-fn main() {
-    println!("koala");
+//! The `koala` command line: fine-tune, evaluate, export, check, gradcheck,
+//! inspect.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use koala::train::config::{DataFormat, LossVar, TrainConfig};
+use koala::train::schedule::ScheduleKind;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code when a check or gradcheck finds problems.
+const EXIT_FINDINGS: u8 = 3;
+/// Exit code for errors (bad input, failed run).
+const EXIT_ERROR: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "koala", version, about = "Fine-tune ONNX models with the KOALA++ Kalman-filter optimizer on stock ONNX Runtime", after_help = "Exit codes: 0 success, 1 error, 2 bad command line, 3 check/gradcheck found problems.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a model on a data set, then export the updated ONNX.
+    #[command(after_help = "Examples:\n  koala finetune --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96 --epochs 2\n  koala finetune --config my_run.toml --lr 0.5\n  koala finetune --resume runs/latest")]
+    Finetune(Box<FinetuneArgs>),
+    /// Evaluate an ONNX classifier on a data set (loss, top-1 accuracy).
+    #[command(after_help = "Example:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small --image-size 96")]
+    Eval(EvalArgs),
+    /// Write an ONNX model with the weights of a run's checkpoint.
+    #[command(after_help = "Example:\n  koala export --run-dir runs/latest --output tuned.onnx")]
+    Export(ExportArgs),
+    /// Report whether a model can be fine-tuned (ops, parameters, problems).
+    #[command(after_help = "Example:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'")]
+    Check(CheckArgs),
+    /// Compare koala's gradients with a PyTorch reference case directory.
+    #[command(after_help = "Example:\n  koala gradcheck --reference tests/fixtures/reference/tiny_cnn")]
+    Gradcheck(GradcheckArgs),
+    /// Show a model's inputs, outputs, opset and metadata.
+    Inspect {
+        /// The ONNX file.
+        model: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// TOML file with any of the options below (command-line flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    resume: Option<PathBuf>,
+    /// Pretrained ONNX model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data: a folder with one subfolder per class, a CSV file (path,label), or a folder with IDX files.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Data format (default: detected).
+    #[arg(long, value_enum)]
+    format: Option<DataFormatArg>,
+    /// Separate evaluation data.
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Validation fraction held out when there is no evaluation data.
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Model input size (square).
+    #[arg(long)]
+    image_size: Option<u32>,
+    /// Disable random-resized-crop and flip augmentation.
+    #[arg(long)]
+    no_augment: bool,
+    /// Replace the classifier by a fresh one with this many classes.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Train only weights whose name matches this regex.
+    #[arg(long)]
+    train: Option<String>,
+    /// Freeze weights whose name matches this regex.
+    #[arg(long)]
+    freeze: Option<String>,
+    /// Make float tensors held in Constant nodes trainable.
+    #[arg(long)]
+    train_constants: bool,
+    /// koala++ (default), koala-v, koala-m, adamw, sgd, or a preset (vision-cnn, vision-cnn-small-lr, vision-transformer, language-model).
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Do not decay biases and normalisation parameters.
+    #[arg(long)]
+    no_decay_bias_norm: bool,
+    /// KOALA σ.
+    #[arg(long)]
+    sigma: Option<f64>,
+    /// KOALA process noise Q.
+    #[arg(long)]
+    q: Option<f64>,
+    /// What KOALA receives as loss variance.
+    #[arg(long, value_enum)]
+    loss_var: Option<LossVarArg>,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
+    /// Warmup steps.
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    accumulate: Option<usize>,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    clip_grad_norm: Option<f64>,
+    /// Label smoothing.
+    #[arg(long)]
+    label_smoothing: Option<f32>,
+    /// Evaluate every N steps (default: each epoch).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Log every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// ONNX Runtime threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run directory.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Exported model path (default: <run-dir>/model.onnx).
+    #[arg(long)]
+    export: Option<PathBuf>,
+    /// Use only the first N training samples.
+    #[arg(long)]
+    limit_train: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DataFormatArg {
+    Auto,
+    Idx,
+    Folder,
+    Csv,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LossVarArg {
+    SecondMoment,
+    Square,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
+    Linear,
+    Step,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// ONNX classifier.
+    #[arg(long)]
+    model: PathBuf,
+    /// Data (folder, CSV, or IDX folder: its t10k split is used).
+    #[arg(long)]
+    data: PathBuf,
+    /// Model input size.
+    #[arg(long, default_value_t = 224)]
+    image_size: u32,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// ONNX Runtime threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Run directory.
+    #[arg(long)]
+    run_dir: PathBuf,
+    /// Checkpoint step (default: the best, else the latest).
+    #[arg(long)]
+    step: Option<u64>,
+    /// Output ONNX path.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The ONNX file.
+    model: PathBuf,
+    /// Train only weights whose name matches.
+    #[arg(long)]
+    train: Option<String>,
+    /// Freeze weights whose name matches.
+    #[arg(long)]
+    freeze: Option<String>,
+    /// Make float tensors held in Constant nodes trainable.
+    #[arg(long)]
+    train_constants: bool,
+}
+
+#[derive(Args)]
+struct GradcheckArgs {
+    /// Reference case directory (case.json + model.onnx + raw binaries).
+    #[arg(long)]
+    reference: PathBuf,
+    /// ONNX Runtime threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Conv weight-gradient formulation.
+    #[arg(long, value_enum, default_value = "transposed-conv")]
+    conv_weight_grad: ConvGradArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConvGradArg {
+    TransposedConv,
+    UnfoldDepthwise,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Finetune(a) => finetune(*a),
+        Command::Eval(a) => eval(a),
+        Command::Export(a) => export(a),
+        Command::Check(a) => {
+            let model = koala::graph::Model::load(&a.model)?;
+            let spec = koala::graph::TrainableSpec { include: a.train, exclude: a.freeze, train_constants: a.train_constants };
+            let report = koala::graph::check::check(&model, &spec)?;
+            println!("{report}");
+            Ok(if report.ok() { 0 } else { EXIT_FINDINGS })
+        }
+        Command::Gradcheck(a) => {
+            let opts = koala::graph::gradcheck::GradcheckOptions {
+                threads: a.threads,
+                backward: koala::graph::BackwardOptions {
+                    conv_weight_grad: match a.conv_weight_grad {
+                        ConvGradArg::TransposedConv => koala::graph::ConvWeightGrad::TransposedConv,
+                        ConvGradArg::UnfoldDepthwise => koala::graph::ConvWeightGrad::UnfoldDepthwise,
+                    },
+                },
+            };
+            let report = koala::graph::gradcheck::run(&a.reference, &opts)?;
+            println!("{report}");
+            Ok(if report.pass() { 0 } else { EXIT_FINDINGS })
+        }
+        Command::Inspect { model } => {
+            let m = koala::graph::Model::load(&model)?;
+            println!("{}", koala::inspect(&m));
+            Ok(0)
+        }
+    }
+}
+
+fn finetune(a: FinetuneArgs) -> Result<u8> {
+    let summary = if let Some(dir) = &a.resume {
+        koala::train::resume(dir)?
+    } else {
+        let mut cfg = match &a.config {
+            Some(p) => TrainConfig::from_toml_file(p)?,
+            None => TrainConfig::default(),
+        };
+        apply(&mut cfg, a);
+        koala::train::finetune(cfg)?
+    };
+    println!("{}", koala::summary_text(&summary));
+    Ok(0)
+}
+
+/// Command-line flags override the config file.
+fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f { c.$f = v; } )* };
+    }
+    macro_rules! set_opt {
+        ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f; } )* };
+    }
+    set!(model, data, val_fraction, image_size, optimizer, warmup_steps, epochs, batch_size, accumulate, label_smoothing, log_every, seed, run_dir);
+    set_opt!(eval_data, num_classes, train, freeze, lr, weight_decay, sigma, q, max_steps, clip_grad_norm, eval_every, threads, export, limit_train);
+    if let Some(f) = a.format {
+        c.format = match f {
+            DataFormatArg::Auto => DataFormat::Auto,
+            DataFormatArg::Idx => DataFormat::Idx,
+            DataFormatArg::Folder => DataFormat::Folder,
+            DataFormatArg::Csv => DataFormat::Csv,
+        };
+    }
+    if let Some(v) = a.loss_var {
+        c.loss_var = match v {
+            LossVarArg::SecondMoment => LossVar::SecondMoment,
+            LossVarArg::Square => LossVar::Square,
+        };
+    }
+    if let Some(s) = a.schedule {
+        c.schedule = match s {
+            ScheduleArg::Constant => ScheduleKind::Constant,
+            ScheduleArg::Cosine => ScheduleKind::Cosine,
+            ScheduleArg::Linear => ScheduleKind::Linear,
+            ScheduleArg::Step => ScheduleKind::Step,
+        };
+    }
+    c.augment &= !a.no_augment;
+    c.no_decay_bias_norm |= a.no_decay_bias_norm;
+    c.train_constants |= a.train_constants;
+}
+
+fn eval(a: EvalArgs) -> Result<u8> {
+    let cfg = TrainConfig { model: a.model.clone(), data: a.data.clone(), image_size: a.image_size, batch_size: a.batch_size, threads: a.threads, ..TrainConfig::default() };
+    let model = koala::graph::Model::load(&a.model)?;
+    let data = koala::train::data::open_datasets(&cfg)?;
+    let opts = koala::runtime::SessionOptions { intra_threads: a.threads, ..Default::default() };
+    let mut s = koala::runtime::Session::from_file(&a.model, &opts)?;
+    let r = koala::train::eval::evaluate_session(&mut s, &koala::train::eval::data_input(&model)?, &data.eval)?;
+    println!("{} samples ({} split): loss {:.4}, top-1 {:.2}%", r.samples, data.eval_split, r.loss, 100.0 * r.accuracy);
+    Ok(0)
+}
+
+fn export(a: ExportArgs) -> Result<u8> {
+    let path = koala::train::trainer::export_checkpoint(&a.run_dir, a.step, &a.output).context("export failed")?;
+    println!("wrote {}", path.display());
+    Ok(0)
 }

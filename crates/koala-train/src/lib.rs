@@ -1,1 +1,17 @@
-//! koala-train
+//! koala-train: the fine-tuning loop (schedules, evaluation, metrics,
+//! checkpoints, resume, export) on top of koala-graph, koala-optim and
+//! koala-data.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod metrics;
+pub mod optim_setup;
+pub mod plot;
+pub mod progress;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{finetune, resume, RunSummary};

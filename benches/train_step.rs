@@ -1,0 +1,72 @@
+//! Forward+backward step time of koala's training graphs against ONNX
+//! Runtime running the forward graph alone, for MobileNetV2 (batch 16,
+//! 3×96×96) and the tiny CNN, with both Conv weight-gradient formulations.
+//! Prints a markdown table (run: `cargo bench --bench train_step`).
+
+use koala::graph::step::{Batch, TrainStep};
+use koala::graph::{BackwardOptions, ConvWeightGrad, Model, TrainingSpec};
+use koala::runtime::{Session, SessionOptions, TensorView, TensorViewMut};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Median of `reps` timings (seconds) after `warmup` untimed runs.
+fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warmup {
+        f();
+    }
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[reps / 2]
+}
+
+fn bench(name: &str, model: &str, shape: [usize; 4], classes: usize, threads: usize, reps: usize) {
+    let model_path = root().join(model);
+    let m = Model::load(&model_path).unwrap();
+    let input = m.graph().input[0].name.clone();
+    let n: usize = shape.iter().product();
+    let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let labels: Vec<i64> = (0..shape[0]).map(|i| (i % classes) as i64).collect();
+    let opts = SessionOptions { intra_threads: Some(threads), ..SessionOptions::default() };
+    let mut fwd = Session::from_file(&model_path, &opts).unwrap();
+    let mut logits = vec![0f32; shape[0] * classes];
+    let out_name = fwd.outputs()[0].name.clone();
+    let oshape = [shape[0], classes];
+    let t_fwd = median(2, reps, || {
+        fwd.run_into(&[(&input, TensorView::f32(&x, &shape))], &mut [(&out_name, TensorViewMut::f32(&mut logits, &oshape))]).unwrap();
+    });
+    let mut row = format!("| {name} | {} | {:.1} ms |", shape[0], 1e3 * t_fwd);
+    for f in [ConvWeightGrad::TransposedConv, ConvWeightGrad::UnfoldDepthwise] {
+        let spec = TrainingSpec {
+            input_shapes: [(input.clone(), shape.to_vec())].into_iter().collect(),
+            backward: BackwardOptions { conv_weight_grad: f },
+            probe_threads: threads,
+            ..TrainingSpec::default()
+        };
+        let g = koala::graph::build(&m, &spec).unwrap();
+        let w: Vec<Vec<f32>> = g.trainable.iter().map(|t| t.init.clone()).collect();
+        let mut step = TrainStep::new(g, Some(threads)).unwrap();
+        let wr: Vec<&[f32]> = w.iter().map(|v| v.as_slice()).collect();
+        let t = median(2, reps, || step.run(&[Batch::F32(&x)], Batch::I64(&labels), &wr).unwrap());
+        row += &format!(" {:.1} ms ({:.2}×) |", 1e3 * t, t / t_fwd);
+    }
+    println!("{row}");
+}
+
+fn main() {
+    let threads = std::env::var("KOALA_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    println!("threads: {threads}; median of repeated runs; ratio = step / forward");
+    println!("| model | batch | ORT forward | koala fwd+bwd, transposed-conv dW | koala fwd+bwd, unfold depthwise dW |");
+    println!("|---|---|---|---|---|");
+    bench("tiny CNN 3×16×16", "tests/fixtures/reference/tiny_cnn/model.onnx", [16, 3, 16, 16], 10, threads, 50);
+    bench("MobileNetV2 3×96×96", "models/mobilenet_v2/model.onnx", [16, 3, 96, 96], 1000, threads, 10);
+}

@@ -1,0 +1,142 @@
+//! Checkpoints: weights (safetensors), optimizer state (koala-optim's
+//! safetensors + JSON), trainer state (JSON), in one directory per step.
+//!
+//! A checkpoint is written into a hidden temporary directory and renamed
+//! into place, so a process killed mid-write leaves the previous
+//! checkpoints intact and never a half-written one under a real name.
+
+use anyhow::{bail, Context, Result};
+use koala_optim::{OptimizerState, StatePaths};
+use serde::{Deserialize, Serialize};
+
+use std::path::{Path, PathBuf};
+
+/// Trainer state needed to continue exactly.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Checkpoint format version.
+    pub format_version: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Data position of the next batch (epoch, batch index).
+    pub cursor_epoch: u64,
+    /// Batch position within `cursor_epoch`.
+    pub cursor_position: usize,
+    /// Seconds trained so far.
+    pub wall_time: f64,
+    /// Best evaluation accuracy and its step.
+    pub best: Option<(f64, u64)>,
+    /// Consecutive non-finite steps at save time.
+    pub bad_steps: u32,
+    /// Non-finite steps skipped so far.
+    pub skipped_steps: u64,
+}
+
+/// Current format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The checkpoints directory of a run.
+pub fn dir_of(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// Writes a checkpoint for `state.step` atomically; returns its directory.
+pub fn save(run_dir: &Path, state: &TrainerState, weights: &[(String, Vec<usize>, &[f32])], optimizers: &[&OptimizerState]) -> Result<PathBuf> {
+    let root = dir_of(run_dir);
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create '{}'", root.display()))?;
+    let fin = root.join(name(state.step));
+    let tmp = root.join(format!(".{}.tmp", name(state.step)));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    write_weights(&tmp.join("weights.safetensors"), weights)?;
+    for (i, o) in optimizers.iter().enumerate() {
+        let d = tmp.join(format!("optimizer-{i}"));
+        std::fs::create_dir_all(&d)?;
+        o.save(&StatePaths::in_dir(&d))?;
+    }
+    std::fs::write(tmp.join("trainer.json"), serde_json::to_vec_pretty(state)?)?;
+    if fin.exists() {
+        std::fs::remove_dir_all(&fin)?;
+    }
+    std::fs::rename(&tmp, &fin).with_context(|| format!("cannot move checkpoint into '{}'", fin.display()))?;
+    Ok(fin)
+}
+
+fn write_weights(path: &Path, weights: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = weights.iter().map(|(_, _, w)| w.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = weights
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    let data = safetensors::serialize(views, None)?;
+    std::fs::write(path, data).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+/// Reads weights saved by [`save`], checking names and shapes.
+pub fn read_weights(dir: &Path, expected: &[(String, Vec<usize>)]) -> Result<Vec<Vec<f32>>> {
+    let path = dir.join("weights.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
+    let mut out = Vec::with_capacity(expected.len());
+    for (n, shape) in expected {
+        let t = st.tensor(n).with_context(|| format!("'{}' has no tensor '{n}'; the checkpoint belongs to another model or configuration", path.display()))?;
+        if t.shape() != shape.as_slice() {
+            bail!("'{}': tensor '{n}' has shape {:?}, the model expects {:?}", path.display(), t.shape(), shape);
+        }
+        out.push(t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect());
+    }
+    Ok(out)
+}
+
+/// Reads the trainer state of a checkpoint.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join("trainer.json");
+    let s: TrainerState = serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("cannot read '{}'", p.display()))?).with_context(|| format!("'{}' is corrupt", p.display()))?;
+    if s.format_version != FORMAT_VERSION {
+        bail!("'{}' has checkpoint format {}, this koala reads {}", p.display(), s.format_version, FORMAT_VERSION);
+    }
+    Ok(s)
+}
+
+/// Loads optimizer group `i` of a checkpoint into `state`.
+pub fn read_optimizer(dir: &Path, i: usize, state: &mut OptimizerState) -> Result<()> {
+    state.load(&StatePaths::in_dir(dir.join(format!("optimizer-{i}"))))?;
+    Ok(())
+}
+
+/// Complete checkpoints of a run, by step (temporary directories ignored).
+pub fn list(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = dir_of(run_dir);
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(&root)?.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(s) = n.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            out.push((s, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes all but the last `keep` checkpoints and the best one.
+pub fn prune(run_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
+    let all = list(run_dir)?;
+    let n = all.len();
+    for (i, (step, path)) in all.into_iter().enumerate() {
+        if i + keep < n && Some(step) != best_step {
+            std::fs::remove_dir_all(&path).with_context(|| format!("cannot remove old checkpoint '{}'", path.display()))?;
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,207 @@
+//! The fine-tuning configuration: every CLI option, also settable in a TOML
+//! file. The resolved configuration is written to the run directory
+//! (`config.toml`) so a run can be reproduced and resumed.
+
+use crate::schedule::ScheduleKind;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where the training data comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// Detect: IDX files in a folder, a .csv file, or class subfolders.
+    #[default]
+    Auto,
+    /// IDX (MNIST/Fashion-MNIST) `train-*`/`t10k-*` files in a folder.
+    Idx,
+    /// One subfolder per class.
+    Folder,
+    /// `path,label` lines.
+    Csv,
+}
+
+/// What V (the "loss variance") KOALA++ gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossVar {
+    /// mean(lᵢ²) of the per-sample losses (original KOALA loop); the default.
+    #[default]
+    SecondMoment,
+    /// L², the square of the batch-mean loss (the KOALA++ vision scripts).
+    Square,
+}
+
+/// All options of `koala finetune`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The pretrained ONNX model.
+    pub model: PathBuf,
+    /// Training data (folder, CSV file, or IDX folder).
+    pub data: PathBuf,
+    /// Data format.
+    pub format: DataFormat,
+    /// Separate evaluation data (for IDX folders the t10k files are used when absent).
+    pub eval_data: Option<PathBuf>,
+    /// Hold out this fraction of the training data for validation when there is no eval data.
+    pub val_fraction: f64,
+    /// Square input size fed to the model.
+    pub image_size: u32,
+    /// Random resized crop + horizontal flip during training.
+    pub augment: bool,
+    /// Replace the classifier head by a fresh one with this many classes.
+    pub num_classes: Option<usize>,
+    /// Train only weights whose name matches.
+    pub train: Option<String>,
+    /// Freeze weights whose name matches.
+    pub freeze: Option<String>,
+    /// Make float tensors in Constant nodes trainable.
+    pub train_constants: bool,
+    /// koala++ (default), koala-v, koala-m, adamw, sgd, or a preset name.
+    pub optimizer: String,
+    /// Learning rate (default: the optimizer's/preset's).
+    pub lr: Option<f64>,
+    /// Weight decay (default: the optimizer's/preset's).
+    pub weight_decay: Option<f64>,
+    /// Do not decay biases and normalisation parameters (1-D tensors).
+    pub no_decay_bias_norm: bool,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// KOALA++ σ and Q (default: preset's).
+    pub sigma: Option<f64>,
+    /// KOALA++ process noise Q.
+    pub q: Option<f64>,
+    /// What KOALA++ receives as loss variance.
+    pub loss_var: LossVar,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Warmup steps.
+    pub warmup_steps: u64,
+    /// Floor of cosine/linear schedules.
+    pub min_lr: f64,
+    /// Step schedule period (steps).
+    pub step_size: u64,
+    /// Step schedule factor.
+    pub gamma: f64,
+    /// Epochs.
+    pub epochs: u64,
+    /// Stop after this many optimizer steps (overrides epochs when smaller).
+    pub max_steps: Option<u64>,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Gradient accumulation: micro-batches per optimizer step.
+    pub accumulate: usize,
+    /// Clip the global gradient L2 norm to this value.
+    pub clip_grad_norm: Option<f64>,
+    /// Label smoothing for cross-entropy.
+    pub label_smoothing: f32,
+    /// Evaluate every N steps (default: once per epoch).
+    pub eval_every: Option<u64>,
+    /// Log a training line every N steps.
+    pub log_every: u64,
+    /// Abort after this many consecutive non-finite steps.
+    pub max_bad_steps: u32,
+    /// Seed for everything (data order, augmentation, head init).
+    pub seed: u64,
+    /// ONNX Runtime intra-op threads (default: physical cores).
+    pub threads: Option<usize>,
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Checkpoints to keep (plus the best).
+    pub keep_checkpoints: usize,
+    /// Checkpoint every N steps (default: at each evaluation).
+    pub checkpoint_every: Option<u64>,
+    /// Exported model path (default: <run_dir>/model.onnx).
+    pub export: Option<PathBuf>,
+    /// Limit the number of training samples (quick experiments).
+    pub limit_train: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: PathBuf::new(),
+            data: PathBuf::new(),
+            format: DataFormat::Auto,
+            eval_data: None,
+            val_fraction: 0.1,
+            image_size: 224,
+            augment: true,
+            num_classes: None,
+            train: None,
+            freeze: None,
+            train_constants: false,
+            optimizer: "koala++".into(),
+            lr: None,
+            weight_decay: None,
+            no_decay_bias_norm: false,
+            momentum: 0.9,
+            sigma: None,
+            q: None,
+            loss_var: LossVar::SecondMoment,
+            schedule: ScheduleKind::Constant,
+            warmup_steps: 0,
+            min_lr: 0.0,
+            step_size: 1000,
+            gamma: 0.1,
+            epochs: 1,
+            max_steps: None,
+            batch_size: 32,
+            accumulate: 1,
+            clip_grad_norm: None,
+            label_smoothing: 0.0,
+            eval_every: None,
+            log_every: 10,
+            max_bad_steps: 5,
+            seed: 0,
+            threads: None,
+            run_dir: PathBuf::from("runs/latest"),
+            keep_checkpoints: 2,
+            checkpoint_every: None,
+            export: None,
+            limit_train: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML config file.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config '{}': {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config '{}': {e}", path.display()))
+    }
+
+    /// Checks values that would otherwise fail late.
+    pub fn validate(&self) -> Result<()> {
+        if self.model.as_os_str().is_empty() {
+            bail!("no model given: pass --model <file.onnx>");
+        }
+        if self.data.as_os_str().is_empty() {
+            bail!("no training data given: pass --data <folder|file.csv>");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if self.accumulate == 0 {
+            bail!("--accumulate must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!("--val-fraction must be in [0, 1), got {}", self.val_fraction);
+        }
+        if self.image_size < 8 {
+            bail!("--image-size must be at least 8, got {}", self.image_size);
+        }
+        if self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
+            bail!("--lr must be a positive number");
+        }
+        if self.clip_grad_norm.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+            bail!("--clip-grad-norm must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 1)");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! Opening the user's data set as train and evaluation loaders.
+
+use crate::config::{DataFormat, TrainConfig};
+use anyhow::{bail, Context, Result};
+use koala_data::{IdxSource, IdxSplit, ImageFiles, ImageSource, Loader, LoaderConfig, Preprocess, Subset};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Train and evaluation loaders plus what they hold.
+pub struct Datasets {
+    /// Shuffled, augmented training batches (drop_last: the training graph
+    /// has a fixed batch size).
+    pub train: Loader,
+    /// Evaluation batches in order, no augmentation.
+    pub eval: Loader,
+    /// Class names of the training source.
+    pub class_names: Vec<String>,
+    /// Name of the evaluation split ("test" or "val").
+    pub eval_split: &'static str,
+}
+
+fn detect(path: &Path) -> DataFormat {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        DataFormat::Csv
+    } else if path.is_dir() && std::fs::read_dir(path).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().contains("-idx"))).unwrap_or(false) {
+        DataFormat::Idx
+    } else {
+        DataFormat::Folder
+    }
+}
+
+fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn ImageSource>> {
+    if !path.exists() {
+        bail!("data path '{}' does not exist: pass --data <folder with one subfolder per class | file.csv | folder with IDX files>", path.display());
+    }
+    let format = if format == DataFormat::Auto { detect(path) } else { format };
+    Ok(match format {
+        DataFormat::Idx => Arc::new(IdxSource::from_dir(path, split).with_context(|| format!("reading IDX data in '{}'", path.display()))?),
+        DataFormat::Csv => Arc::new(ImageFiles::open_csv(path)?),
+        DataFormat::Folder | DataFormat::Auto => Arc::new(ImageFiles::open_folder(path)?),
+    })
+}
+
+/// The preprocessing for a model input of `size`×`size` RGB, ImageNet-normalised.
+pub fn preprocess(cfg: &TrainConfig, train: bool) -> Preprocess {
+    let p = Preprocess::imagenet(cfg.image_size);
+    if train && cfg.augment {
+        p
+    } else {
+        p.without_augmentation()
+    }
+}
+
+/// Opens the training and evaluation data described by `cfg`.
+pub fn open_datasets(cfg: &TrainConfig) -> Result<Datasets> {
+    let format = if cfg.format == DataFormat::Auto { detect(&cfg.data) } else { cfg.format };
+    let train_src = open(&cfg.data, format, IdxSplit::Train)?;
+    let class_names = train_src.class_names().to_vec();
+    let (mut train_src, eval_src, eval_split): (Arc<dyn ImageSource>, Arc<dyn ImageSource>, &'static str) = match (&cfg.eval_data, format) {
+        (Some(p), _) => (train_src, open(p, DataFormat::Auto, IdxSplit::Test)?, "test"),
+        (None, DataFormat::Idx) => (train_src, open(&cfg.data, format, IdxSplit::Test)?, "test"),
+        (None, _) => {
+            let (t, v) = koala_data::train_val_split(train_src, cfg.val_fraction, cfg.seed)?;
+            (Arc::new(t), Arc::new(v), "val")
+        }
+    };
+    if let Some(n) = cfg.limit_train {
+        let n = n.min(train_src.len());
+        train_src = Arc::new(Subset::new(train_src, (0..n).collect())?);
+    }
+    if train_src.len() < cfg.batch_size {
+        bail!("the training data has {} samples, fewer than one batch of {}; lower --batch-size", train_src.len(), cfg.batch_size);
+    }
+    let mut tc = LoaderConfig::train(cfg.batch_size, cfg.seed);
+    tc.drop_last = true;
+    let train = Loader::new(train_src, preprocess(cfg, true), tc)?.on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
+    let eval = Loader::new(eval_src, preprocess(cfg, false), LoaderConfig::eval(cfg.batch_size))?.on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
+    Ok(Datasets { train, eval, class_names, eval_split })
+}

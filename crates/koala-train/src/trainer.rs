@@ -1,0 +1,448 @@
+//! The fine-tuning loop.
+//!
+//! Per optimizer step: `predict` (KOALA-M moves θ before the forward pass),
+//! forward+backward in ONNX Runtime for each micro-batch (gradients averaged
+//! when accumulating), a non-finite check (skip the step; abort after K in a
+//! row), global gradient-norm (and clipping), the scheduled learning rate,
+//! the optimizer step on the weight buffers in place. Evaluation,
+//! checkpoints and metrics at their intervals; export at the end.
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{LossVar, TrainConfig};
+use crate::data::{open_datasets, Datasets};
+use crate::eval::{self, EvalResult};
+use crate::metrics::{MetricRecord, MetricsWriter};
+use crate::optim_setup;
+use crate::progress::Progress;
+use crate::schedule::Schedule;
+use anyhow::{bail, Context, Result};
+use koala_data::Cursor;
+use koala_graph::step::{Batch as GBatch, TrainStep};
+use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
+use koala_optim::{Optimizer, OptimizerState, StepContext, TensorSpec};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Summary of a finished run.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Run directory.
+    pub run_dir: PathBuf,
+    /// Evaluation before training (None when resumed).
+    pub before: Option<EvalResult>,
+    /// Evaluation after training.
+    pub after: EvalResult,
+    /// Steps done.
+    pub steps: u64,
+    /// Steps skipped for non-finite loss/gradients.
+    pub skipped_steps: u64,
+    /// Samples skipped because they could not be decoded.
+    pub skipped_samples: usize,
+    /// Training throughput (samples/s) over this process's steps.
+    pub samples_per_sec: f64,
+    /// Seconds spent inside ONNX Runtime steps.
+    pub time_graph: f64,
+    /// Seconds spent inside optimizer steps.
+    pub time_optimizer: f64,
+    /// Seconds the loop waited for data.
+    pub time_data_wait: f64,
+    /// Exported model.
+    pub export: PathBuf,
+    /// Largest |difference| between the exported model's outputs (reloaded
+    /// by ORT) and the training graph's forward on one batch.
+    pub export_max_diff: f64,
+    /// Evaluation of the exported file, loaded by ORT on its own.
+    pub export_eval: EvalResult,
+}
+
+/// One optimizer group: which tensors, the optimizer and its state.
+struct Group {
+    members: Vec<usize>,
+    opt: Box<dyn Optimizer>,
+    state: OptimizerState,
+}
+
+/// Everything the loop holds.
+struct Run {
+    cfg: TrainConfig,
+    model: Model,
+    data: Datasets,
+    step: TrainStep,
+    weights: Vec<Vec<f32>>,
+    groups: Vec<Group>,
+    schedule: Schedule,
+    total_steps: u64,
+    steps_per_epoch: u64,
+    state: TrainerState,
+}
+
+/// Fine-tunes from scratch: writes `config.toml`, runs, exports.
+pub fn finetune(cfg: TrainConfig) -> Result<RunSummary> {
+    cfg.validate()?;
+    if cfg.run_dir.join("checkpoints").exists() && !checkpoint::list(&cfg.run_dir)?.is_empty() {
+        bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
+    }
+    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create run directory '{}'", cfg.run_dir.display()))?;
+    let text = toml::to_string_pretty(&cfg)?;
+    koala_graph::model::write_atomic(&cfg.run_dir.join("config.toml"), text.as_bytes())?;
+    let _ = std::fs::remove_file(cfg.run_dir.join("metrics.jsonl"));
+    let run = Run::new(cfg)?;
+    let before = run.evaluate()?;
+    run.log_line(&format!("before training: {} loss {:.4}, top-1 {:.2}%", run.data.eval_split, before.loss, 100.0 * before.accuracy));
+    run.record_eval(&before)?;
+    run.train(Some(before))
+}
+
+/// Continues a run from its latest checkpoint.
+pub fn resume(run_dir: &Path) -> Result<RunSummary> {
+    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml")).with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
+    let (step, dir) = checkpoint::list(run_dir)?.pop().with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
+    let mut cfg = cfg;
+    cfg.run_dir = run_dir.to_path_buf();
+    let mut run = Run::new(cfg)?;
+    run.restore(&dir)?;
+    crate::metrics::truncate_after(&run_dir.join("metrics.jsonl"), step)?;
+    run.log_line(&format!("resumed from {} (step {step})", dir.display()));
+    run.train(None)
+}
+
+impl Run {
+    fn new(cfg: TrainConfig) -> Result<Run> {
+        let mut model = Model::load(&cfg.model)?;
+        if let Some(n) = cfg.num_classes {
+            let h = koala_graph::head::replace_head(&mut model, n, cfg.seed)?;
+            eprintln!("replaced head {} ({} → {} classes)", h.node, h.classes.0, h.classes.1);
+        }
+        let data = open_datasets(&cfg)?;
+        let input = eval::data_input(&model)?;
+        let spec = TrainingSpec {
+            input_shapes: [(input, vec![cfg.batch_size, 3, cfg.image_size as usize, cfg.image_size as usize])].into_iter().collect(),
+            loss: LossSpec::SoftmaxCrossEntropy { label_smoothing: cfg.label_smoothing, ignore_index: None },
+            trainable: TrainableSpec { include: cfg.train.clone(), exclude: cfg.freeze.clone(), train_constants: cfg.train_constants },
+            probe_threads: cfg.threads.unwrap_or(2),
+            ..TrainingSpec::default()
+        };
+        let graph = koala_graph::build(&model, &spec)?;
+        for u in &graph.unreachable {
+            eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
+        }
+        let weights: Vec<Vec<f32>> = graph.trainable.iter().map(|t| t.init.clone()).collect();
+        let oc = optim_setup::resolve(&cfg)?;
+        let groups = make_groups(&cfg, &oc, &graph.trainable)?;
+        let step = TrainStep::new(graph, cfg.threads)?;
+        let steps_per_epoch = (data.train.batches_per_epoch() / cfg.accumulate).max(1) as u64;
+        let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+        let schedule = Schedule {
+            kind: cfg.schedule,
+            base_lr: oc.base_lr(),
+            warmup_steps: cfg.warmup_steps,
+            total_steps,
+            min_lr: cfg.min_lr,
+            step_size: cfg.step_size,
+            gamma: cfg.gamma,
+        };
+        let state = TrainerState { format_version: checkpoint::FORMAT_VERSION, ..TrainerState::default() };
+        Ok(Run { cfg, model, data, step, weights, groups, schedule, total_steps, steps_per_epoch, state })
+    }
+
+    fn names_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.step.graph().trainable.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+    }
+
+    fn restore(&mut self, dir: &Path) -> Result<()> {
+        self.state = checkpoint::read_state(dir)?;
+        self.weights = checkpoint::read_weights(dir, &self.names_shapes())?;
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            checkpoint::read_optimizer(dir, i, &mut g.state).with_context(|| format!("loading optimizer state from '{}'", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        let pairs: Vec<(&str, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.as_str(), w.as_slice())).collect();
+        eval::evaluate(&self.model, &pairs, &self.data.eval, self.cfg.threads)
+    }
+
+    fn log_line(&self, s: &str) {
+        eprintln!("{s}");
+    }
+
+    fn record_eval(&self, r: &EvalResult) -> Result<()> {
+        let mut w = MetricsWriter::open(&self.cfg.run_dir.join("metrics.jsonl"))?;
+        w.write(&MetricRecord {
+            step: self.state.step,
+            epoch: self.state.step as f64 / self.steps_per_epoch as f64,
+            split: self.data.eval_split.into(),
+            loss: r.loss,
+            accuracy: Some(r.accuracy),
+            wall_time: self.state.wall_time,
+            ..MetricRecord::default()
+        })
+    }
+
+    fn train(mut self, before: Option<EvalResult>) -> Result<RunSummary> {
+        let cfg = self.cfg.clone();
+        let mut metrics = MetricsWriter::open(&cfg.run_dir.join("metrics.jsonl"))?;
+        let eval_every = cfg.eval_every.unwrap_or(self.steps_per_epoch).max(1);
+        let ckpt_every = cfg.checkpoint_every.unwrap_or(eval_every).max(1);
+        let mut it = self.data.train.iter(Cursor::new(self.state.cursor_epoch, self.state.cursor_position), u64::MAX);
+        let mut progress = Progress::new(self.total_steps, self.state.step);
+        let b = cfg.batch_size;
+        let mut acc_grads: Vec<Vec<f32>> = self.weights.iter().map(|w| vec![0.0; w.len()]).collect();
+        let (mut t_graph, mut t_opt) = (0.0f64, 0.0f64);
+        let (mut win_loss, mut win_correct, mut win_n, mut win_steps) = (0.0f64, 0usize, 0usize, 0u64);
+        let seg_start = Instant::now();
+        let wall0 = self.state.wall_time;
+        let mut samples_done = 0usize;
+        let mut last_eval = None;
+        let mut short_batches = 0usize;
+        while self.state.step < self.total_steps {
+            // KOALA-M/V predict before the forward pass.
+            for g in &mut self.groups {
+                let mut params: Vec<&mut [f32]> = Vec::new();
+                let mut rest: Vec<Option<&mut Vec<f32>>> = self.weights.iter_mut().map(Some).collect();
+                for &m in &g.members {
+                    params.push(rest[m].take().unwrap().as_mut_slice());
+                }
+                g.opt.predict(&mut g.state, &mut params)?;
+            }
+            let mut loss_sum = 0.0f64;
+            let mut per_sample_sq = 0.0f64;
+            let mut micro = 0usize;
+            while micro < cfg.accumulate {
+                let batch = it.next().context("the data loader stopped unexpectedly")?;
+                if batch.shape[0] != b {
+                    // Skipped (corrupt) samples made this batch short; the
+                    // training graph has a fixed batch size.
+                    short_batches += 1;
+                    it.recycle(batch);
+                    continue;
+                }
+                let t0 = Instant::now();
+                let wrefs: Vec<&[f32]> = self.weights.iter().map(|w| w.as_slice()).collect();
+                self.step.run(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels), &wrefs)?;
+                t_graph += t0.elapsed().as_secs_f64();
+                let out = &self.step.out;
+                loss_sum += out.loss as f64;
+                per_sample_sq += out.per_sample.iter().map(|&l| (l as f64) * (l as f64)).sum::<f64>() / b as f64;
+                let classes = out.model_output.len() / b;
+                for (i, &y) in batch.labels.iter().enumerate() {
+                    let (_, ok) = eval::score_row(&out.model_output[i * classes..(i + 1) * classes], y);
+                    win_correct += ok as usize;
+                }
+                win_n += b;
+                for (a, g) in acc_grads.iter_mut().zip(&out.grads) {
+                    if micro == 0 {
+                        a.copy_from_slice(g);
+                    } else {
+                        a.iter_mut().zip(g).for_each(|(x, &y)| *x += y);
+                    }
+                }
+                self.state.cursor_epoch = batch.next.epoch;
+                self.state.cursor_position = batch.next.position;
+                it.recycle(batch);
+                micro += 1;
+            }
+            let k = cfg.accumulate as f64;
+            let loss = loss_sum / k;
+            if cfg.accumulate > 1 {
+                let inv = 1.0 / cfg.accumulate as f32;
+                acc_grads.iter_mut().flatten().for_each(|x| *x *= inv);
+            }
+            let gnorm = acc_grads.iter().flatten().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+            if !loss.is_finite() || !gnorm.is_finite() {
+                self.state.bad_steps += 1;
+                self.state.skipped_steps += 1;
+                progress.note(&format!("step {}: non-finite loss or gradient (loss {loss}, grad norm {gnorm}); step skipped", self.state.step));
+                if self.state.bad_steps >= cfg.max_bad_steps {
+                    bail!("{} consecutive steps had a non-finite loss or gradient; stopping. Lower the learning rate or enable --clip-grad-norm", self.state.bad_steps);
+                }
+                continue;
+            }
+            self.state.bad_steps = 0;
+            if let Some(c) = cfg.clip_grad_norm {
+                if gnorm > c {
+                    let s = (c / gnorm) as f32;
+                    acc_grads.iter_mut().flatten().for_each(|x| *x *= s);
+                }
+            }
+            let lr = self.schedule.lr(self.state.step);
+            let loss_var = match cfg.loss_var {
+                LossVar::SecondMoment => per_sample_sq / k,
+                LossVar::Square => loss * loss,
+            };
+            let ctx = StepContext { loss, loss_var, lr, step: self.state.step + 1 };
+            let t0 = Instant::now();
+            for g in &mut self.groups {
+                let mut rest: Vec<Option<&mut Vec<f32>>> = self.weights.iter_mut().map(Some).collect();
+                let mut params: Vec<&mut [f32]> = g.members.iter().map(|&m| rest[m].take().unwrap().as_mut_slice()).collect();
+                let grads: Vec<Option<&[f32]>> = g.members.iter().map(|&m| Some(acc_grads[m].as_slice())).collect();
+                g.opt.step(&mut g.state, &mut params, &grads, &ctx)?;
+            }
+            t_opt += t0.elapsed().as_secs_f64();
+            self.state.step += 1;
+            samples_done += b * cfg.accumulate;
+            win_loss += loss;
+            win_steps += 1;
+            self.state.wall_time = wall0 + seg_start.elapsed().as_secs_f64();
+            let sps = samples_done as f64 / seg_start.elapsed().as_secs_f64().max(1e-9);
+            progress.update(self.state.step, loss, lr, sps);
+            if self.state.step % cfg.log_every.max(1) == 0 || self.state.step == self.total_steps {
+                metrics.write(&MetricRecord {
+                    step: self.state.step,
+                    epoch: self.state.step as f64 / self.steps_per_epoch as f64,
+                    split: "train".into(),
+                    loss: win_loss / win_steps as f64,
+                    accuracy: Some(win_correct as f64 / win_n.max(1) as f64),
+                    lr: Some(lr),
+                    grad_norm: Some(gnorm),
+                    samples_per_sec: Some(sps),
+                    wall_time: self.state.wall_time,
+                })?;
+                progress.log(&format!("step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {:.1} samples/s", self.state.step, self.total_steps, win_loss / win_steps as f64, 100.0 * win_correct as f64 / win_n.max(1) as f64, lr, gnorm, sps));
+                (win_loss, win_correct, win_n, win_steps) = (0.0, 0, 0, 0);
+            }
+            let last = self.state.step == self.total_steps;
+            if self.state.step % eval_every == 0 || last {
+                let r = self.evaluate()?;
+                progress.log(&format!("step {}: {} loss {:.4}, top-1 {:.2}%", self.state.step, self.data.eval_split, r.loss, 100.0 * r.accuracy));
+                self.record_eval(&r)?;
+                if self.state.best.is_none_or(|(a, _)| r.accuracy > a) {
+                    self.state.best = Some((r.accuracy, self.state.step));
+                }
+                last_eval = Some(r);
+            }
+            if self.state.step % ckpt_every == 0 || last {
+                self.save_checkpoint()?;
+            }
+        }
+        progress.finish();
+        let skipped_samples = it.stats().skipped;
+        let time_data_wait = it.stats().wait_time.as_secs_f64();
+        drop(it);
+        if short_batches > 0 {
+            eprintln!("note: {short_batches} training batch(es) were short because of unreadable samples and were not used");
+        }
+        let after = match last_eval {
+            Some(r) => r,
+            None => self.evaluate()?,
+        };
+        self.plot();
+        let (export, export_max_diff, export_eval) = self.export()?;
+        Ok(RunSummary {
+            run_dir: cfg.run_dir.clone(),
+            before,
+            after,
+            steps: self.state.step,
+            skipped_steps: self.state.skipped_steps,
+            skipped_samples,
+            samples_per_sec: samples_done as f64 / seg_start.elapsed().as_secs_f64().max(1e-9),
+            time_graph: t_graph,
+            time_optimizer: t_opt,
+            time_data_wait,
+            export,
+            export_max_diff,
+            export_eval,
+        })
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let ws: Vec<(String, Vec<usize>, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.clone(), t.shape.clone(), w.as_slice())).collect();
+        let states: Vec<&OptimizerState> = self.groups.iter().map(|g| &g.state).collect();
+        checkpoint::save(&self.cfg.run_dir, &self.state, &ws, &states)?;
+        checkpoint::prune(&self.cfg.run_dir, self.cfg.keep_checkpoints, self.state.best.map(|b| b.1))
+    }
+
+    fn plot(&self) {
+        let path = self.cfg.run_dir.join("metrics.jsonl");
+        let result = crate::metrics::read(&path).and_then(|r| crate::plot::write_plot(&r, &format!("koala fine-tuning ({})", self.cfg.optimizer), &self.cfg.run_dir.join("curves.png")));
+        if let Err(e) = result {
+            eprintln!("warning: could not draw curves.png: {e:#}");
+        }
+    }
+
+    /// Writes the updated ONNX, reloads it in ORT, compares it with the
+    /// training graph's forward on one batch and evaluates it.
+    fn export(&mut self) -> Result<(PathBuf, f64, EvalResult)> {
+        let path = self.cfg.export.clone().unwrap_or_else(|| self.cfg.run_dir.join("model.onnx"));
+        let pairs: Vec<(&str, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.as_str(), w.as_slice())).collect();
+        let updated = koala_graph::export::with_weights(&self.model, pairs)?;
+        koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
+        let diff = verify_export(&path, &mut self.step, &self.weights, &self.data, self.cfg.threads)?;
+        let opts = koala_runtime::SessionOptions { intra_threads: self.cfg.threads, ..Default::default() };
+        let mut s = koala_runtime::Session::from_file(&path, &opts)?;
+        let r = eval::evaluate_session(&mut s, &eval::data_input(&self.model)?, &self.data.eval)?;
+        Ok((path, diff, r))
+    }
+}
+
+/// Largest |difference| between the exported file's output and the training
+/// graph's model output on the first evaluation batch of full size.
+fn verify_export(path: &Path, step: &mut TrainStep, weights: &[Vec<f32>], data: &Datasets, threads: Option<usize>) -> Result<f64> {
+    let b = step.graph().label_shape[0];
+    let mut it = data.eval.iter(Cursor::new(0, 0), 1);
+    let batch = loop {
+        match it.next() {
+            Some(x) if x.shape[0] == b => break x,
+            Some(x) => it.recycle(x),
+            None => return Ok(f64::NAN),
+        }
+    };
+    let wrefs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
+    let labels: Vec<i64> = batch.labels.clone();
+    step.run(&[GBatch::F32(&batch.images)], GBatch::I64(&labels), &wrefs)?;
+    let opts = koala_runtime::SessionOptions { intra_threads: threads, ..Default::default() };
+    let mut s = koala_runtime::Session::from_file(path, &opts)?;
+    let input = s.inputs()[0].name.clone();
+    let out = s.run(&[(&input, koala_runtime::TensorView::f32(&batch.images, &batch.shape))])?;
+    let exported = out[0].as_f32().context("exported model output is not float32")?;
+    Ok(exported.iter().zip(&step.out.model_output).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max))
+}
+
+fn make_groups(cfg: &TrainConfig, oc: &koala_optim::OptimizerConfig, trainable: &[koala_graph::training::TrainableTensor]) -> Result<Vec<Group>> {
+    let (decay, no_decay): (Vec<usize>, Vec<usize>) = (0..trainable.len()).partition(|&i| !(cfg.no_decay_bias_norm && trainable[i].shape.len() <= 1));
+    let mut groups = Vec::new();
+    for (members, conf) in [(decay, oc.clone()), (no_decay, optim_setup::without_decay(oc))] {
+        if members.is_empty() {
+            continue;
+        }
+        let opt = koala_optim::build(&conf)?;
+        let specs: Vec<TensorSpec> = members.iter().map(|&i| TensorSpec::new(trainable[i].name.clone(), trainable[i].shape.clone())).collect();
+        let state = opt.init(&specs)?;
+        groups.push(Group { members, opt, state });
+    }
+    Ok(groups)
+}
+
+/// Exports the weights of a run's checkpoint (`step`, else the best, else
+/// the latest) into the run's model; returns the written path.
+pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Result<PathBuf> {
+    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml")).with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
+    let all = checkpoint::list(run_dir)?;
+    let (_, latest) = all.last().with_context(|| format!("'{}' has no checkpoints", run_dir.display()))?;
+    let wanted = match step {
+        Some(s) => Some(s),
+        None => checkpoint::read_state(latest)?.best.map(|b| b.1),
+    };
+    let dir = match wanted {
+        Some(s) => all.iter().find(|(k, _)| *k == s).map(|(_, p)| p.clone()).with_context(|| {
+            format!("no checkpoint for step {s} in '{}' (have: {:?})", run_dir.display(), all.iter().map(|a| a.0).collect::<Vec<_>>())
+        })?,
+        None => latest.clone(),
+    };
+    let mut model = Model::load(&cfg.model)?;
+    if let Some(n) = cfg.num_classes {
+        koala_graph::head::replace_head(&mut model, n, cfg.seed)?;
+    }
+    let path = dir.join("weights.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
+    let tensors: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
+        .collect();
+    let updated = koala_graph::export::with_weights(&model, tensors.iter().map(|(n, w)| (n.as_str(), w.as_slice())))?;
+    koala_graph::export::save(&updated, output, Some(&cfg.model))?;
+    Ok(output.to_path_buf())
+}
