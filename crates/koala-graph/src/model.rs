@@ -203,6 +203,16 @@ fn validate(p: &ModelProto, what: &str) -> Result<()> {
     if g.output.is_empty() {
         bail!("{what} has no graph outputs");
     }
+    // Rules pick each op's form by this version; without it every choice
+    // would be a guess (and a file cut right before its trailing
+    // opset_import field would otherwise decode as a complete model).
+    if !p
+        .opset_import
+        .iter()
+        .any(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+    {
+        bail!("{what} declares no ai.onnx opset version (opset_import); the file is truncated or not a complete ONNX model");
+    }
     let mut defined: HashSet<&str> = HashSet::new();
     defined.insert("");
     for i in &g.input {
@@ -210,18 +220,25 @@ fn validate(p: &ModelProto, what: &str) -> Result<()> {
     }
     for t in &g.initializer {
         defined.insert(&t.name);
+        if let Some(d) = t.dims.iter().find(|&&d| d < 0) {
+            bail!(
+                "{what}: initializer '{}' has a negative dimension {d} in its shape {:?}; the file is corrupt",
+                t.name,
+                t.dims
+            );
+        }
         let n = tensor::numel(&t.dims);
         if !tensor::is_external(t) && !t.raw_data.is_empty() {
             let dt = tensor::data_type(t)
                 .with_context(|| format!("{what}: initializer '{}'", t.name))?;
             if let Some(sz) = elem_size(dt) {
-                if t.raw_data.len() != n * sz {
+                if t.raw_data.len() != n.saturating_mul(sz) {
                     bail!(
                         "{what}: initializer '{}' has {} bytes but shape {:?} needs {}; the file is corrupt or truncated",
                         t.name,
                         t.raw_data.len(),
                         t.dims,
-                        n * sz
+                        n.saturating_mul(sz)
                     );
                 }
             }

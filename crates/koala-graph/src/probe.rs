@@ -11,7 +11,7 @@ use crate::model::Model;
 use crate::proto::{DataType, NodeProto, TensorProto, ValueInfoProto};
 use crate::tensor;
 use anyhow::{bail, Context, Result};
-use koala_runtime::{ElementType, Session, SessionOptions, TensorView};
+use koala_runtime::{ElementType, OptimizationLevel, Session, SessionOptions, TensorView};
 use std::collections::HashMap;
 
 /// Concrete shapes for the graph inputs: name → shape.
@@ -119,8 +119,13 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
     if values.is_empty() {
         return Ok(facts);
     }
+    // No graph optimisations: the probe runs once, so they buy nothing, and
+    // ORT 1.31's constant folding of the probe's Shape nodes breaks graphs
+    // whose subgraphs (If/Loop bodies) read outer values ("Node input 'h' is
+    // not a graph input…"), which must reach `build`'s clear error instead.
     let opts = SessionOptions {
         intra_threads: Some(threads.max(1)),
+        optimization: OptimizationLevel::Disable,
         ..SessionOptions::default()
     };
 

@@ -7,9 +7,12 @@
 use crate::proto::{DataType, TensorProto};
 use anyhow::{bail, Result};
 
-/// Number of elements described by `dims` (1 for a scalar).
+/// Number of elements described by `dims` (1 for a scalar). Saturates
+/// instead of overflowing, so absurd dims from a corrupt file compare unequal
+/// to any real payload size (an error) rather than panicking.
 pub fn numel(dims: &[i64]) -> usize {
-    dims.iter().map(|&d| d.max(0) as usize).product()
+    dims.iter()
+        .fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
 }
 
 /// The element type of a tensor, or an error naming it.
@@ -24,7 +27,7 @@ pub fn is_external(t: &TensorProto) -> bool {
 }
 
 fn check_raw_len(t: &TensorProto, elem: usize) -> Result<()> {
-    let want = numel(&t.dims) * elem;
+    let want = numel(&t.dims).saturating_mul(elem);
     if t.raw_data.len() != want {
         bail!(
             "tensor '{}' has {} bytes of raw data but its shape {:?} needs {} bytes; the file is corrupt or truncated",

@@ -76,6 +76,30 @@ fn conv_2d_no_bias_no_pads() {
 }
 
 #[test]
+fn conv_pointwise_1x1() {
+    // 1×1, stride 1, no pads, one group: the matrix-product special case.
+    conv_case(18, &[2, 3, 4, 3], &[5, 3, 1, 1], true, vec![], TC);
+    conv_case(19, &[3, 4, 5], &[2, 4, 1], false, vec![], TC);
+    // 1×1 but strided or grouped: the general formulas.
+    conv_case(
+        24,
+        &[2, 3, 5, 5],
+        &[2, 3, 1, 1],
+        true,
+        vec![a_ints("strides", &[2, 2])],
+        TC,
+    );
+    conv_case(
+        25,
+        &[2, 4, 3, 3],
+        &[4, 2, 1, 1],
+        false,
+        vec![a_int("group", 2)],
+        TC,
+    );
+}
+
+#[test]
 fn conv_stride2_asymmetric_pads() {
     let attrs = vec![a_ints("strides", &[2, 2]), a_ints("pads", &[0, 1, 1, 0])];
     conv_case(3, &[2, 2, 6, 5], &[3, 2, 3, 3], true, attrs, TC);
@@ -425,17 +449,22 @@ fn leaky_relu() {
 
 #[test]
 fn hard_sigmoid() {
-    let mut n = Net::new(17, F32, 104);
-    // Kinks where alpha·x + beta hits 0 and 1: x = −2.5 and 2.5 (defaults),
-    // −1.25 and 3.75 for alpha 0.4, beta 0.5.
-    let v = n.avoiding(30, -4.0, 4.0, &[-2.5, 2.5], 0.1);
-    unary_case(&mut n, "HardSigmoid", &[2, 15], v, vec![]);
-    mse(&n, "y");
-    let mut n = Net::new(17, F32, 105);
-    let v = n.avoiding(30, -4.0, 4.0, &[-1.25, 3.75], 0.1);
-    let attrs = vec![a_float("alpha", 0.4), a_float("beta", 0.5)];
-    unary_case(&mut n, "HardSigmoid", &[2, 15], v, attrs);
-    mse(&n, "y");
+    // Kinks where alpha·x + beta hits 0 and 1: x = −2.5 and 2.5 for the
+    // defaults (0.2, 0.5), −1.25 and 3.75 for alpha 0.4, beta 0.5.
+    let cases: [(u64, [f64; 2], Vec<_>); 2] = [
+        (104, [-2.5, 2.5], vec![]),
+        (
+            105,
+            [-1.25, 3.75],
+            vec![a_float("alpha", 0.4), a_float("beta", 0.5)],
+        ),
+    ];
+    for (seed, kinks, attrs) in cases {
+        let mut n = Net::new(17, F32, seed);
+        let v = n.avoiding(30, -4.0, 4.0, &kinks, 0.1);
+        unary_case(&mut n, "HardSigmoid", &[2, 15], v, attrs);
+        mse(&n, "y");
+    }
 }
 
 #[test]

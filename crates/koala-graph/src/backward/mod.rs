@@ -180,7 +180,7 @@ pub fn grad_reachable(
 ) -> HashSet<String> {
     let mut live: HashSet<String> = trainable.iter().cloned().collect();
     for n in nodes {
-        if n.input.iter().any(|i| live.contains(i)) {
+        if reads(n).into_iter().any(|i| live.contains(i)) {
             live.extend(
                 n.output
                     .iter()
@@ -192,16 +192,33 @@ pub fn grad_reachable(
     live
 }
 
+/// Every value a node reads: its inputs plus whatever its subgraphs (If,
+/// Loop, Scan bodies) read, which includes the outer values they capture.
+/// Without the captured ones a weight used only inside a branch would look
+/// disconnected from the loss: it would silently get no gradient through the
+/// branch instead of the error that names the control-flow node. (Names the
+/// subgraph defines itself are included too; they are never trainable
+/// values, so the over-approximation is harmless.)
+fn reads(node: &NodeProto) -> Vec<&str> {
+    let mut out: Vec<&str> = node.input.iter().map(|s| s.as_str()).collect();
+    for a in &node.attribute {
+        for g in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {
+            out.extend(g.node.iter().flat_map(reads));
+        }
+    }
+    out
+}
+
 /// Nodes that need a rule: on a path from a trainable weight to `target`.
 pub fn nodes_on_path(nodes: &[NodeProto], live: &HashSet<String>, target: &str) -> Vec<usize> {
     let mut wanted: HashSet<&str> = HashSet::from([target]);
     let mut out = Vec::new();
     for (i, n) in nodes.iter().enumerate().rev() {
         if n.output.iter().any(|o| wanted.contains(o.as_str()))
-            && n.input.iter().any(|x| live.contains(x))
+            && reads(n).into_iter().any(|x| live.contains(x))
         {
             out.push(i);
-            for x in &n.input {
+            for x in reads(n) {
                 if live.contains(x) {
                     wanted.insert(x);
                 }
