@@ -94,24 +94,138 @@ pub fn conv(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
     let ys = ctx.shape(r.output(0))?;
     let g = geometry(r, ws[2..].to_vec(), &xs[2..], &ys[2..])?;
     let mut out = r.none();
+    let pointwise = is_pointwise(&g);
+    let depthwise = g.group == xs[1] && ws[0] == xs[1] && ws[1] == 1;
     if r.need(0) {
-        out[0] = Some(conv_input_grad(ctx, &dy, &w, &xs, &ys, &g)?);
+        out[0] = Some(if pointwise {
+            pointwise_input_grad(ctx, &dy, &w, &xs, &ys)?
+        } else if depthwise {
+            match depthwise_input_grad_conv(ctx, &dy, &w, &xs, &ys, &g)? {
+                Some(dx) => dx,
+                None => conv_input_grad(ctx, &dy, &w, &xs, &ys, &g)?,
+            }
+        } else {
+            conv_input_grad(ctx, &dy, &w, &xs, &ys, &g)?
+        });
     }
     if r.need(1) {
-        let depthwise = g.group == xs[1] && ws[0] == xs[1] && ws[1] == 1;
-        out[1] = Some(
-            if depthwise && r.options.conv_weight_grad == ConvWeightGrad::UnfoldDepthwise {
-                depthwise_weight_grad_unfold(ctx, &x, &dy, &xs, &ys, &g)?
-            } else {
-                conv_weight_grad(ctx, &x, &dy, &xs, &ws, &ys, &g)?
-            },
-        );
+        out[1] = Some(if pointwise {
+            pointwise_weight_grad(ctx, &x, &dy, &xs, &ws, &ys)?
+        } else if depthwise && r.options.conv_weight_grad == ConvWeightGrad::UnfoldDepthwise {
+            depthwise_weight_grad_unfold(ctx, &x, &dy, &xs, &ys, &g)?
+        } else {
+            conv_weight_grad(ctx, &x, &dy, &xs, &ws, &ys, &g)?
+        });
     }
     if r.node.input.len() > 2 && r.need(2) {
         let axes: Vec<i64> = std::iter::once(0).chain(2..ys.len() as i64).collect();
         out[2] = Some(ctx.reduce_sum(&dy, &axes, false)?);
     }
     Ok(out)
+}
+
+/// A 1×1 convolution without stride, padding or groups is a matrix product
+/// per image; its gradients are matrix products too, which ORT runs as large
+/// GEMMs instead of the degenerate convolutions of the general formulas.
+fn is_pointwise(g: &Geometry) -> bool {
+    g.group == 1
+        && g.kernel.iter().all(|&k| k == 1)
+        && g.strides.iter().all(|&s| s == 1)
+        && g.pads_begin.iter().chain(&g.pads_end).all(|&p| p == 0)
+}
+
+/// dX of a pointwise conv: Wᵀ·dY per image, [Cin, Cout] × [N, Cout, S] → [N, Cin, S].
+fn pointwise_input_grad(
+    ctx: &mut GradCtx,
+    dy: &str,
+    w: &str,
+    xs: &[usize],
+    ys: &[usize],
+) -> Result<String> {
+    let (n, cin, cout) = (xs[0], xs[1], ys[1]);
+    let sp: usize = ys[2..].iter().product();
+    let w2 = ctx.reshape(w, &[cout, cin])?;
+    let wt = ctx.transpose(&w2, &[1, 0])?;
+    let dy3 = ctx.reshape(dy, &[n, cout, sp])?;
+    let dt = ctx.dtype(dy)?;
+    let dx3 = ctx.emit_shaped("MatMul", &[&wt, &dy3], vec![], dt, vec![n, cin, sp]);
+    ctx.reshape(&dx3, xs)
+}
+
+/// dW of a pointwise conv: Σₙ dYₙ·Xₙᵀ, one batched MatMul and a sum over the batch.
+fn pointwise_weight_grad(
+    ctx: &mut GradCtx,
+    x: &str,
+    dy: &str,
+    xs: &[usize],
+    ws: &[usize],
+    ys: &[usize],
+) -> Result<String> {
+    let (n, cin, cout) = (xs[0], xs[1], ys[1]);
+    let sp: usize = ys[2..].iter().product();
+    let x3 = ctx.reshape(x, &[n, cin, sp])?;
+    let xt = ctx.transpose(&x3, &[0, 2, 1])?;
+    let dy3 = ctx.reshape(dy, &[n, cout, sp])?;
+    let dt = ctx.dtype(dy)?;
+    let per_image = ctx.emit_shaped("MatMul", &[&dy3, &xt], vec![], dt, vec![n, cout, cin]);
+    let dw = ctx.reduce_sum(&per_image, &[0], false)?;
+    ctx.reshape(&dw, ws)
+}
+
+/// dX of a depthwise conv with stride 1 as a depthwise Conv of dY with the
+/// spatially flipped kernel (a correlation with "full" padding). ORT's
+/// depthwise Conv kernels are far faster than its grouped ConvTranspose.
+/// Returns None where the padding would be negative (use ConvTranspose).
+fn depthwise_input_grad_conv(
+    ctx: &mut GradCtx,
+    dy: &str,
+    w: &str,
+    xs: &[usize],
+    ys: &[usize],
+    g: &Geometry,
+) -> Result<Option<String>> {
+    let n = g.kernel.len();
+    if g.strides.iter().any(|&s| s != 1) {
+        return Ok(None);
+    }
+    let mut pb = vec![0i64; n];
+    let mut pe = vec![0i64; n];
+    for i in 0..n {
+        let span = ((g.kernel[i] - 1) * g.dilations[i]) as i64;
+        pb[i] = span - g.pads_begin[i] as i64;
+        pe[i] = xs[2 + i] as i64 + span - ys[2 + i] as i64 - pb[i];
+        if pb[i] < 0 || pe[i] < 0 {
+            return Ok(None);
+        }
+    }
+    // Flip the kernel on every spatial axis: Slice with step −1.
+    let ws = ctx.shape(w)?;
+    let dt = ctx.dtype(w)?;
+    let starts = ctx.const_i64(&vec![-1; n]);
+    let ends = ctx.const_i64(&vec![i64::MIN; n]);
+    let axes = ctx.const_i64(&(2..2 + n as i64).collect::<Vec<_>>());
+    let steps = ctx.const_i64(&vec![-1; n]);
+    let flipped = ctx.emit_shaped("Slice", &[w, &starts, &ends, &axes, &steps], vec![], dt, ws);
+    let pads: Vec<i64> = pb.iter().chain(&pe).copied().collect();
+    let attrs = vec![
+        a_int("group", g.group as i64),
+        a_ints(
+            "kernel_shape",
+            &g.kernel.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints(
+            "dilations",
+            &g.dilations.iter().map(|&k| k as i64).collect::<Vec<_>>(),
+        ),
+        a_ints("pads", &pads),
+    ];
+    Ok(Some(ctx.emit_shaped(
+        "Conv",
+        &[dy, &flipped],
+        attrs,
+        dt,
+        xs.to_vec(),
+    )))
 }
 
 /// dX of a Conv: ConvTranspose of dY with the same weights and geometry.
