@@ -66,20 +66,8 @@ pub fn write_plot(records: &[MetricRecord], title: &str, path: &Path) -> Result<
             })
             .collect()
     };
-    let loss = Panel {
-        caption: "loss",
-        y_label: "loss",
-        unit_range: false,
-        legend: SeriesLabelPosition::UpperRight,
-        series: series(|r| Some(r.loss)),
-    };
-    let accuracy = Panel {
-        caption: "top-1 accuracy",
-        y_label: "top-1 accuracy",
-        unit_range: true,
-        legend: SeriesLabelPosition::LowerRight,
-        series: series(|r| r.accuracy),
-    };
+    let loss = Panel::loss("loss", series(|r| Some(r.loss)));
+    let accuracy = Panel::accuracy("top-1 accuracy", series(|r| r.accuracy));
     write_png(title, &[loss, accuracy], path)
 }
 
@@ -110,20 +98,8 @@ pub fn write_comparison(runs: &[(String, Vec<MetricRecord>)], path: &Path) -> Re
             })
             .collect()
     };
-    let loss = Panel {
-        caption: "train loss",
-        y_label: "loss",
-        unit_range: false,
-        legend: SeriesLabelPosition::UpperRight,
-        series: series("train", |r| Some(r.loss)),
-    };
-    let accuracy = Panel {
-        caption: "val top-1 accuracy",
-        y_label: "top-1 accuracy",
-        unit_range: true,
-        legend: SeriesLabelPosition::LowerRight,
-        series: series("val", |r| r.accuracy),
-    };
+    let loss = Panel::loss("train loss", series("train", |r| Some(r.loss)));
+    let accuracy = Panel::accuracy("val top-1 accuracy", series("val", |r| r.accuracy));
     let title = runs
         .iter()
         .map(|(name, _)| name.as_str())
@@ -174,6 +150,33 @@ struct Panel {
     unit_range: bool,
     legend: SeriesLabelPosition,
     series: Vec<Series>,
+}
+
+impl Panel {
+    /// Loss panel: free y range; legend top right, away from a falling curve.
+    fn loss(caption: &'static str, series: Vec<Series>) -> Self {
+        let legend = SeriesLabelPosition::UpperRight;
+        Panel {
+            caption,
+            y_label: "loss",
+            unit_range: false,
+            legend,
+            series,
+        }
+    }
+
+    /// Accuracy panel: y within [0, 1]; legend bottom right, away from a
+    /// rising curve.
+    fn accuracy(caption: &'static str, series: Vec<Series>) -> Self {
+        let legend = SeriesLabelPosition::LowerRight;
+        Panel {
+            caption,
+            y_label: "top-1 accuracy",
+            unit_range: true,
+            legend,
+            series,
+        }
+    }
 }
 
 /// Split names in a stable, conventional order (train, val, test, then any
