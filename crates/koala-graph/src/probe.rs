@@ -54,11 +54,13 @@ fn fact_of_tensor(t: &TensorProto) -> Result<ValueFact> {
     let dt = tensor::data_type(t)?;
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let n = tensor::numel(&t.dims);
-    let ints = if matches!(dt, DataType::Int64 | DataType::Int32) && n <= MAX_KEPT_INTS {
-        tensor::to_i64(t).ok()
-    } else {
-        None
-    };
+    // Bools too: flags such as Dropout's training_mode arrive as constants.
+    let ints =
+        if matches!(dt, DataType::Int64 | DataType::Int32 | DataType::Bool) && n <= MAX_KEPT_INTS {
+            tensor::to_i64(t).ok()
+        } else {
+            None
+        };
     Ok(ValueFact {
         dtype: dt,
         shape,

@@ -83,6 +83,37 @@ pub fn batchnorm_statistics(model: &Model) -> HashSet<String> {
         .collect()
 }
 
+/// Operator settings that ONNX passes as inputs: Clip's bounds, Dropout's
+/// ratio and training flag, Pad's constant value. They are float
+/// initializers in some exports, but no gradient rule differentiates them
+/// (PyTorch, the reference, treats them as constants too), so selecting them
+/// would only list them as weights that "do not influence the loss".
+/// Initializers also used as ordinary operands elsewhere stay selectable.
+pub fn operator_settings(model: &Model) -> HashSet<String> {
+    let setting_slots = |op: &str| -> &'static [usize] {
+        match op {
+            "Clip" => &[1, 2],
+            "Dropout" => &[1, 2],
+            "Pad" => &[2],
+            _ => &[],
+        }
+    };
+    let mut settings = HashSet::new();
+    let mut operands = HashSet::new();
+    for n in &model.graph().node {
+        let slots = setting_slots(&n.op_type);
+        for (i, x) in n.input.iter().enumerate() {
+            if slots.contains(&i) {
+                settings.insert(x.clone());
+            } else {
+                operands.insert(x.clone());
+            }
+        }
+    }
+    settings.retain(|s| !operands.contains(s));
+    settings
+}
+
 /// Names of the trainable initializers, in initializer order (stable).
 pub fn select(model: &Model, spec: &TrainableSpec) -> Result<Vec<String>> {
     let inc = spec
@@ -97,7 +128,8 @@ pub fn select(model: &Model, spec: &TrainableSpec) -> Result<Vec<String>> {
         .map(Regex::new)
         .transpose()
         .context("invalid --freeze regex")?;
-    let stats = batchnorm_statistics(model);
+    let mut never = batchnorm_statistics(model);
+    never.extend(operator_settings(model));
     let used: HashSet<&str> = model
         .graph()
         .node
@@ -109,7 +141,7 @@ pub fn select(model: &Model, spec: &TrainableSpec) -> Result<Vec<String>> {
         .initializer
         .iter()
         .filter(|t| is_float(t) && tensor::numel(&t.dims) > 0)
-        .filter(|t| used.contains(t.name.as_str()) && !stats.contains(&t.name))
+        .filter(|t| used.contains(t.name.as_str()) && !never.contains(&t.name))
         .filter(|t| inc.as_ref().is_none_or(|r| r.is_match(&t.name)))
         .filter(|t| !exc.as_ref().is_some_and(|r| r.is_match(&t.name)))
         .map(|t| t.name.clone())

@@ -16,7 +16,7 @@
 mod common;
 
 use common::{check, Check, Fd, Net};
-use koala_graph::attrs::{a_float, a_int, a_ints, a_string};
+use koala_graph::attrs::{a_float, a_int, a_ints, a_string, a_tensor};
 use koala_graph::proto::DataType;
 use koala_graph::{BackwardOptions, ConvWeightGrad};
 
@@ -490,6 +490,25 @@ fn clip_case(seed: u64, opset: i64, lo: Option<f64>, hi: Option<f64>) {
     }
     n.node("Clip", &inputs, &["y"], vec![]);
     mse(&n, "y");
+}
+
+#[test]
+fn clip_bounds_and_pad_value_as_initializers_are_not_weights() {
+    // Some exports store Clip bounds / Pad values as float initializers;
+    // they are operator settings, neither trained nor reported unreachable.
+    let mut n = Net::new(13, F64, 114);
+    let v = n.avoiding(12, -1.0, 1.0, &[-0.5, 0.5], 0.05);
+    let x = n.leaf("x", &[3, 4], v);
+    let lo = n.float_init("lo", &[], &[-0.5]);
+    let hi = n.float_init("hi", &[], &[0.5]);
+    let p = n.ints("pads", &[1, 0, 0, 1]);
+    let pv = n.float_init("pad_value", &[], &[0.25]);
+    n.node("Clip", &[&x, &lo, &hi], &["c"], vec![]);
+    n.node("Pad", &["c", &p, &pv], &["y"], vec![]);
+    let r = check(&n, "y", &Check::mse(F64));
+    let trained: Vec<&str> = r.graph.trainable.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(trained, ["x_w"]);
+    assert!(r.graph.unreachable.is_empty(), "{:?}", r.graph.unreachable);
 }
 
 #[test]
@@ -1032,5 +1051,175 @@ fn reductions_emitted_by_rules_use_each_opsets_form() {
             vec![a_int("transB", 1), a_float("beta", 0.5)],
         );
         mse(&n, "y");
+    }
+}
+
+// ------------------------------------------------------------ Edge cases ----
+
+#[test]
+fn pooling_auto_pad_and_f32_max_pool() {
+    for (seed, mode) in [(400, "SAME_UPPER"), (401, "SAME_LOWER")] {
+        let attrs = vec![
+            a_string("auto_pad", mode),
+            a_ints("kernel_shape", &[3, 2]),
+            a_ints("strides", &[2, 2]),
+        ];
+        pool_case(seed, 17, F32, "AveragePool", &[2, 2, 5, 5], attrs.clone());
+        pool_case(seed + 2, 17, F32, "MaxPool", &[2, 2, 5, 5], attrs);
+    }
+    pool_case(404, 17, F32, "GlobalAveragePool", &[2, 3, 5], vec![]);
+}
+
+#[test]
+fn reduce_with_empty_axes_input() {
+    // Opset 18: empty axes reduce everything, or nothing with noop_with_empty_axes.
+    for (seed, noop) in [(410, 0), (411, 1)] {
+        let mut n = Net::new(18, F64, seed);
+        let x = n.rand_leaf("x", &[2, 3]);
+        let axes = n.ints("axes", &[]);
+        let attrs = vec![a_int("keepdims", 1), a_int("noop_with_empty_axes", noop)];
+        n.node("ReduceSum", &[&x, &axes], &["r"], attrs);
+        n.node("Mul", &["r", &x], &["y"], vec![]);
+        mse(&n, "y");
+    }
+}
+
+#[test]
+fn squeeze_without_axes() {
+    let mut n = Net::new(13, F64, 412);
+    let x = n.rand_leaf("x", &[2, 1, 3, 1]);
+    n.node("Squeeze", &[&x], &["y"], vec![]);
+    mse(&n, "y");
+}
+
+#[test]
+fn concat_opset11_uses_split_attribute() {
+    let mut n = Net::new(11, F64, 413);
+    let a = n.rand_leaf("a", &[2, 1, 2]);
+    let b = n.rand_weight("b", &[2, 3, 2]);
+    n.node("Concat", &[&a, &b], &["y"], vec![a_int("axis", 1)]);
+    mse(&n, "y");
+}
+
+#[test]
+fn shape_arithmetic_is_not_differentiated() {
+    // Exporters flatten with Shape → Gather → Unsqueeze → Concat → Reshape;
+    // the integer branch must be skipped, the float one differentiated.
+    let mut n = Net::new(13, F64, 414);
+    let x = n.rand_leaf("x", &[2, 3, 2]);
+    let w = n.rand_weight("w", &[2, 2]);
+    let zero = n.ints("zero", &[0]);
+    let minus_one = n.ints("minus_one", &[-1]);
+    n.node("MatMul", &[&x, &w], &["h"], vec![]);
+    n.node("Shape", &["h"], &["s"], vec![]);
+    n.node("Gather", &["s", &zero], &["batch"], vec![a_int("axis", 0)]);
+    n.node(
+        "Concat",
+        &["batch", &minus_one],
+        &["target"],
+        vec![a_int("axis", 0)],
+    );
+    n.node("Reshape", &["h", "target"], &["y"], vec![]);
+    mse(&n, "y");
+}
+
+/// A net `y = Dropout(x, 0.5, training_mode)` with the flag from a bool
+/// Constant (`Some`) or computed from the data (`None`: unknown to koala).
+fn dropout_net(seed: u64, training: Option<bool>) -> Net {
+    let mut n = Net::new(17, F64, seed);
+    let x = n.rand_leaf("x", &[2, 3]);
+    let ratio = n.constant("ratio", &[], &[0.5]);
+    let flag = match training {
+        Some(t) => {
+            let value = koala_graph::proto::TensorProto {
+                data_type: DataType::Bool as i32,
+                raw_data: vec![t as u8],
+                ..Default::default()
+            };
+            n.node("Constant", &[], &["train"], vec![a_tensor("value", value)]);
+            "train".to_string()
+        }
+        None => {
+            n.node(
+                "ReduceSum",
+                &["x_data"],
+                &["sum"],
+                vec![a_int("keepdims", 0)],
+            );
+            n.node(
+                "Cast",
+                &["sum"],
+                &["train"],
+                vec![a_int("to", DataType::Bool as i64)],
+            );
+            "train".to_string()
+        }
+    };
+    n.node("Dropout", &[&x, &ratio, &flag], &["d"], vec![]);
+    n.node("Tanh", &["d"], &["y"], vec![]);
+    n
+}
+
+fn mse_build_error(n: &Net) -> String {
+    let e = koala_graph::build(
+        &n.model("y"),
+        &n.spec(koala_graph::LossSpec::MeanSquaredError),
+    )
+    .expect_err("build must refuse the model");
+    format!("{e:#}")
+}
+
+#[test]
+fn dropout_training_mode_must_be_a_known_false() {
+    mse(&dropout_net(415, Some(false)), "y");
+    let e = mse_build_error(&dropout_net(416, Some(true)));
+    assert!(e.contains("Dropout in training mode"), "{e}");
+    let e = mse_build_error(&dropout_net(417, None));
+    assert!(
+        e.contains("training_mode input 'train' is not a constant"),
+        "{e}"
+    );
+}
+
+#[test]
+fn training_mode_batch_norm_is_refused() {
+    let mut n = Net::new(15, F64, 418);
+    let x = n.rand_leaf("x", &[2, 2, 3]);
+    let s = n.rand_weight("s", &[2]);
+    let b = n.rand_weight("b", &[2]);
+    let m = n.float_init("m", &[2], &[0.0, 0.1]);
+    let v = n.float_init("v", &[2], &[1.0, 0.5]);
+    let attrs = vec![a_int("training_mode", 1)];
+    n.node(
+        "BatchNormalization",
+        &[&x, &s, &b, &m, &v],
+        &["y", "rm", "rv"],
+        attrs,
+    );
+    let e = mse_build_error(&n);
+    assert!(e.contains("BatchNormalization in training mode"), "{e}");
+}
+
+#[test]
+fn mse_per_sample_loss_is_each_samples_mean() {
+    let mut n = Net::new(17, F64, 416);
+    let x = n.rand_leaf("x", &[3, 2, 2]);
+    n.node("Tanh", &[&x], &["y"], vec![]);
+    let model = n.model("y");
+    let graph = koala_graph::build(&model, &n.spec(koala_graph::LossSpec::MeanSquaredError))
+        .expect("build");
+    let mut run = common::Run::new(&n, &graph, &common::Labels::RandomTargets, 3);
+    let e = run.eval(&run.weights.clone());
+    let per = &e.outputs["per_sample_loss"];
+    assert_eq!(per.len(), 3);
+    for (b, got) in per.iter().enumerate() {
+        let want: f64 = (0..4)
+            .map(|k| (e.model_output[4 * b + k] - run.targets[4 * b + k]).powi(2))
+            .sum::<f64>()
+            / 4.0;
+        assert!(
+            (got - want).abs() <= 1e-12 * want.max(1.0),
+            "sample {b}: {got} vs {want}"
+        );
     }
 }

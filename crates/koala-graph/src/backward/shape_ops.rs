@@ -31,11 +31,14 @@ pub fn transpose(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>
 
 /// Identity / Dropout (inference): dX = dY.
 pub fn identity(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
-    if r.node.op_type == "Dropout"
-        && !r.input(2).is_empty()
-        && ctx.ints(r.input(2)).is_some_and(|v| v.first() == Some(&1))
-    {
-        bail!("Dropout in training mode is not supported (its mask is random); export the model in eval mode");
+    if r.node.op_type == "Dropout" && !r.input(2).is_empty() {
+        // Only a known-false training_mode makes Dropout the identity; an
+        // unknown one must not silently be assumed false.
+        match ctx.ints(r.input(2)) {
+            Some(v) if v.iter().all(|&b| b == 0) => {}
+            Some(_) => bail!("Dropout in training mode is not supported (its mask is random); export the model in eval mode"),
+            None => bail!("Dropout's training_mode input '{}' is not a constant, so koala cannot tell whether it drops values; export the model in eval mode (no training_mode input, or a constant false)", r.input(2)),
+        }
     }
     let mut out = r.none();
     out[0] = Some(r.dy0()?.to_string());
