@@ -10,8 +10,8 @@
 //! Clip-11 only have f32 kernels (ORT 1.31: "Could not find an
 //! implementation" for f64) and are checked in f32 (tolerance 1e-3, or 1e-2
 //! through HardSwish's curvature). BatchNormalization runs in both.
-//! Opsets 11, 13, 16, 17 and 18 all appear, since rules must emit ops in the
-//! form of the model's opset.
+//! Opsets 9, 11, 13, 15, 16, 17, 18 and 21 all appear, since rules must emit
+//! ops in the form of the model's opset.
 
 mod common;
 
@@ -250,6 +250,49 @@ fn conv_transpose_groups() {
         a_ints("pads", &[1, 1, 1, 1]),
     ];
     conv_transpose_case(22, &[2, 4, 3, 3], &[4, 1, 3, 3], true, attrs);
+}
+
+#[test]
+fn conv_transpose_auto_pad() {
+    // Output = input·stride; odd total padding (3·2: 1, 3/2/3: 1) is split
+    // toward the end (SAME_UPPER) or the beginning (SAME_LOWER).
+    let mut seed = 26;
+    for mode in ["SAME_UPPER", "SAME_LOWER"] {
+        for (x, k, s) in [(3usize, 3usize, 2i64), (4, 4, 2), (3, 2, 3)] {
+            seed += 1;
+            let attrs = vec![a_string("auto_pad", mode), a_ints("strides", &[s, s])];
+            conv_transpose_case(seed, &[1, 2, x, x], &[2, 2, k, k], false, attrs);
+        }
+    }
+}
+
+#[test]
+fn first_layer_data_input_needs_no_input_gradient() {
+    // The image is data, not a leaf: only the weights need gradients.
+    for (seed, op) in [(33, "Conv"), (34, "ConvTranspose")] {
+        let mut n = Net::new(17, F32, seed);
+        let x = n.input("image", &[2, 2, 4, 4]);
+        let w = n.rand_weight("w", &[2, 3, 3, 3]);
+        let b = n.rand_weight("b", &[3]);
+        let w = if op == "Conv" {
+            n.node(
+                "Transpose",
+                &[&w],
+                &["wt"],
+                vec![a_ints("perm", &[1, 0, 2, 3])],
+            );
+            "wt".to_string()
+        } else {
+            w
+        };
+        n.node(
+            op,
+            &[&x, &w, &b],
+            &["y"],
+            vec![a_ints("pads", &[1, 1, 1, 1])],
+        );
+        mse(&n, "y");
+    }
 }
 
 #[test]
@@ -1222,4 +1265,53 @@ fn mse_per_sample_loss_is_each_samples_mean() {
             "sample {b}: {got} vs {want}"
         );
     }
+}
+
+#[test]
+fn small_smooth_cnn_at_opset21() {
+    // Conv → BN → Sigmoid → AveragePool → ReduceMean (axes input) → Gemm →
+    // cross-entropy with label smoothing: every rule at the newest opset ORT
+    // 1.31 runs, composed. Smooth activations only, so perturbing any weight
+    // cannot cross a kink; F32_SMOOTH covers the curvature.
+    let mut n = Net::new(21, F32, 500);
+    let x = n.input("image", &[3, 2, 6, 6]);
+    let w = n.rand_weight("conv_w", &[4, 2, 3, 3]);
+    let scale = n.rand_weight("bn_scale", &[4]);
+    let bias = n.rand_weight("bn_bias", &[4]);
+    let mean = n.uniform(4, -0.5, 0.5);
+    let mean = n.float_init("bn_mean", &[4], &mean);
+    let var = n.uniform(4, 0.5, 1.5);
+    let var = n.float_init("bn_var", &[4], &var);
+    let axes = n.ints("axes", &[2, 3]);
+    let fc = n.rand_weight("fc_w", &[5, 4]);
+    let fc_b = n.rand_weight("fc_b", &[5]);
+    let conv_attrs = vec![a_ints("strides", &[2, 2]), a_ints("pads", &[1, 1, 1, 1])];
+    n.node("Conv", &[&x, &w], &["c"], conv_attrs);
+    n.node(
+        "BatchNormalization",
+        &["c", &scale, &bias, &mean, &var],
+        &["bn"],
+        vec![],
+    );
+    n.node("Sigmoid", &["bn"], &["s"], vec![]);
+    let pool = vec![
+        a_ints("kernel_shape", &[2, 2]),
+        a_ints("pads", &[0, 0, 1, 1]),
+    ];
+    n.node("AveragePool", &["s"], &["p"], pool);
+    n.node(
+        "ReduceMean",
+        &["p", &axes],
+        &["m"],
+        vec![a_int("keepdims", 0)],
+    );
+    n.node(
+        "Gemm",
+        &["m", &fc, &fc_b],
+        &["logits"],
+        vec![a_int("transB", 1)],
+    );
+    let c = Check::cross_entropy(F32, vec![4, 0, 2], 0.1, None).with_fd(Fd::F32_SMOOTH);
+    let r = check(&n, "logits", &c);
+    assert_eq!(r.graph.trainable.len(), 5);
 }

@@ -444,7 +444,8 @@ pub fn check(net: &Net, output: &str, c: &Check) -> Report {
         let e2 = directional_error(&mut run, k, &g, c);
         let err = e1.max(e2);
         eprintln!(
-            "  {:<14} n={:<4} |g|={:<10.3e} elementwise {:.2e} directional {:.2e}",
+            "  {:?} {:<14} n={:<4} |g|={:<10.3e} elementwise {:.2e} directional {:.2e}",
+            net.dt,
             w.name,
             g.len(),
             gnorm,
