@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::config::{AdamWConfig, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::CHUNK;
+use crate::kernels::{simd_kernel, CHUNK};
 use crate::optimizer::{check_step_inputs, summarize, Optimizer, StepContext, StepReport};
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -118,9 +118,9 @@ struct Coefs {
     eps: f32,
 }
 
+simd_kernel! {
 /// PyTorch's order of operations: decay, lerp of m, v update, then
 /// θ ← θ − step_size · m / (√v / √bc2 + ε).
-#[inline(always)]
 fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: &Coefs) {
     let n = p.len();
     let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
@@ -133,4 +133,5 @@ fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: &Coefs
         m[i] = mi;
         v[i] = vi;
     }
+}
 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 pub(crate) const CHUNK: usize = 1 << 15;
 
 /// Independent accumulators per reduced quantity inside a chunk.
-const LANES: usize = 4;
+pub(crate) const LANES: usize = 8;
 
 /// Up to five sums produced by one reduction pass (unused entries stay 0).
 pub(crate) type Sums = [f64; 5];
@@ -30,33 +30,57 @@ pub(crate) fn chunk_range(c: usize, n: usize) -> Range<usize> {
     start..(start + CHUNK).min(n)
 }
 
-/// Sums `K` per-element terms over `0..n` in f64 with `LANES` accumulators each, then
-/// adds the lanes in a fixed order.
+/// Sums `K` per-element terms of four equally long inputs in f64 with `LANES`
+/// accumulators per term: element i goes to lane i mod `LANES`, and the lanes are added in
+/// lane order at the end. The order of additions depends on the input length only, so
+/// results are reproducible on any machine and thread count; the explicit AVX2 kernels in
+/// `simd` follow exactly this order and are tested to match it bit for bit.
 #[inline(always)]
-pub(crate) fn lane_sums<const K: usize>(n: usize, term: impl Fn(usize) -> [f64; K]) -> Sums {
-    let mut acc = [[0.0f64; K]; LANES];
-    let main = n - n % LANES;
-    let mut i = 0;
-    while i < main {
-        for (lane, acc) in acc.iter_mut().enumerate() {
-            for (a, t) in acc.iter_mut().zip(term(i + lane)) {
-                *a += t;
+#[allow(clippy::needless_range_loop)] // the explicit lane index is the accumulation order
+pub(crate) fn lane_sums4<const K: usize>(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    term: impl Fn(f32, f32, f32, f32) -> [f64; K],
+) -> Sums {
+    let n = a.len();
+    let (b, c, d) = (&b[..n], &c[..n], &d[..n]);
+    let (a_blocks, a_rest) = a.as_chunks::<LANES>();
+    let (b_blocks, b_rest) = b.as_chunks::<LANES>();
+    let (c_blocks, c_rest) = c.as_chunks::<LANES>();
+    let (d_blocks, d_rest) = d.as_chunks::<LANES>();
+    let mut acc = [[0.0f64; LANES]; K];
+    let blocks = a_blocks.iter().zip(b_blocks).zip(c_blocks).zip(d_blocks);
+    for (((a, b), c), d) in blocks {
+        for lane in 0..LANES {
+            let t = term(a[lane], b[lane], c[lane], d[lane]);
+            for k in 0..K {
+                acc[k][lane] += t[k];
             }
         }
-        i += LANES;
     }
-    for j in main..n {
-        for (a, t) in acc[0].iter_mut().zip(term(j)) {
-            *a += t;
+    for lane in 0..a_rest.len() {
+        let t = term(a_rest[lane], b_rest[lane], c_rest[lane], d_rest[lane]);
+        for k in 0..K {
+            acc[k][lane] += t[k];
         }
     }
     let mut out = Sums::default();
-    for lane in &acc {
-        for (o, a) in out.iter_mut().zip(lane) {
-            *o += a;
-        }
+    for k in 0..K {
+        out[k] = acc[k].iter().fold(0.0, |s, x| s + x);
     }
     out
+}
+
+/// [`lane_sums4`] for two inputs.
+#[inline(always)]
+pub(crate) fn lane_sums2<const K: usize>(
+    a: &[f32],
+    b: &[f32],
+    term: impl Fn(f32, f32) -> [f64; K],
+) -> Sums {
+    lane_sums4(a, b, a, a, |a, b, _, _| term(a, b))
 }
 
 /// Adds chunk partials in chunk order.
@@ -87,9 +111,7 @@ pub(crate) fn par_chunk_sums(
 
 /// Sequential f64 dot product of two f32 vectors (used by the literal reference path).
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len();
-    let (a, b) = (&a[..n], &b[..n]);
-    lane_sums(n, |i| [f64::from(a[i]) * f64::from(b[i])])[0]
+    lane_sums2(a, b, |a, b| [f64::from(a) * f64::from(b)])[0]
 }
 
 /// Updates the measurement noise R at the start of a KOALA update (spec §2.3): fixed `r`,
@@ -106,3 +128,32 @@ pub(crate) fn update_noise(r_state: &mut f64, fixed: Option<f64>, alpha_r: f64, 
 pub(crate) fn below_skip_threshold(grad_sq_norm: f64, eps: f64) -> bool {
     grad_sq_norm.sqrt() < eps
 }
+
+/// Defines `fn $name(args) -> ret { body }` so that, on x86-64 CPUs with AVX2, the body
+/// runs compiled for AVX2 (8-wide f32 / 4-wide f64 vectors instead of SSE2's 4/2).
+///
+/// Only the instruction set changes, not the operations: no fused multiply-add is
+/// enabled, each lane does the same IEEE additions and multiplications in the same order,
+/// so both versions give bitwise identical results and checkpoints stay portable.
+macro_rules! simd_kernel {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2, checked on the line above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_kernel;

@@ -10,12 +10,13 @@ use rayon::prelude::*;
 use crate::config::{KoalaMConfig, OptimizerConfig};
 use crate::error::OptimError;
 use crate::kernels::{
-    below_skip_threshold, fold_partials, lane_sums, par_chunk_sums, update_noise, Sums, CHUNK,
+    below_skip_threshold, fold_partials, lane_sums2, par_chunk_sums, simd_kernel, update_noise,
+    Sums, CHUNK,
 };
-use crate::koala_v::norms;
 use crate::optimizer::{
     check_params, check_step_inputs, summarize, Optimizer, StepContext, StepReport,
 };
+use crate::simd::norm_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
 const R: usize = 0;
@@ -167,19 +168,19 @@ fn move_tensor(t: &mut TensorState, p: &mut [f32], a: f32) {
     t.aux = fold_partials(&t.partials)[0];
 }
 
-#[inline(always)]
+simd_kernel! {
+/// ‖θ̄ − θ‖² over one chunk (θ before the move), then θ ← θ + u, u ← a·u.
 fn move_chunk(p: &mut [f32], u: &mut [f32], wavg: &[f32], a: f32) -> Sums {
-    let n = p.len();
-    let (u, wavg) = (&mut u[..n], &wavg[..n]);
-    let d = lane_sums(n, |i| {
-        let d = f64::from(wavg[i]) - f64::from(p[i]);
+    let d = lane_sums2(wavg, p, |w, p| {
+        let d = f64::from(w) - f64::from(p);
         [d * d]
     });
-    for i in 0..n {
-        p[i] += u[i];
-        u[i] *= a;
+    for (p, u) in p.iter_mut().zip(u) {
+        *p += *u;
+        *u *= a;
     }
     d
+}
 }
 
 impl KoalaM {
@@ -198,7 +199,9 @@ impl KoalaM {
         let wd = self.cfg.weight_decay as f32;
         let [gg, hh, tt, ..] = {
             let p = &*p;
-            par_chunk_sums(&mut t.partials, n, |rg| norms(&g[rg.clone()], &p[rg], wd))
+            par_chunk_sums(&mut t.partials, n, |rg| {
+                norm_sums(&g[rg.clone()], &p[rg], wd)
+            })
         };
         if below_skip_threshold(gg, self.cfg.skip_eps) {
             return TensorReport {
@@ -220,14 +223,7 @@ impl KoalaM {
             g.par_chunks(CHUNK),
         )
             .into_par_iter()
-            .for_each(|(p, u, wavg, g)| {
-                for (((p, u), wavg), g) in p.iter_mut().zip(u).zip(wavg).zip(g) {
-                    let h = g + wd * *p;
-                    *p -= k1 * h;
-                    *u -= k2 * h;
-                    *wavg = WAVG_DECAY * *wavg + (1.0 - WAVG_DECAY) * *p;
-                }
-            });
+            .for_each(|(p, u, wavg, g)| gain_update(p, u, wavg, g, [k1, k2, wd]));
         t.aux = hh / s;
         TensorReport {
             skipped: false,
@@ -235,4 +231,18 @@ impl KoalaM {
             guard_hit: false,
         }
     }
+}
+
+simd_kernel! {
+/// One chunk of the update: h = g + wd·θ; θ ← θ − K1·h; u ← u − K2·h;
+/// θ̄ ← 0.9·θ̄ + 0.1·θ (θ after the step).
+fn gain_update(p: &mut [f32], u: &mut [f32], wavg: &mut [f32], g: &[f32], k: [f32; 3]) {
+    let [k1, k2, wd] = k;
+    for (((p, u), wavg), g) in p.iter_mut().zip(u).zip(wavg).zip(g) {
+        let h = g + wd * *p;
+        *p -= k1 * h;
+        *u -= k2 * h;
+        *wavg = WAVG_DECAY * *wavg + (1.0 - WAVG_DECAY) * *p;
+    }
+}
 }

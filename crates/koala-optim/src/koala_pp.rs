@@ -13,10 +13,9 @@ use rayon::prelude::*;
 
 use crate::config::{KoalaPPConfig, KoalaPPPath, KoalaPPVariant, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::{
-    below_skip_threshold, dot, lane_sums, par_chunk_sums, update_noise, Sums, CHUNK,
-};
+use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, update_noise, CHUNK};
 use crate::optimizer::{check_step_inputs, summarize, Optimizer, StepContext, StepReport};
+use crate::simd::koala_pp_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
 // Scalar and global slot indices; must match the layouts below.
@@ -244,7 +243,7 @@ impl KoalaPP {
         let sums = {
             let (p, v, h) = (&*p, &*v, &*h);
             par_chunk_sums(&mut t.partials, n, |rg| {
-                pass1(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
+                koala_pp_sums(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
             })
         };
         let [a, b, c, tt, gg] = sums;
@@ -372,25 +371,6 @@ fn not_positive_along_h(s: f64, r: f64) -> bool {
     s.partial_cmp(&r) != Some(std::cmp::Ordering::Greater)
 }
 
-/// Pass 1 over one chunk: [h·h_p, h·v_p, h·h, θ·θ, g·g] with h = g + wd·θ formed in f32
-/// exactly as pass 2 forms it.
-#[inline(always)]
-fn pass1(g: &[f32], p: &[f32], hp: &[f32], vp: &[f32], wd: f32) -> Sums {
-    let n = g.len();
-    let (p, hp, vp) = (&p[..n], &hp[..n], &vp[..n]);
-    lane_sums(n, |i| {
-        let h = f64::from(g[i] + wd * p[i]);
-        let (t, gi) = (f64::from(p[i]), f64::from(g[i]));
-        [
-            h * f64::from(hp[i]),
-            h * f64::from(vp[i]),
-            h * h,
-            t * t,
-            gi * gi,
-        ]
-    })
-}
-
 /// Pass-2 coefficients in f32 (the stored vectors are f32).
 struct Pass2 {
     c_v: f32,
@@ -401,17 +381,16 @@ struct Pass2 {
     wd: f32,
 }
 
+simd_kernel! {
 /// Pass 2 over one chunk: h = g + wd·θ; v = c_v·v_p + c_h·h + c_p·h_p;
 /// θ ← θ + step·(v + Q·h); v and h overwrite v_p and h_p in place.
-#[inline(always)]
 fn pass2(p: &mut [f32], v: &mut [f32], h: &mut [f32], g: &[f32], k: &Pass2) {
-    let n = p.len();
-    let (v, h, g) = (&mut v[..n], &mut h[..n], &g[..n]);
-    for i in 0..n {
-        let hi = g[i] + k.wd * p[i];
-        let vi = k.c_v * v[i] + k.c_h * hi + k.c_p * h[i];
-        p[i] += k.step * (vi + k.q * hi);
-        v[i] = vi;
-        h[i] = hi;
+    for (((p, v), h), g) in p.iter_mut().zip(v).zip(h).zip(g) {
+        let hi = g + k.wd * *p;
+        let vi = k.c_v * *v + k.c_h * hi + k.c_p * *h;
+        *p += k.step * (vi + k.q * hi);
+        *v = vi;
+        *h = hi;
     }
+}
 }

@@ -5,10 +5,11 @@ use rayon::prelude::*;
 
 use crate::config::{KoalaVConfig, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::{below_skip_threshold, lane_sums, par_chunk_sums, update_noise, CHUNK};
+use crate::kernels::{below_skip_threshold, par_chunk_sums, simd_kernel, update_noise, CHUNK};
 use crate::optimizer::{
     check_params, check_step_inputs, summarize, Optimizer, StepContext, StepReport,
 };
+use crate::simd::norm_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
 const R: usize = 0;
@@ -125,7 +126,9 @@ impl KoalaV {
         let wd = self.cfg.weight_decay as f32;
         let [gg, hh, tt, ..] = {
             let p = &*p;
-            par_chunk_sums(&mut t.partials, n, |rg| norms(&g[rg.clone()], &p[rg], wd))
+            par_chunk_sums(&mut t.partials, n, |rg| {
+                norm_sums(&g[rg.clone()], &p[rg], wd)
+            })
         };
         if below_skip_threshold(gg, self.cfg.skip_eps) {
             return TensorReport {
@@ -138,11 +141,7 @@ impl KoalaV {
         let scale = (ctx.lr * layer_loss * s / s_t) as f32;
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(p, g)| {
-                for (p, g) in p.iter_mut().zip(g) {
-                    *p -= scale * g;
-                }
-            });
+            .for_each(|(p, g)| scaled_sub(p, g, scale));
         TensorReport {
             skipped: false,
             s: Some(s_t),
@@ -151,14 +150,11 @@ impl KoalaV {
     }
 }
 
-/// [‖g‖², ‖g + wd·θ‖², ‖θ‖²] over one chunk (shared with KOALA-M).
-#[inline(always)]
-pub(crate) fn norms(g: &[f32], p: &[f32], wd: f32) -> crate::kernels::Sums {
-    let n = g.len();
-    let p = &p[..n];
-    lane_sums(n, |i| {
-        let h = f64::from(g[i] + wd * p[i]);
-        let (gi, pi) = (f64::from(g[i]), f64::from(p[i]));
-        [gi * gi, h * h, pi * pi]
-    })
+simd_kernel! {
+/// θ ← θ − scale·g over one chunk.
+fn scaled_sub(p: &mut [f32], g: &[f32], scale: f32) {
+    for (p, g) in p.iter_mut().zip(g) {
+        *p -= scale * g;
+    }
+}
 }

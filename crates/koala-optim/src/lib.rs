@@ -25,6 +25,7 @@ mod koala_v;
 mod optimizer;
 mod presets;
 mod sgd;
+mod simd;
 mod state;
 pub mod vectors;
 

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use crate::config::{OptimizerConfig, SgdConfig};
 use crate::error::OptimError;
-use crate::kernels::CHUNK;
+use crate::kernels::{simd_kernel, CHUNK};
 use crate::optimizer::{check_step_inputs, summarize, Optimizer, StepContext, StepReport};
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -139,15 +139,18 @@ impl Sgd {
     }
 }
 
-#[inline(always)]
+simd_kernel! {
+/// θ ← θ − lr·(g + wd·θ) over one chunk.
 fn plain_chunk(p: &mut [f32], g: &[f32], k: &Coefs) {
     for (p, g) in p.iter_mut().zip(g) {
         let d = g + k.wd * *p;
         *p -= k.lr * d;
     }
 }
+}
 
-#[inline(always)]
+simd_kernel! {
+/// One chunk of the momentum update (PyTorch's `torch.optim.SGD` step).
 fn momentum_chunk(p: &mut [f32], buf: &mut [f32], g: &[f32], k: &Coefs) {
     for ((p, b), g) in p.iter_mut().zip(buf).zip(g) {
         let d = g + k.wd * *p;
@@ -159,4 +162,5 @@ fn momentum_chunk(p: &mut [f32], buf: &mut [f32], g: &[f32], k: &Coefs) {
         let d = if k.nesterov { d + k.momentum * *b } else { *b };
         *p -= k.lr * d;
     }
+}
 }
