@@ -5,7 +5,7 @@
 use crate::schedule::ScheduleKind;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where the training data comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -202,6 +202,31 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1)");
         }
+        let export = self.export_path();
+        if same_file(&self.model, &export) {
+            bail!(
+                "the export path '{}' is the input model '{}'; koala never overwrites the model it fine-tunes: pass --export <other file> or another --run-dir",
+                export.display(),
+                self.model.display()
+            );
+        }
         Ok(())
     }
+
+    /// Where the fine-tuned model is written: `export`, else `<run_dir>/model.onnx`.
+    pub fn export_path(&self) -> PathBuf {
+        self.export.clone().unwrap_or_else(|| self.run_dir.join("model.onnx"))
+    }
+}
+
+/// Whether `a` (an existing file) and `b` (which may not exist yet) name the
+/// same file. Checked before training so a run is not wasted on an export
+/// that koala-graph would refuse at the end.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let Ok(a) = a.canonicalize() else { return false };
+    let in_parent = || {
+        let parent = b.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(b.file_name()?))
+    };
+    b.canonicalize().ok().or_else(in_parent).is_some_and(|b| a == b)
 }

@@ -56,6 +56,10 @@ impl MetricsWriter {
 /// error naming the line).
 pub fn read(path: &Path) -> Result<Vec<MetricRecord>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    parse(&text, path)
+}
+
+fn parse(text: &str, path: &Path) -> Result<Vec<MetricRecord>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -64,12 +68,16 @@ pub fn read(path: &Path) -> Result<Vec<MetricRecord>> {
 }
 
 /// Drops records past `step` (used on resume: a run interrupted after its
-/// last checkpoint logged steps that will be redone).
+/// last checkpoint logged steps that will be redone). A last line without
+/// its newline was cut short by the interruption (every record is written
+/// with its newline) and is dropped too.
 pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let kept: Vec<MetricRecord> = read(path)?.into_iter().filter(|r| r.step <= step).collect();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    let kept: Vec<MetricRecord> = parse(complete, path)?.into_iter().filter(|r| r.step <= step).collect();
     let mut text = String::new();
     for r in kept {
         text.push_str(&serde_json::to_string(&r)?);

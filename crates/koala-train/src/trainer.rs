@@ -99,6 +99,7 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
     let (step, dir) = checkpoint::list(run_dir)?.pop().with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
     let mut cfg = cfg;
     cfg.run_dir = run_dir.to_path_buf();
+    cfg.validate().with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
     let mut run = Run::new(cfg)?;
     run.restore(&dir)?;
     crate::metrics::truncate_after(&run_dir.join("metrics.jsonl"), step)?;
@@ -364,39 +365,46 @@ impl Run {
     /// Writes the updated ONNX, reloads it in ORT, compares it with the
     /// training graph's forward on one batch and evaluates it.
     fn export(&mut self) -> Result<(PathBuf, f64, EvalResult)> {
-        let path = self.cfg.export.clone().unwrap_or_else(|| self.cfg.run_dir.join("model.onnx"));
+        let path = self.cfg.export_path();
         let pairs: Vec<(&str, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.as_str(), w.as_slice())).collect();
         let updated = koala_graph::export::with_weights(&self.model, pairs)?;
         koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
-        let diff = verify_export(&path, &mut self.step, &self.weights, &self.data, self.cfg.threads)?;
+        let input = eval::data_input(&self.model)?;
+        let diff = verify_export(&path, &input, &mut self.step, &self.weights, &self.data, self.cfg.threads)?;
         let opts = koala_runtime::SessionOptions { intra_threads: self.cfg.threads, ..Default::default() };
         let mut s = koala_runtime::Session::from_file(&path, &opts)?;
-        let r = eval::evaluate_session(&mut s, &eval::data_input(&self.model)?, &self.data.eval)?;
+        let r = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
         Ok((path, diff, r))
     }
 }
 
 /// Largest |difference| between the exported file's output and the training
-/// graph's model output on the first evaluation batch of full size.
-fn verify_export(path: &Path, step: &mut TrainStep, weights: &[Vec<f32>], data: &Datasets, threads: Option<usize>) -> Result<f64> {
+/// graph's model output on the first evaluation batch.
+///
+/// The training graph has a fixed batch size; an evaluation batch that is
+/// shorter (a small split, unreadable samples) is filled up by repeating its
+/// rows, and only its own rows are compared, so the export is always
+/// verified (rows are independent in an inference-mode classifier).
+fn verify_export(path: &Path, input: &str, step: &mut TrainStep, weights: &[Vec<f32>], data: &Datasets, threads: Option<usize>) -> Result<f64> {
     let b = step.graph().label_shape[0];
     let mut it = data.eval.iter(Cursor::new(0, 0), 1);
-    let batch = loop {
-        match it.next() {
-            Some(x) if x.shape[0] == b => break x,
-            Some(x) => it.recycle(x),
-            None => return Ok(f64::NAN),
-        }
-    };
+    let batch = it.next().context("the evaluation split has no readable sample to verify the export with")?;
+    let n = batch.shape[0];
+    let per = batch.images.len() / n;
+    let images: Vec<f32> = (0..b).flat_map(|i| &batch.images[(i % n) * per..(i % n + 1) * per]).copied().collect();
+    let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
     let wrefs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
-    let labels: Vec<i64> = batch.labels.clone();
-    step.run(&[GBatch::F32(&batch.images)], GBatch::I64(&labels), &wrefs)?;
+    step.run(&[GBatch::F32(&images)], GBatch::I64(&labels), &wrefs)?;
     let opts = koala_runtime::SessionOptions { intra_threads: threads, ..Default::default() };
     let mut s = koala_runtime::Session::from_file(path, &opts)?;
-    let input = s.inputs()[0].name.clone();
-    let out = s.run(&[(&input, koala_runtime::TensorView::f32(&batch.images, &batch.shape))])?;
+    let out = s.run(&[(input, koala_runtime::TensorView::f32(&batch.images, &batch.shape))])?;
     let exported = out[0].as_f32().context("exported model output is not float32")?;
-    Ok(exported.iter().zip(&step.out.model_output).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max))
+    let per_row = step.out.model_output.len() / b;
+    if exported.len() != n * per_row {
+        bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
+    }
+    let ours = &step.out.model_output[..n * per_row];
+    Ok(exported.iter().zip(ours).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max))
 }
 
 fn make_groups(cfg: &TrainConfig, oc: &koala_optim::OptimizerConfig, trainable: &[koala_graph::training::TrainableTensor]) -> Result<Vec<Group>> {
