@@ -1,21 +1,37 @@
 //! Writes the training graph of an ONNX model to a file, to inspect it (e.g.
 //! in Netron) or profile it with another runtime.
-//! `cargo run --example dump_training_graph -- <model.onnx> <batch> <size> <out.onnx> [unfold]`
+//! `cargo run --example dump_training_graph -- <model.onnx> <batch> <size> <out.onnx> [unfold] [constants]`
 
 use prost::Message;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(a.len() >= 5, "usage: dump_training_graph <model.onnx> <batch> <size> <out.onnx> [unfold]");
+    anyhow::ensure!(
+        a.len() >= 5,
+        "usage: dump_training_graph <model.onnx> <batch> <size> <out.onnx> [unfold] [constants]"
+    );
     let m = koala::graph::Model::load(std::path::Path::new(&a[1]))?;
     let (b, s): (usize, usize) = (a[2].parse()?, a[3].parse()?);
     let input = m.graph().input[0].name.clone();
-    let mut spec = koala::graph::TrainingSpec { input_shapes: [(input, vec![b, 3, s, s])].into_iter().collect(), probe_threads: 2, ..Default::default() };
-    if a.get(5).map(|x| x.as_str()) == Some("unfold") {
-        spec.backward.conv_weight_grad = koala::graph::ConvWeightGrad::UnfoldDepthwise;
+    let mut spec = koala::graph::TrainingSpec {
+        input_shapes: [(input, vec![b, 3, s, s])].into_iter().collect(),
+        probe_threads: 2,
+        ..Default::default()
+    };
+    for flag in &a[5..] {
+        match flag.as_str() {
+            "unfold" => {
+                spec.backward.conv_weight_grad = koala::graph::ConvWeightGrad::UnfoldDepthwise
+            }
+            "constants" => spec.trainable.train_constants = true,
+            other => anyhow::bail!("unknown flag '{other}' (unfold, constants)"),
+        }
     }
     let g = koala::graph::build(&m, &spec)?;
     std::fs::write(&a[4], g.proto.encode_to_vec())?;
-    println!("{} nodes", g.proto.graph.as_ref().map_or(0, |g| g.node.len()));
+    println!(
+        "{} nodes",
+        g.proto.graph.as_ref().map_or(0, |g| g.node.len())
+    );
     Ok(())
 }

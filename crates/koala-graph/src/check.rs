@@ -179,11 +179,61 @@ fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
     }
 }
 
+/// Values that are statically known to be integers or booleans (no gradient
+/// flows through them): outputs of shape/comparison ops, Casts to non-float
+/// types, and ops whose data input is such a value (Slice of a shape, …).
+fn integer_values(model: &Model) -> HashSet<String> {
+    use crate::proto::DataType;
+    let g = model.graph();
+    let mut ints: HashSet<String> = g
+        .initializer
+        .iter()
+        .filter(|t| {
+            !matches!(
+                DataType::try_from(t.data_type),
+                Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)
+            )
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    for n in &g.node {
+        let int_out = if NON_DIFFERENTIABLE.contains(&n.op_type.as_str()) {
+            true
+        } else if n.op_type == "Cast" {
+            let to = crate::attrs::int(n, "to", 1) as i32;
+            !matches!(
+                DataType::try_from(to),
+                Ok(DataType::Float | DataType::Double | DataType::Float16 | DataType::Bfloat16)
+            )
+        } else if n.op_type == "Constant" {
+            n.attribute
+                .iter()
+                .find_map(|a| a.t.as_ref())
+                .is_some_and(|t| {
+                    t.data_type != DataType::Float as i32 && t.data_type != DataType::Double as i32
+                })
+        } else {
+            // Where's data inputs are 1 and 2 (input 0 is the condition).
+            let data = if n.op_type == "Where" {
+                n.input.get(1)
+            } else {
+                n.input.first()
+            };
+            data.is_some_and(|i| ints.contains(i))
+        };
+        if int_out {
+            ints.extend(n.output.iter().cloned());
+        }
+    }
+    ints
+}
+
 /// Nodes between a trainable weight and an output that koala cannot
 /// differentiate, and control flow / custom ops anywhere.
 fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>) {
     let g = model.graph();
-    let live = backward::grad_reachable(&g.node, selected, |_| true);
+    let ints = integer_values(model);
+    let live = backward::grad_reachable(&g.node, selected, |v| !ints.contains(v));
     let mut on_path: HashSet<usize> = HashSet::new();
     for o in &g.output {
         on_path.extend(backward::nodes_on_path(&g.node, &live, &o.name));

@@ -123,6 +123,7 @@ pub fn rule_for(node: &NodeProto) -> Option<Rule> {
         "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => shape_ops::reshape_like,
         "Transpose" => shape_ops::transpose,
         "Identity" | "Dropout" => shape_ops::identity,
+        "Cast" => shape_ops::cast,
         "Concat" => concat_split::concat,
         "Split" => concat_split::split,
         "Slice" => slice_pad::slice,

@@ -44,3 +44,27 @@ pub fn identity(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>>
     out[0] = Some(r.dy0()?.to_string());
     Ok(out)
 }
+
+/// Cast between float types: the gradient is cast back to the input's type.
+/// (Casts to integer types end the gradient path and never reach a rule.)
+pub fn cast(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let x = r.input(0).to_string();
+    let dt = ctx.dtype(&x)?;
+    if !matches!(
+        dt,
+        crate::proto::DataType::Float
+            | crate::proto::DataType::Double
+            | crate::proto::DataType::Float16
+    ) {
+        bail!("Cast from {dt:?} carries no gradient");
+    }
+    let dy = r.dy0()?.to_string();
+    let shape = ctx.shape(&x)?;
+    Ok(vec![Some(ctx.emit_shaped(
+        "Cast",
+        &[&dy],
+        vec![crate::attrs::a_int("to", dt as i64)],
+        dt,
+        shape,
+    ))])
+}
