@@ -64,9 +64,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn exported_model_round_trips() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_class_folders(&data, 8);
+    let (tmp, data) = scratch_with_data(8);
     let input_path = tmp.path().join("input.onnx");
     let input = decorated_model(&input_path);
     let input_bytes = std::fs::read(&input_path).unwrap();
@@ -220,9 +218,7 @@ fn assert_runs_at_other_batch_sizes(path: &Path) {
 /// the input file keeps its bytes.
 #[test]
 fn export_never_overwrites_the_input_model() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_class_folders(&data, 4);
+    let (tmp, data) = scratch_with_data(4);
     let input_path = tmp.path().join("model.onnx");
     std::fs::copy(tiny_model(), &input_path).unwrap();
     let before = std::fs::read(&input_path).unwrap();
@@ -264,9 +260,7 @@ fn export_never_overwrites_the_input_model() {
 /// input path as output.
 #[test]
 fn export_checkpoint_writes_the_chosen_step() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_class_folders(&data, 8);
+    let (tmp, data) = scratch_with_data(8);
     let run = tmp.path().join("run");
     let cfg = koala_train::TrainConfig {
         max_steps: Some(4),

@@ -24,9 +24,7 @@ use std::path::Path;
 /// Runs A (8 steps, checkpoints at 5 and 8) and B (A's step-5 checkpoint
 /// resumed in a new directory) and compares the step-8 checkpoints.
 fn assert_resume_is_exact(optimizer: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_class_folders(&data, 8);
+    let (tmp, data) = scratch_with_data(8);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let cfg = koala_train::TrainConfig {
         optimizer: optimizer.into(),

@@ -80,9 +80,7 @@ fn leave_partial_checkpoint(run_dir: &Path, step: u64, complete_weights: &[u8]) 
 /// each step once.
 #[test]
 fn killed_while_checkpointing_resumes_from_the_previous_checkpoint() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_class_folders(&data, 8);
+    let (tmp, data) = scratch_with_data(8);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let cfg = koala_train::TrainConfig {
         max_steps: Some(8),
@@ -146,9 +144,7 @@ fn killed_while_checkpointing_resumes_from_the_previous_checkpoint() {
 /// panicking.
 #[test]
 fn damaged_latest_checkpoint_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    write_class_folders(&data, 8);
+    let (tmp, data) = scratch_with_data(8);
     let run = tmp.path().join("run");
     let cfg = koala_train::TrainConfig {
         max_steps: Some(2),

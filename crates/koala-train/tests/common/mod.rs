@@ -42,6 +42,15 @@ pub fn write_class_folders(root: &Path, per_class: usize) {
     }
 }
 
+/// A temporary directory holding a generated data set in `data/`
+/// ([`write_class_folders`] with `per_class` images per class).
+pub fn scratch_with_data(per_class: usize) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_class_folders(&data, per_class);
+    (tmp, data)
+}
+
 /// A configuration that trains the tiny CNN quickly and reproducibly: 16×16
 /// input, batch 4, one ORT thread (bitwise determinism), no augmentation
 /// randomness beyond the seeded loader, constant learning rate.
