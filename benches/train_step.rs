@@ -34,39 +34,70 @@ fn bench(name: &str, model: &str, shape: [usize; 4], classes: usize, threads: us
     let m = Model::load(&model_path).unwrap();
     let input = m.graph().input[0].name.clone();
     let n: usize = shape.iter().product();
-    let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
     let labels: Vec<i64> = (0..shape[0]).map(|i| (i % classes) as i64).collect();
-    let opts = SessionOptions { intra_threads: Some(threads), ..SessionOptions::default() };
+    let opts = SessionOptions {
+        intra_threads: Some(threads),
+        ..SessionOptions::default()
+    };
     let mut fwd = Session::from_file(&model_path, &opts).unwrap();
     let mut logits = vec![0f32; shape[0] * classes];
     let out_name = fwd.outputs()[0].name.clone();
     let oshape = [shape[0], classes];
     let t_fwd = median(2, reps, || {
-        fwd.run_into(&[(&input, TensorView::f32(&x, &shape))], &mut [(&out_name, TensorViewMut::f32(&mut logits, &oshape))]).unwrap();
+        fwd.run_into(
+            &[(&input, TensorView::f32(&x, &shape))],
+            &mut [(&out_name, TensorViewMut::f32(&mut logits, &oshape))],
+        )
+        .unwrap();
     });
     let mut row = format!("| {name} | {} | {:.1} ms |", shape[0], 1e3 * t_fwd);
-    for f in [ConvWeightGrad::TransposedConv, ConvWeightGrad::UnfoldDepthwise] {
+    for f in [
+        ConvWeightGrad::TransposedConv,
+        ConvWeightGrad::UnfoldDepthwise,
+    ] {
         let spec = TrainingSpec {
             input_shapes: [(input.clone(), shape.to_vec())].into_iter().collect(),
-            backward: BackwardOptions { conv_weight_grad: f },
+            backward: BackwardOptions {
+                conv_weight_grad: f,
+            },
             probe_threads: threads,
             ..TrainingSpec::default()
         };
         let g = koala::graph::build(&m, &spec).unwrap();
-        let w: Vec<Vec<f32>> = g.trainable.iter().map(|t| t.init.clone()).collect();
         let mut step = TrainStep::new(g, Some(threads)).unwrap();
-        let wr: Vec<&[f32]> = w.iter().map(|v| v.as_slice()).collect();
-        let t = median(2, reps, || step.run(&[Batch::F32(&x)], Batch::I64(&labels), &wr).unwrap());
+        step.set_batch(&[Batch::F32(&x)], Batch::I64(&labels))
+            .unwrap();
+        let t = median(2, reps, || step.run().unwrap());
         row += &format!(" {:.1} ms ({:.2}×) |", 1e3 * t, t / t_fwd);
     }
     println!("{row}");
 }
 
 fn main() {
-    let threads = std::env::var("KOALA_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let threads = std::env::var("KOALA_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     println!("threads: {threads}; median of repeated runs; ratio = step / forward");
     println!("| model | batch | ORT forward | koala fwd+bwd, transposed-conv dW | koala fwd+bwd, unfold depthwise dW |");
     println!("|---|---|---|---|---|");
-    bench("tiny CNN 3×16×16", "tests/fixtures/reference/tiny_cnn/model.onnx", [16, 3, 16, 16], 10, threads, 50);
-    bench("MobileNetV2 3×96×96", "models/mobilenet_v2/model.onnx", [16, 3, 96, 96], 1000, threads, 10);
+    bench(
+        "tiny CNN 3×16×16",
+        "tests/fixtures/reference/tiny_cnn/model.onnx",
+        [16, 3, 16, 16],
+        10,
+        threads,
+        50,
+    );
+    bench(
+        "MobileNetV2 3×96×96",
+        "models/mobilenet_v2/model.onnx",
+        [16, 3, 96, 96],
+        1000,
+        threads,
+        10,
+    );
 }

@@ -220,7 +220,6 @@ pub fn run(dir: &Path, opts: &GradcheckOptions) -> Result<Report> {
         ..TrainingSpec::default()
     };
     let graph = training::build(&model, &spec)?;
-    let weights: Vec<Vec<f32>> = graph.trainable.iter().map(|t| t.init.clone()).collect();
     let data: Vec<Batch> = graph
         .data_inputs
         .iter()
@@ -243,8 +242,9 @@ pub fn run(dir: &Path, opts: &GradcheckOptions) -> Result<Report> {
         .as_deref()
         .context("labels must be int64 for cross-entropy")?;
     let mut step = TrainStep::new(graph, opts.threads)?;
-    let wrefs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
-    step.run(&data, Batch::I64(labels), &wrefs)?;
+    // The step starts from the model's weights.
+    step.set_batch(&data, Batch::I64(labels))?;
+    step.run()?;
     Ok(compare(&case, &step))
 }
 
@@ -262,13 +262,15 @@ fn compare(case: &Case, step: &TrainStep) -> Report {
     let mut tensors = Vec::new();
     let mut missing = Vec::new();
     let (mut diff2, mut ref2) = (0.0, 0.0);
-    let ours_global = l2(step.out.grads.iter().flatten().map(|&x| x as f64));
+    let ours_global = l2((0..g.trainable.len())
+        .flat_map(|i| step.grad(i).iter())
+        .map(|&x| x as f64));
     for r in &case.grads {
         let Some(i) = g.trainable.iter().position(|t| t.name == r.name) else {
             missing.push(r.name.clone());
             continue;
         };
-        let ours = &step.out.grads[i];
+        let ours = step.grad(i);
         let d = l2(ours
             .iter()
             .zip(&r.values)
@@ -307,7 +309,7 @@ fn compare(case: &Case, step: &TrainStep) -> Report {
     }
     Report {
         case: case.dir.display().to_string(),
-        loss: step.out.loss as f64,
+        loss: step.loss() as f64,
         loss_ref: case.loss,
         tensors,
         global_error: (diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt(),

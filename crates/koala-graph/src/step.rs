@@ -1,14 +1,19 @@
-//! Running a training graph: one forward+backward step with the trainable
-//! weights read from Rust buffers and the loss, per-sample losses, gradients
-//! and model output written into buffers owned here (allocated once).
+//! Running a training graph: one forward+backward step over buffers bound to
+//! ONNX Runtime once (koala-runtime's `Runner`).
+//!
+//! The trainable weights live in the runner's input buffers and the
+//! gradients in its output buffers, so a step copies nothing and allocates
+//! nothing on koala's side: the data loader's batch is written into the data
+//! input, `run` executes, and the optimizer updates the weights in place from
+//! the gradients ([`TrainStep::params_and_grads`]).
 
 use crate::proto::DataType;
 use crate::training::TrainingGraph;
 use anyhow::{bail, Context, Result};
-use koala_runtime::{Session, SessionOptions, TensorView, TensorViewMut};
+use koala_runtime::{HostTensor, Runner, Session, SessionOptions};
 use prost::Message;
 
-/// A data or label batch handed to [`TrainStep::run`].
+/// A data or label batch handed to [`TrainStep::set_batch`].
 #[derive(Clone, Copy, Debug)]
 pub enum Batch<'a> {
     /// float32 values.
@@ -17,109 +22,246 @@ pub enum Batch<'a> {
     I64(&'a [i64]),
 }
 
-/// Output buffers of one step.
-#[derive(Clone, Debug, Default)]
-pub struct StepOutputs {
-    /// Mean loss.
-    pub loss: f32,
-    /// Per-sample losses [B].
-    pub per_sample: Vec<f32>,
-    /// Gradients, one per trainable tensor, in `TrainingGraph::trainable` order.
-    pub grads: Vec<Vec<f32>>,
-    /// The model output (logits), flattened.
-    pub model_output: Vec<f32>,
+/// Positions of the graph's tensors in the runner.
+#[derive(Clone, Debug)]
+struct Slots {
+    data: Vec<usize>,
+    labels: usize,
+    weights: Vec<usize>,
+    loss: usize,
+    per_sample: usize,
+    grads: Vec<usize>,
+    model_output: usize,
 }
 
 /// A loaded training graph ready to run steps.
 pub struct TrainStep {
-    session: Session,
+    runner: Runner,
     graph: TrainingGraph,
-    /// Results of the last [`run`](Self::run).
-    pub out: StepOutputs,
-    loss_buf: [f32; 1],
+    slots: Slots,
 }
 
 impl TrainStep {
-    /// Creates the ORT session for a training graph.
+    /// Creates the ORT session for a training graph and binds its buffers;
+    /// the weight inputs start at the model's values.
     pub fn new(graph: TrainingGraph, threads: Option<usize>) -> Result<TrainStep> {
+        if let Some(t) = graph.trainable.iter().find(|t| t.dtype != DataType::Float) {
+            bail!(
+                "weight '{}' is {:?}: koala's training loop holds float32 weights; convert the model to float32 (gradcheck and finite-difference tests handle float64 graphs directly)",
+                t.name,
+                t.dtype
+            );
+        }
+        if graph.model_output_shape.is_empty() || graph.per_sample_loss.is_empty() {
+            bail!("the training graph has no model output");
+        }
         let opts = SessionOptions {
             intra_threads: threads,
             ..SessionOptions::default()
         };
         let session = Session::from_bytes(&graph.proto.encode_to_vec(), &opts)
             .context("ONNX Runtime could not load the training graph")?;
-        let out = StepOutputs {
-            loss: 0.0,
-            per_sample: vec![0.0; graph.label_shape.first().copied().unwrap_or(1)],
+        let runner = Runner::new(session, &[]).context("binding the training graph's buffers")?;
+        let i = |n: &str| runner.input_index(n);
+        let o = |n: &str| runner.output_index(n);
+        let slots = Slots {
+            data: graph
+                .data_inputs
+                .iter()
+                .map(|(n, _, _)| i(n))
+                .collect::<Result<_, _>>()?,
+            labels: i(&graph.labels)?,
+            weights: graph
+                .trainable
+                .iter()
+                .map(|t| i(&t.name))
+                .collect::<Result<_, _>>()?,
+            loss: o(&graph.loss)?,
+            per_sample: o(&graph.per_sample_loss)?,
             grads: graph
                 .trainable
                 .iter()
-                .map(|t| vec![0.0; t.shape.iter().product()])
-                .collect(),
-            model_output: vec![0.0; graph.model_output_shape.iter().product()],
+                .map(|t| o(&t.grad_output))
+                .collect::<Result<_, _>>()?,
+            model_output: o(&graph.model_output)?,
         };
-        Ok(TrainStep {
-            session,
+        let mut step = TrainStep {
+            runner,
             graph,
-            out,
-            loss_buf: [0.0],
-        })
+            slots,
+        };
+        for k in 0..step.graph.trainable.len() {
+            let init = std::mem::take(&mut step.graph.trainable[k].init);
+            step.weight_mut(k).copy_from_slice(&init);
+        }
+        Ok(step)
     }
 
-    /// The training graph this step runs.
+    /// The training graph this step runs (its `trainable[k].init` is emptied:
+    /// the values live in the runner, see [`weight`](Self::weight)).
     pub fn graph(&self) -> &TrainingGraph {
         &self.graph
     }
 
-    /// Runs forward + backward. `data` holds one buffer per data input (in
-    /// `TrainingGraph::data_inputs` order), `weights` one per trainable tensor.
-    pub fn run(&mut self, data: &[Batch], labels: Batch, weights: &[&[f32]]) -> Result<()> {
-        let g = &self.graph;
-        if data.len() != g.data_inputs.len() || weights.len() != g.trainable.len() {
+    fn f32_in(&self, idx: usize) -> &[f32] {
+        self.runner.inputs()[idx]
+            .f32s()
+            .expect("weights are float32 inputs")
+    }
+
+    /// Current values of trainable tensor `k`.
+    pub fn weight(&self, k: usize) -> &[f32] {
+        self.f32_in(self.slots.weights[k])
+    }
+
+    /// Mutable values of trainable tensor `k` (e.g. to restore a checkpoint).
+    pub fn weight_mut(&mut self, k: usize) -> &mut [f32] {
+        self.runner
+            .input_mut(self.slots.weights[k])
+            .f32s_mut()
+            .expect("weights are float32 inputs")
+    }
+
+    /// Copies a batch into the data input `i` and the labels into the label input.
+    pub fn set_batch(&mut self, data: &[Batch], labels: Batch) -> Result<()> {
+        if data.len() != self.slots.data.len() {
             bail!(
-                "expected {} data buffers and {} weight buffers, got {} and {}",
-                g.data_inputs.len(),
-                g.trainable.len(),
-                data.len(),
+                "the training graph has {} data inputs, got {} buffers",
+                self.slots.data.len(),
+                data.len()
+            );
+        }
+        for (k, b) in data.iter().enumerate() {
+            let slot = self.slots.data[k];
+            copy_into(self.runner.input_mut(slot), b)?;
+        }
+        copy_into(self.runner.input_mut(self.slots.labels), &labels)
+    }
+
+    /// Runs forward + backward on the current batch and weights.
+    pub fn run(&mut self) -> Result<()> {
+        self.runner
+            .run()
+            .context("the training step failed in ONNX Runtime")
+    }
+
+    /// Convenience for one-off runs (gradcheck, tests): writes the batch and
+    /// the weights, then runs.
+    pub fn run_with(&mut self, data: &[Batch], labels: Batch, weights: &[&[f32]]) -> Result<()> {
+        if weights.len() != self.slots.weights.len() {
+            bail!(
+                "expected {} weight buffers, got {}",
+                self.slots.weights.len(),
                 weights.len()
             );
         }
-        let mut inputs: Vec<(&str, TensorView)> =
-            Vec::with_capacity(data.len() + 1 + weights.len());
-        for ((name, shape, _), b) in g.data_inputs.iter().zip(data) {
-            inputs.push((name, view(b, shape)));
+        self.set_batch(data, labels)?;
+        for (k, w) in weights.iter().enumerate() {
+            let want = self.weight(k).len();
+            if want != w.len() {
+                bail!(
+                    "weight '{}' has {} values, expected {want}",
+                    self.graph.trainable[k].name,
+                    w.len()
+                );
+            }
+            self.weight_mut(k).copy_from_slice(w);
         }
-        inputs.push((&g.labels, view(&labels, &g.label_shape)));
-        for (t, w) in g.trainable.iter().zip(weights) {
-            inputs.push((&t.name, TensorView::f32(w, &t.shape)));
-        }
-        let batch_shape = [self.out.per_sample.len()];
-        let mut outputs: Vec<(&str, TensorViewMut)> = Vec::with_capacity(3 + g.trainable.len());
-        outputs.push((&g.loss, TensorViewMut::f32(&mut self.loss_buf, &[])));
-        outputs.push((
-            &g.per_sample_loss,
-            TensorViewMut::f32(&mut self.out.per_sample, &batch_shape),
-        ));
-        for (t, buf) in g.trainable.iter().zip(self.out.grads.iter_mut()) {
-            outputs.push((&t.grad_output, TensorViewMut::f32(buf, &t.shape)));
-        }
-        outputs.push((
-            &g.model_output,
-            TensorViewMut::f32(&mut self.out.model_output, &g.model_output_shape),
-        ));
-        self.session
-            .run_into(&inputs, &mut outputs)
-            .context("the training step failed in ONNX Runtime")?;
-        self.out.loss = self.loss_buf[0];
-        Ok(())
+        self.run()
+    }
+
+    /// Mean loss of the last run.
+    pub fn loss(&self) -> f32 {
+        self.runner
+            .output(self.slots.loss)
+            .f32s()
+            .map(|v| v[0])
+            .unwrap_or(f32::NAN)
+    }
+
+    /// Per-sample losses of the last run.
+    pub fn per_sample(&self) -> &[f32] {
+        self.runner
+            .output(self.slots.per_sample)
+            .f32s()
+            .expect("float32 output")
+    }
+
+    /// Gradient of trainable tensor `k` from the last run.
+    pub fn grad(&self, k: usize) -> &[f32] {
+        self.runner
+            .output(self.slots.grads[k])
+            .f32s()
+            .expect("float32 output")
+    }
+
+    /// The model output (logits) of the last run, flattened.
+    pub fn model_output(&self) -> &[f32] {
+        self.runner
+            .output(self.slots.model_output)
+            .f32s()
+            .expect("float32 output")
+    }
+
+    /// All weights (mutable) and their gradients, in trainable order, for an
+    /// optimizer step in place.
+    pub fn params_and_grads(&mut self) -> (Vec<&mut [f32]>, Vec<&[f32]>) {
+        let (inputs, outputs) = self.runner.io_mut();
+        let mut by_slot: Vec<Option<&mut HostTensor>> = inputs.iter_mut().map(Some).collect();
+        let params = self
+            .slots
+            .weights
+            .iter()
+            .map(|&s| {
+                by_slot[s]
+                    .take()
+                    .expect("distinct slots")
+                    .f32s_mut()
+                    .expect("float32")
+            })
+            .collect();
+        let grads = self
+            .slots
+            .grads
+            .iter()
+            .map(|&s| outputs[s].f32s().expect("float32"))
+            .collect();
+        (params, grads)
+    }
+
+    /// All weights (mutable), in trainable order (KOALA-M/V `predict`).
+    pub fn params_mut(&mut self) -> Vec<&mut [f32]> {
+        self.params_and_grads().0
     }
 }
 
-fn view<'a>(b: &Batch<'a>, shape: &'a [usize]) -> TensorView<'a> {
-    match *b {
-        Batch::F32(x) => TensorView::f32(x, shape),
-        Batch::I64(x) => TensorView::i64(x, shape),
+fn copy_into(dst: &mut HostTensor, src: &Batch) -> Result<()> {
+    let name = dst.name().to_string();
+    match src {
+        Batch::F32(x) => {
+            let d = dst.f32s_mut()?;
+            if d.len() != x.len() {
+                bail!(
+                    "input '{name}' takes {} values, the batch has {}",
+                    d.len(),
+                    x.len()
+                );
+            }
+            d.copy_from_slice(x);
+        }
+        Batch::I64(x) => {
+            let d = dst.i64s_mut()?;
+            if d.len() != x.len() {
+                bail!(
+                    "input '{name}' takes {} values, the batch has {}",
+                    d.len(),
+                    x.len()
+                );
+            }
+            d.copy_from_slice(x);
+        }
     }
+    Ok(())
 }
 
 /// The element type a [`Batch`] must have for a data input.

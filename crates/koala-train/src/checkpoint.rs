@@ -45,9 +45,15 @@ fn name(step: u64) -> String {
 }
 
 /// Writes a checkpoint for `state.step` atomically; returns its directory.
-pub fn save(run_dir: &Path, state: &TrainerState, weights: &[(String, Vec<usize>, &[f32])], optimizers: &[&OptimizerState]) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    state: &TrainerState,
+    weights: &[(String, Vec<usize>, &[f32])],
+    optimizers: &[&OptimizerState],
+) -> Result<PathBuf> {
     let root = dir_of(run_dir);
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create '{}'", root.display()))?;
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("cannot create '{}'", root.display()))?;
     let fin = root.join(name(state.step));
     let tmp = root.join(format!(".{}.tmp", name(state.step)));
     if tmp.exists() {
@@ -64,16 +70,25 @@ pub fn save(run_dir: &Path, state: &TrainerState, weights: &[(String, Vec<usize>
     if fin.exists() {
         std::fs::remove_dir_all(&fin)?;
     }
-    std::fs::rename(&tmp, &fin).with_context(|| format!("cannot move checkpoint into '{}'", fin.display()))?;
+    std::fs::rename(&tmp, &fin)
+        .with_context(|| format!("cannot move checkpoint into '{}'", fin.display()))?;
     Ok(fin)
 }
 
 fn write_weights(path: &Path, weights: &[(String, Vec<usize>, &[f32])]) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = weights.iter().map(|(_, _, w)| w.iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = weights
+        .iter()
+        .map(|(_, _, w)| w.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = weights
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?)))
+        .map(|((n, s, _), b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let data = safetensors::serialize(views, None)?;
     std::fs::write(path, data).with_context(|| format!("cannot write '{}'", path.display()))
@@ -82,15 +97,27 @@ fn write_weights(path: &Path, weights: &[(String, Vec<usize>, &[f32])]) -> Resul
 /// Reads weights saved by [`save`], checking names and shapes.
 pub fn read_weights(dir: &Path, expected: &[(String, Vec<usize>)]) -> Result<Vec<Vec<f32>>> {
     let path = dir.join("weights.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
     let mut out = Vec::with_capacity(expected.len());
     for (n, shape) in expected {
         let t = st.tensor(n).with_context(|| format!("'{}' has no tensor '{n}'; the checkpoint belongs to another model or configuration", path.display()))?;
         if t.shape() != shape.as_slice() {
-            bail!("'{}': tensor '{n}' has shape {:?}, the model expects {:?}", path.display(), t.shape(), shape);
+            bail!(
+                "'{}': tensor '{n}' has shape {:?}, the model expects {:?}",
+                path.display(),
+                t.shape(),
+                shape
+            );
         }
-        out.push(t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect());
+        out.push(
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect(),
+        );
     }
     Ok(out)
 }
@@ -98,9 +125,17 @@ pub fn read_weights(dir: &Path, expected: &[(String, Vec<usize>)]) -> Result<Vec
 /// Reads the trainer state of a checkpoint.
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join("trainer.json");
-    let s: TrainerState = serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("cannot read '{}'", p.display()))?).with_context(|| format!("'{}' is corrupt", p.display()))?;
+    let s: TrainerState = serde_json::from_slice(
+        &std::fs::read(&p).with_context(|| format!("cannot read '{}'", p.display()))?,
+    )
+    .with_context(|| format!("'{}' is corrupt", p.display()))?;
     if s.format_version != FORMAT_VERSION {
-        bail!("'{}' has checkpoint format {}, this koala reads {}", p.display(), s.format_version, FORMAT_VERSION);
+        bail!(
+            "'{}' has checkpoint format {}, this koala reads {}",
+            p.display(),
+            s.format_version,
+            FORMAT_VERSION
+        );
     }
     Ok(s)
 }
@@ -134,9 +169,9 @@ pub fn prune(run_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> 
     let n = all.len();
     for (i, (step, path)) in all.into_iter().enumerate() {
         if i + keep < n && Some(step) != best_step {
-            std::fs::remove_dir_all(&path).with_context(|| format!("cannot remove old checkpoint '{}'", path.display()))?;
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove old checkpoint '{}'", path.display()))?;
         }
     }
     Ok(())
 }
-

@@ -169,7 +169,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reads a TOML config file.
     pub fn from_toml_file(path: &std::path::Path) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config '{}': {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config '{}': {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("config '{}': {e}", path.display()))
     }
 
@@ -188,7 +189,10 @@ impl TrainConfig {
             bail!("--accumulate must be at least 1");
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
-            bail!("--val-fraction must be in [0, 1), got {}", self.val_fraction);
+            bail!(
+                "--val-fraction must be in [0, 1), got {}",
+                self.val_fraction
+            );
         }
         if self.image_size < 8 {
             bail!("--image-size must be at least 8, got {}", self.image_size);
@@ -196,7 +200,10 @@ impl TrainConfig {
         if self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
             bail!("--lr must be a positive number");
         }
-        if self.clip_grad_norm.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
+        if self
+            .clip_grad_norm
+            .is_some_and(|c| !(c.is_finite() && c > 0.0))
+        {
             bail!("--clip-grad-norm must be a positive number");
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
@@ -215,7 +222,9 @@ impl TrainConfig {
 
     /// Where the fine-tuned model is written: `export`, else `<run_dir>/model.onnx`.
     pub fn export_path(&self) -> PathBuf {
-        self.export.clone().unwrap_or_else(|| self.run_dir.join("model.onnx"))
+        self.export
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("model.onnx"))
     }
 }
 
@@ -223,10 +232,18 @@ impl TrainConfig {
 /// same file. Checked before training so a run is not wasted on an export
 /// that koala-graph would refuse at the end.
 fn same_file(a: &Path, b: &Path) -> bool {
-    let Ok(a) = a.canonicalize() else { return false };
+    let Ok(a) = a.canonicalize() else {
+        return false;
+    };
     let in_parent = || {
-        let parent = b.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = b
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Some(parent.canonicalize().ok()?.join(b.file_name()?))
     };
-    b.canonicalize().ok().or_else(in_parent).is_some_and(|b| a == b)
+    b.canonicalize()
+        .ok()
+        .or_else(in_parent)
+        .is_some_and(|b| a == b)
 }

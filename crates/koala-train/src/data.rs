@@ -2,7 +2,9 @@
 
 use crate::config::{DataFormat, TrainConfig};
 use anyhow::{bail, Context, Result};
-use koala_data::{IdxSource, IdxSplit, ImageFiles, ImageSource, Loader, LoaderConfig, Preprocess, Subset};
+use koala_data::{
+    IdxSource, IdxSplit, ImageFiles, ImageSource, Loader, LoaderConfig, Preprocess, Subset,
+};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,9 +22,19 @@ pub struct Datasets {
 }
 
 fn detect(path: &Path) -> DataFormat {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    {
         DataFormat::Csv
-    } else if path.is_dir() && std::fs::read_dir(path).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().contains("-idx"))).unwrap_or(false) {
+    } else if path.is_dir()
+        && std::fs::read_dir(path)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains("-idx"))
+            })
+            .unwrap_or(false)
+    {
         DataFormat::Idx
     } else {
         DataFormat::Folder
@@ -33,9 +45,16 @@ fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn Imag
     if !path.exists() {
         bail!("data path '{}' does not exist: pass --data <folder with one subfolder per class | file.csv | folder with IDX files>", path.display());
     }
-    let format = if format == DataFormat::Auto { detect(path) } else { format };
+    let format = if format == DataFormat::Auto {
+        detect(path)
+    } else {
+        format
+    };
     Ok(match format {
-        DataFormat::Idx => Arc::new(IdxSource::from_dir(path, split).with_context(|| format!("reading IDX data in '{}'", path.display()))?),
+        DataFormat::Idx => Arc::new(
+            IdxSource::from_dir(path, split)
+                .with_context(|| format!("reading IDX data in '{}'", path.display()))?,
+        ),
         DataFormat::Csv => Arc::new(ImageFiles::open_csv(path)?),
         DataFormat::Folder | DataFormat::Auto => Arc::new(ImageFiles::open_folder(path)?),
     })
@@ -53,11 +72,23 @@ pub fn preprocess(cfg: &TrainConfig, train: bool) -> Preprocess {
 
 /// Opens the training and evaluation data described by `cfg`.
 pub fn open_datasets(cfg: &TrainConfig) -> Result<Datasets> {
-    let format = if cfg.format == DataFormat::Auto { detect(&cfg.data) } else { cfg.format };
+    let format = if cfg.format == DataFormat::Auto {
+        detect(&cfg.data)
+    } else {
+        cfg.format
+    };
     let train_src = open(&cfg.data, format, IdxSplit::Train)?;
     let class_names = train_src.class_names().to_vec();
-    let (mut train_src, eval_src, eval_split): (Arc<dyn ImageSource>, Arc<dyn ImageSource>, &'static str) = match (&cfg.eval_data, format) {
-        (Some(p), _) => (train_src, open(p, DataFormat::Auto, IdxSplit::Test)?, "test"),
+    let (mut train_src, eval_src, eval_split): (
+        Arc<dyn ImageSource>,
+        Arc<dyn ImageSource>,
+        &'static str,
+    ) = match (&cfg.eval_data, format) {
+        (Some(p), _) => (
+            train_src,
+            open(p, DataFormat::Auto, IdxSplit::Test)?,
+            "test",
+        ),
         (None, DataFormat::Idx) => (train_src, open(&cfg.data, format, IdxSplit::Test)?, "test"),
         (None, _) => {
             let (t, v) = koala_data::train_val_split(train_src, cfg.val_fraction, cfg.seed)?;
@@ -69,11 +100,26 @@ pub fn open_datasets(cfg: &TrainConfig) -> Result<Datasets> {
         train_src = Arc::new(Subset::new(train_src, (0..n).collect())?);
     }
     if train_src.len() < cfg.batch_size {
-        bail!("the training data has {} samples, fewer than one batch of {}; lower --batch-size", train_src.len(), cfg.batch_size);
+        bail!(
+            "the training data has {} samples, fewer than one batch of {}; lower --batch-size",
+            train_src.len(),
+            cfg.batch_size
+        );
     }
     let mut tc = LoaderConfig::train(cfg.batch_size, cfg.seed);
     tc.drop_last = true;
-    let train = Loader::new(train_src, preprocess(cfg, true), tc)?.on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
-    let eval = Loader::new(eval_src, preprocess(cfg, false), LoaderConfig::eval(cfg.batch_size))?.on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
-    Ok(Datasets { train, eval, class_names, eval_split })
+    let train = Loader::new(train_src, preprocess(cfg, true), tc)?
+        .on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
+    let eval = Loader::new(
+        eval_src,
+        preprocess(cfg, false),
+        LoaderConfig::eval(cfg.batch_size),
+    )?
+    .on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
+    Ok(Datasets {
+        train,
+        eval,
+        class_names,
+        eval_split,
+    })
 }

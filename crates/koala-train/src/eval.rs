@@ -23,14 +23,30 @@ pub struct EvalResult {
 /// The model's data input name (its first graph input that is not an initializer).
 pub fn data_input(model: &Model) -> Result<String> {
     let g = model.graph();
-    g.input.iter().find(|i| !g.initializer.iter().any(|t| t.name == i.name)).map(|i| i.name.clone()).context("the model has no data input")
+    g.input
+        .iter()
+        .find(|i| !g.initializer.iter().any(|t| t.name == i.name))
+        .map(|i| i.name.clone())
+        .context("the model has no data input")
 }
 
 /// Cross-entropy and correctness of one row of logits.
 pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + row.iter().map(|&z| (z as f64 - max).exp()).sum::<f64>().ln();
-    let arg = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &z)| if z > b.1 { (i, z) } else { b }).0;
+    let lse = max
+        + row
+            .iter()
+            .map(|&z| (z as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let arg = row
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &z)| if z > b.1 { (i, z) } else { b },
+        )
+        .0;
     (lse - row[label as usize] as f64, arg as i64 == label)
 }
 
@@ -57,13 +73,26 @@ pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> 
     if n == 0 {
         bail!("the evaluation split is empty");
     }
-    Ok(EvalResult { loss: loss / n as f64, accuracy: correct as f64 / n as f64, samples: n })
+    Ok(EvalResult {
+        loss: loss / n as f64,
+        accuracy: correct as f64 / n as f64,
+        samples: n,
+    })
 }
 
 /// Evaluates `model` with `weights` written into it.
-pub fn evaluate(model: &Model, weights: &[(&str, &[f32])], loader: &Loader, threads: Option<usize>) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &Model,
+    weights: &[(&str, &[f32])],
+    loader: &Loader,
+    threads: Option<usize>,
+) -> Result<EvalResult> {
     let m = koala_graph::export::with_weights(model, weights.iter().copied())?;
-    let opts = SessionOptions { intra_threads: threads, ..SessionOptions::default() };
-    let mut s = Session::from_bytes(&m.to_bytes(), &opts).context("ONNX Runtime could not load the model for evaluation")?;
+    let opts = SessionOptions {
+        intra_threads: threads,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::from_bytes(&m.to_bytes(), &opts)
+        .context("ONNX Runtime could not load the model for evaluation")?;
     evaluate_session(&mut s, &data_input(model)?, loader)
 }

@@ -39,14 +39,22 @@ pub struct MetricsWriter {
 impl MetricsWriter {
     /// Opens (creating or appending to) `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open metrics file '{}'", path.display()))?;
-        Ok(MetricsWriter { path: path.to_path_buf(), file })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open metrics file '{}'", path.display()))?;
+        Ok(MetricsWriter {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// Appends one record (one line, flushed).
     pub fn write(&mut self, r: &MetricRecord) -> Result<()> {
         let line = serde_json::to_string(r)?;
-        writeln!(self.file, "{line}").with_context(|| format!("cannot write to '{}'", self.path.display()))?;
+        writeln!(self.file, "{line}")
+            .with_context(|| format!("cannot write to '{}'", self.path.display()))?;
         self.file.flush()?;
         Ok(())
     }
@@ -55,7 +63,8 @@ impl MetricsWriter {
 /// Reads all records of a metrics file (lines that fail to parse are an
 /// error naming the line).
 pub fn read(path: &Path) -> Result<Vec<MetricRecord>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
     parse(&text, path)
 }
 
@@ -63,7 +72,10 @@ fn parse(text: &str, path: &Path) -> Result<Vec<MetricRecord>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not a metrics record", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -75,9 +87,13 @@ pub fn truncate_after(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
     let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    let kept: Vec<MetricRecord> = parse(complete, path)?.into_iter().filter(|r| r.step <= step).collect();
+    let kept: Vec<MetricRecord> = parse(complete, path)?
+        .into_iter()
+        .filter(|r| r.step <= step)
+        .collect();
     let mut text = String::new();
     for r in kept {
         text.push_str(&serde_json::to_string(&r)?);

@@ -78,6 +78,8 @@ pub fn without_decay(oc: &OptimizerConfig) -> OptimizerConfig {
 
 /// True for the KOALA family (they consume loss and loss_var).
 pub fn is_koala(oc: &OptimizerConfig) -> bool {
-    matches!(oc, OptimizerConfig::KoalaPlusPlus(_) | OptimizerConfig::KoalaV(_) | OptimizerConfig::KoalaM(_))
+    matches!(
+        oc,
+        OptimizerConfig::KoalaPlusPlus(_) | OptimizerConfig::KoalaV(_) | OptimizerConfig::KoalaM(_)
+    )
 }
-

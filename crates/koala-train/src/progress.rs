@@ -16,7 +16,12 @@ impl Progress {
             return Progress { bar: None };
         }
         let bar = ProgressBar::new(total);
-        bar.set_style(ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .expect("valid template"),
+        );
         bar.set_position(done);
         Progress { bar: Some(bar) }
     }
@@ -25,7 +30,9 @@ impl Progress {
     pub fn update(&mut self, step: u64, loss: f64, lr: f64, samples_per_sec: f64) {
         if let Some(b) = &self.bar {
             b.set_position(step);
-            b.set_message(format!("loss {loss:.4} lr {lr:.2e} {samples_per_sec:.1} samples/s"));
+            b.set_message(format!(
+                "loss {loss:.4} lr {lr:.2e} {samples_per_sec:.1} samples/s"
+            ));
         }
     }
 

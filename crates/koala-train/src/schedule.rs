@@ -48,9 +48,16 @@ impl Schedule {
         let frac = (t as f64 / span).min(1.0);
         match self.kind {
             ScheduleKind::Constant => self.base_lr,
-            ScheduleKind::Cosine => self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1.0 + (std::f64::consts::PI * frac).cos()),
+            ScheduleKind::Cosine => {
+                self.min_lr
+                    + 0.5
+                        * (self.base_lr - self.min_lr)
+                        * (1.0 + (std::f64::consts::PI * frac).cos())
+            }
             ScheduleKind::Linear => self.base_lr + (self.min_lr - self.base_lr) * frac,
-            ScheduleKind::Step => self.base_lr * self.gamma.powi((t / self.step_size.max(1)) as i32),
+            ScheduleKind::Step => {
+                self.base_lr * self.gamma.powi((t / self.step_size.max(1)) as i32)
+            }
         }
     }
 }
@@ -60,7 +67,15 @@ mod tests {
     use super::*;
 
     fn s(kind: ScheduleKind) -> Schedule {
-        Schedule { kind, base_lr: 1.0, warmup_steps: 10, total_steps: 110, min_lr: 0.0, step_size: 30, gamma: 0.1 }
+        Schedule {
+            kind,
+            base_lr: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr: 0.0,
+            step_size: 30,
+            gamma: 0.1,
+        }
     }
 
     #[test]
@@ -69,7 +84,10 @@ mod tests {
         assert!((c.lr(0) - 0.1).abs() < 1e-12);
         assert!((c.lr(9) - 1.0).abs() < 1e-12);
         assert!((c.lr(10) - 1.0).abs() < 1e-12);
-        assert!((c.lr(60) - 0.5).abs() < 1e-12, "half way through cosine is half the rate");
+        assert!(
+            (c.lr(60) - 0.5).abs() < 1e-12,
+            "half way through cosine is half the rate"
+        );
         assert!(c.lr(110).abs() < 1e-12);
         let l = s(ScheduleKind::Linear);
         assert!((l.lr(35) - 0.75).abs() < 1e-12);

@@ -68,7 +68,6 @@ struct Run {
     model: Model,
     data: Datasets,
     step: TrainStep,
-    weights: Vec<Vec<f32>>,
     groups: Vec<Group>,
     schedule: Schedule,
     total_steps: u64,
@@ -82,24 +81,34 @@ pub fn finetune(cfg: TrainConfig) -> Result<RunSummary> {
     if cfg.run_dir.join("checkpoints").exists() && !checkpoint::list(&cfg.run_dir)?.is_empty() {
         bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
     }
-    std::fs::create_dir_all(&cfg.run_dir).with_context(|| format!("cannot create run directory '{}'", cfg.run_dir.display()))?;
+    std::fs::create_dir_all(&cfg.run_dir)
+        .with_context(|| format!("cannot create run directory '{}'", cfg.run_dir.display()))?;
     let text = toml::to_string_pretty(&cfg)?;
     koala_graph::model::write_atomic(&cfg.run_dir.join("config.toml"), text.as_bytes())?;
     let _ = std::fs::remove_file(cfg.run_dir.join("metrics.jsonl"));
     let run = Run::new(cfg)?;
     let before = run.evaluate()?;
-    run.log_line(&format!("before training: {} loss {:.4}, top-1 {:.2}%", run.data.eval_split, before.loss, 100.0 * before.accuracy));
+    run.log_line(&format!(
+        "before training: {} loss {:.4}, top-1 {:.2}%",
+        run.data.eval_split,
+        before.loss,
+        100.0 * before.accuracy
+    ));
     run.record_eval(&before)?;
     run.train(Some(before))
 }
 
 /// Continues a run from its latest checkpoint.
 pub fn resume(run_dir: &Path) -> Result<RunSummary> {
-    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml")).with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
-    let (step, dir) = checkpoint::list(run_dir)?.pop().with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
+    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml"))
+        .with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
+    let (step, dir) = checkpoint::list(run_dir)?
+        .pop()
+        .with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
     let mut cfg = cfg;
     cfg.run_dir = run_dir.to_path_buf();
-    cfg.validate().with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
+    cfg.validate()
+        .with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
     let mut run = Run::new(cfg)?;
     run.restore(&dir)?;
     crate::metrics::truncate_after(&run_dir.join("metrics.jsonl"), step)?;
@@ -112,14 +121,34 @@ impl Run {
         let mut model = Model::load(&cfg.model)?;
         if let Some(n) = cfg.num_classes {
             let h = koala_graph::head::replace_head(&mut model, n, cfg.seed)?;
-            eprintln!("replaced head {} ({} → {} classes)", h.node, h.classes.0, h.classes.1);
+            eprintln!(
+                "replaced head {} ({} → {} classes)",
+                h.node, h.classes.0, h.classes.1
+            );
         }
         let data = open_datasets(&cfg)?;
         let input = eval::data_input(&model)?;
         let spec = TrainingSpec {
-            input_shapes: [(input, vec![cfg.batch_size, 3, cfg.image_size as usize, cfg.image_size as usize])].into_iter().collect(),
-            loss: LossSpec::SoftmaxCrossEntropy { label_smoothing: cfg.label_smoothing, ignore_index: None },
-            trainable: TrainableSpec { include: cfg.train.clone(), exclude: cfg.freeze.clone(), train_constants: cfg.train_constants },
+            input_shapes: [(
+                input,
+                vec![
+                    cfg.batch_size,
+                    3,
+                    cfg.image_size as usize,
+                    cfg.image_size as usize,
+                ],
+            )]
+            .into_iter()
+            .collect(),
+            loss: LossSpec::SoftmaxCrossEntropy {
+                label_smoothing: cfg.label_smoothing,
+                ignore_index: None,
+            },
+            trainable: TrainableSpec {
+                include: cfg.train.clone(),
+                exclude: cfg.freeze.clone(),
+                train_constants: cfg.train_constants,
+            },
             probe_threads: cfg.threads.unwrap_or(2),
             ..TrainingSpec::default()
         };
@@ -127,7 +156,6 @@ impl Run {
         for u in &graph.unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
-        let weights: Vec<Vec<f32>> = graph.trainable.iter().map(|t| t.init.clone()).collect();
         let oc = optim_setup::resolve(&cfg)?;
         let groups = make_groups(&cfg, &oc, &graph.trainable)?;
         let step = TrainStep::new(graph, cfg.threads)?;
@@ -142,25 +170,54 @@ impl Run {
             step_size: cfg.step_size,
             gamma: cfg.gamma,
         };
-        let state = TrainerState { format_version: checkpoint::FORMAT_VERSION, ..TrainerState::default() };
-        Ok(Run { cfg, model, data, step, weights, groups, schedule, total_steps, steps_per_epoch, state })
+        let state = TrainerState {
+            format_version: checkpoint::FORMAT_VERSION,
+            ..TrainerState::default()
+        };
+        Ok(Run {
+            cfg,
+            model,
+            data,
+            step,
+            groups,
+            schedule,
+            total_steps,
+            steps_per_epoch,
+            state,
+        })
     }
 
     fn names_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        self.step.graph().trainable.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+        self.step
+            .graph()
+            .trainable
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect()
     }
 
     fn restore(&mut self, dir: &Path) -> Result<()> {
         self.state = checkpoint::read_state(dir)?;
-        self.weights = checkpoint::read_weights(dir, &self.names_shapes())?;
+        let weights = checkpoint::read_weights(dir, &self.names_shapes())?;
+        for (k, w) in weights.iter().enumerate() {
+            self.step.weight_mut(k).copy_from_slice(w);
+        }
         for (i, g) in self.groups.iter_mut().enumerate() {
-            checkpoint::read_optimizer(dir, i, &mut g.state).with_context(|| format!("loading optimizer state from '{}'", dir.display()))?;
+            checkpoint::read_optimizer(dir, i, &mut g.state)
+                .with_context(|| format!("loading optimizer state from '{}'", dir.display()))?;
         }
         Ok(())
     }
 
     fn evaluate(&self) -> Result<EvalResult> {
-        let pairs: Vec<(&str, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.as_str(), w.as_slice())).collect();
+        let pairs: Vec<(&str, &[f32])> = self
+            .step
+            .graph()
+            .trainable
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (t.name.as_str(), self.step.weight(k)))
+            .collect();
         eval::evaluate(&self.model, &pairs, &self.data.eval, self.cfg.threads)
     }
 
@@ -186,12 +243,26 @@ impl Run {
         let mut metrics = MetricsWriter::open(&cfg.run_dir.join("metrics.jsonl"))?;
         let eval_every = cfg.eval_every.unwrap_or(self.steps_per_epoch).max(1);
         let ckpt_every = cfg.checkpoint_every.unwrap_or(eval_every).max(1);
-        let mut it = self.data.train.iter(Cursor::new(self.state.cursor_epoch, self.state.cursor_position), u64::MAX);
+        let mut it = self.data.train.iter(
+            Cursor::new(self.state.cursor_epoch, self.state.cursor_position),
+            u64::MAX,
+        );
         let mut progress = Progress::new(self.total_steps, self.state.step);
         let b = cfg.batch_size;
-        let mut acc_grads: Vec<Vec<f32>> = self.weights.iter().map(|w| vec![0.0; w.len()]).collect();
+        // Gradients are read in place from the runner; a separate buffer is
+        // only needed to sum micro-batches or to hold clipped gradients.
+        let buffered = cfg.accumulate > 1 || cfg.clip_grad_norm.is_some();
+        let n_t = self.step.graph().trainable.len();
+        let mut acc_grads: Vec<Vec<f32>> = if buffered {
+            (0..n_t)
+                .map(|k| vec![0.0; self.step.grad(k).len()])
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (mut t_graph, mut t_opt) = (0.0f64, 0.0f64);
-        let (mut win_loss, mut win_correct, mut win_n, mut win_steps) = (0.0f64, 0usize, 0usize, 0u64);
+        let (mut win_loss, mut win_correct, mut win_n, mut win_steps) =
+            (0.0f64, 0usize, 0usize, 0u64);
         let seg_start = Instant::now();
         let wall0 = self.state.wall_time;
         let mut samples_done = 0usize;
@@ -199,13 +270,17 @@ impl Run {
         let mut short_batches = 0usize;
         while self.state.step < self.total_steps {
             // KOALA-M/V predict before the forward pass.
-            for g in &mut self.groups {
-                let mut params: Vec<&mut [f32]> = Vec::new();
-                let mut rest: Vec<Option<&mut Vec<f32>>> = self.weights.iter_mut().map(Some).collect();
-                for &m in &g.members {
-                    params.push(rest[m].take().unwrap().as_mut_slice());
+            {
+                let mut rest: Vec<Option<&mut [f32]>> =
+                    self.step.params_mut().into_iter().map(Some).collect();
+                for g in &mut self.groups {
+                    let mut params: Vec<&mut [f32]> = g
+                        .members
+                        .iter()
+                        .map(|&m| rest[m].take().expect("groups are disjoint"))
+                        .collect();
+                    g.opt.predict(&mut g.state, &mut params)?;
                 }
-                g.opt.predict(&mut g.state, &mut params)?;
             }
             let mut loss_sum = 0.0f64;
             let mut per_sample_sq = 0.0f64;
@@ -220,23 +295,33 @@ impl Run {
                     continue;
                 }
                 let t0 = Instant::now();
-                let wrefs: Vec<&[f32]> = self.weights.iter().map(|w| w.as_slice()).collect();
-                self.step.run(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels), &wrefs)?;
+                self.step
+                    .set_batch(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels))?;
+                self.step.run()?;
                 t_graph += t0.elapsed().as_secs_f64();
-                let out = &self.step.out;
-                loss_sum += out.loss as f64;
-                per_sample_sq += out.per_sample.iter().map(|&l| (l as f64) * (l as f64)).sum::<f64>() / b as f64;
-                let classes = out.model_output.len() / b;
+                let out = &self.step;
+                loss_sum += out.loss() as f64;
+                per_sample_sq += out
+                    .per_sample()
+                    .iter()
+                    .map(|&l| (l as f64) * (l as f64))
+                    .sum::<f64>()
+                    / b as f64;
+                let logits = out.model_output();
+                let classes = logits.len() / b;
                 for (i, &y) in batch.labels.iter().enumerate() {
-                    let (_, ok) = eval::score_row(&out.model_output[i * classes..(i + 1) * classes], y);
+                    let (_, ok) = eval::score_row(&logits[i * classes..(i + 1) * classes], y);
                     win_correct += ok as usize;
                 }
                 win_n += b;
-                for (a, g) in acc_grads.iter_mut().zip(&out.grads) {
-                    if micro == 0 {
-                        a.copy_from_slice(g);
-                    } else {
-                        a.iter_mut().zip(g).for_each(|(x, &y)| *x += y);
+                if buffered {
+                    for (k, a) in acc_grads.iter_mut().enumerate() {
+                        let g = out.grad(k);
+                        if micro == 0 {
+                            a.copy_from_slice(g);
+                        } else {
+                            a.iter_mut().zip(g).for_each(|(x, &y)| *x += y);
+                        }
                     }
                 }
                 self.state.cursor_epoch = batch.next.epoch;
@@ -250,7 +335,12 @@ impl Run {
                 let inv = 1.0 / cfg.accumulate as f32;
                 acc_grads.iter_mut().flatten().for_each(|x| *x *= inv);
             }
-            let gnorm = acc_grads.iter().flatten().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+            let sq = |g: &[f32]| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+            let gnorm = if buffered {
+                acc_grads.iter().map(|g| sq(g)).sum::<f64>().sqrt()
+            } else {
+                (0..n_t).map(|k| sq(self.step.grad(k))).sum::<f64>().sqrt()
+            };
             if !loss.is_finite() || !gnorm.is_finite() {
                 self.state.bad_steps += 1;
                 self.state.skipped_steps += 1;
@@ -272,13 +362,35 @@ impl Run {
                 LossVar::SecondMoment => per_sample_sq / k,
                 LossVar::Square => loss * loss,
             };
-            let ctx = StepContext { loss, loss_var, lr, step: self.state.step + 1 };
+            let ctx = StepContext {
+                loss,
+                loss_var,
+                lr,
+                step: self.state.step + 1,
+            };
             let t0 = Instant::now();
-            for g in &mut self.groups {
-                let mut rest: Vec<Option<&mut Vec<f32>>> = self.weights.iter_mut().map(Some).collect();
-                let mut params: Vec<&mut [f32]> = g.members.iter().map(|&m| rest[m].take().unwrap().as_mut_slice()).collect();
-                let grads: Vec<Option<&[f32]>> = g.members.iter().map(|&m| Some(acc_grads[m].as_slice())).collect();
-                g.opt.step(&mut g.state, &mut params, &grads, &ctx)?;
+            {
+                let (params, in_place) = self.step.params_and_grads();
+                let mut rest: Vec<Option<&mut [f32]>> = params.into_iter().map(Some).collect();
+                for g in &mut self.groups {
+                    let mut params: Vec<&mut [f32]> = g
+                        .members
+                        .iter()
+                        .map(|&m| rest[m].take().expect("groups are disjoint"))
+                        .collect();
+                    let grads: Vec<Option<&[f32]>> = g
+                        .members
+                        .iter()
+                        .map(|&m| {
+                            Some(if buffered {
+                                acc_grads[m].as_slice()
+                            } else {
+                                in_place[m]
+                            })
+                        })
+                        .collect();
+                    g.opt.step(&mut g.state, &mut params, &grads, &ctx)?;
+                }
             }
             t_opt += t0.elapsed().as_secs_f64();
             self.state.step += 1;
@@ -288,7 +400,9 @@ impl Run {
             self.state.wall_time = wall0 + seg_start.elapsed().as_secs_f64();
             let sps = samples_done as f64 / seg_start.elapsed().as_secs_f64().max(1e-9);
             progress.update(self.state.step, loss, lr, sps);
-            if self.state.step % cfg.log_every.max(1) == 0 || self.state.step == self.total_steps {
+            if self.state.step.is_multiple_of(cfg.log_every.max(1))
+                || self.state.step == self.total_steps
+            {
                 metrics.write(&MetricRecord {
                     step: self.state.step,
                     epoch: self.state.step as f64 / self.steps_per_epoch as f64,
@@ -300,20 +414,35 @@ impl Run {
                     samples_per_sec: Some(sps),
                     wall_time: self.state.wall_time,
                 })?;
-                progress.log(&format!("step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {:.1} samples/s", self.state.step, self.total_steps, win_loss / win_steps as f64, 100.0 * win_correct as f64 / win_n.max(1) as f64, lr, gnorm, sps));
+                progress.log(&format!(
+                    "step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {:.1} samples/s",
+                    self.state.step,
+                    self.total_steps,
+                    win_loss / win_steps as f64,
+                    100.0 * win_correct as f64 / win_n.max(1) as f64,
+                    lr,
+                    gnorm,
+                    sps
+                ));
                 (win_loss, win_correct, win_n, win_steps) = (0.0, 0, 0, 0);
             }
             let last = self.state.step == self.total_steps;
-            if self.state.step % eval_every == 0 || last {
+            if self.state.step.is_multiple_of(eval_every) || last {
                 let r = self.evaluate()?;
-                progress.log(&format!("step {}: {} loss {:.4}, top-1 {:.2}%", self.state.step, self.data.eval_split, r.loss, 100.0 * r.accuracy));
+                progress.log(&format!(
+                    "step {}: {} loss {:.4}, top-1 {:.2}%",
+                    self.state.step,
+                    self.data.eval_split,
+                    r.loss,
+                    100.0 * r.accuracy
+                ));
                 self.record_eval(&r)?;
                 if self.state.best.is_none_or(|(a, _)| r.accuracy > a) {
                     self.state.best = Some((r.accuracy, self.state.step));
                 }
                 last_eval = Some(r);
             }
-            if self.state.step % ckpt_every == 0 || last {
+            if self.state.step.is_multiple_of(ckpt_every) || last {
                 self.save_checkpoint()?;
             }
         }
@@ -348,15 +477,32 @@ impl Run {
     }
 
     fn save_checkpoint(&self) -> Result<()> {
-        let ws: Vec<(String, Vec<usize>, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.clone(), t.shape.clone(), w.as_slice())).collect();
+        let ws: Vec<(String, Vec<usize>, &[f32])> = self
+            .step
+            .graph()
+            .trainable
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (t.name.clone(), t.shape.clone(), self.step.weight(k)))
+            .collect();
         let states: Vec<&OptimizerState> = self.groups.iter().map(|g| &g.state).collect();
         checkpoint::save(&self.cfg.run_dir, &self.state, &ws, &states)?;
-        checkpoint::prune(&self.cfg.run_dir, self.cfg.keep_checkpoints, self.state.best.map(|b| b.1))
+        checkpoint::prune(
+            &self.cfg.run_dir,
+            self.cfg.keep_checkpoints,
+            self.state.best.map(|b| b.1),
+        )
     }
 
     fn plot(&self) {
         let path = self.cfg.run_dir.join("metrics.jsonl");
-        let result = crate::metrics::read(&path).and_then(|r| crate::plot::write_plot(&r, &format!("koala fine-tuning ({})", self.cfg.optimizer), &self.cfg.run_dir.join("curves.png")));
+        let result = crate::metrics::read(&path).and_then(|r| {
+            crate::plot::write_plot(
+                &r,
+                &format!("koala fine-tuning ({})", self.cfg.optimizer),
+                &self.cfg.run_dir.join("curves.png"),
+            )
+        });
         if let Err(e) = result {
             eprintln!("warning: could not draw curves.png: {e:#}");
         }
@@ -366,12 +512,22 @@ impl Run {
     /// training graph's forward on one batch and evaluates it.
     fn export(&mut self) -> Result<(PathBuf, f64, EvalResult)> {
         let path = self.cfg.export_path();
-        let pairs: Vec<(&str, &[f32])> = self.step.graph().trainable.iter().zip(&self.weights).map(|(t, w)| (t.name.as_str(), w.as_slice())).collect();
+        let pairs: Vec<(&str, &[f32])> = self
+            .step
+            .graph()
+            .trainable
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (t.name.as_str(), self.step.weight(k)))
+            .collect();
         let updated = koala_graph::export::with_weights(&self.model, pairs)?;
         koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
         let input = eval::data_input(&self.model)?;
-        let diff = verify_export(&path, &input, &mut self.step, &self.weights, &self.data, self.cfg.threads)?;
-        let opts = koala_runtime::SessionOptions { intra_threads: self.cfg.threads, ..Default::default() };
+        let diff = verify_export(&path, &input, &mut self.step, &self.data, self.cfg.threads)?;
+        let opts = koala_runtime::SessionOptions {
+            intra_threads: self.cfg.threads,
+            ..Default::default()
+        };
         let mut s = koala_runtime::Session::from_file(&path, &opts)?;
         let r = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
         Ok((path, diff, r))
@@ -385,39 +541,77 @@ impl Run {
 /// shorter (a small split, unreadable samples) is filled up by repeating its
 /// rows, and only its own rows are compared, so the export is always
 /// verified (rows are independent in an inference-mode classifier).
-fn verify_export(path: &Path, input: &str, step: &mut TrainStep, weights: &[Vec<f32>], data: &Datasets, threads: Option<usize>) -> Result<f64> {
+fn verify_export(
+    path: &Path,
+    input: &str,
+    step: &mut TrainStep,
+    data: &Datasets,
+    threads: Option<usize>,
+) -> Result<f64> {
     let b = step.graph().label_shape[0];
     let mut it = data.eval.iter(Cursor::new(0, 0), 1);
-    let batch = it.next().context("the evaluation split has no readable sample to verify the export with")?;
+    let batch = it
+        .next()
+        .context("the evaluation split has no readable sample to verify the export with")?;
     let n = batch.shape[0];
     let per = batch.images.len() / n;
-    let images: Vec<f32> = (0..b).flat_map(|i| &batch.images[(i % n) * per..(i % n + 1) * per]).copied().collect();
+    let images: Vec<f32> = (0..b)
+        .flat_map(|i| &batch.images[(i % n) * per..(i % n + 1) * per])
+        .copied()
+        .collect();
     let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
-    let wrefs: Vec<&[f32]> = weights.iter().map(|w| w.as_slice()).collect();
-    step.run(&[GBatch::F32(&images)], GBatch::I64(&labels), &wrefs)?;
-    let opts = koala_runtime::SessionOptions { intra_threads: threads, ..Default::default() };
+    step.set_batch(&[GBatch::F32(&images)], GBatch::I64(&labels))?;
+    step.run()?;
+    let opts = koala_runtime::SessionOptions {
+        intra_threads: threads,
+        ..Default::default()
+    };
     let mut s = koala_runtime::Session::from_file(path, &opts)?;
-    let out = s.run(&[(input, koala_runtime::TensorView::f32(&batch.images, &batch.shape))])?;
-    let exported = out[0].as_f32().context("exported model output is not float32")?;
-    let per_row = step.out.model_output.len() / b;
+    let out = s.run(&[(
+        input,
+        koala_runtime::TensorView::f32(&batch.images, &batch.shape),
+    )])?;
+    let exported = out[0]
+        .as_f32()
+        .context("exported model output is not float32")?;
+    let per_row = step.model_output().len() / b;
     if exported.len() != n * per_row {
         bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
     }
-    let ours = &step.out.model_output[..n * per_row];
-    Ok(exported.iter().zip(ours).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max))
+    let ours = &step.model_output()[..n * per_row];
+    Ok(exported
+        .iter()
+        .zip(ours)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max))
 }
 
-fn make_groups(cfg: &TrainConfig, oc: &koala_optim::OptimizerConfig, trainable: &[koala_graph::training::TrainableTensor]) -> Result<Vec<Group>> {
-    let (decay, no_decay): (Vec<usize>, Vec<usize>) = (0..trainable.len()).partition(|&i| !(cfg.no_decay_bias_norm && trainable[i].shape.len() <= 1));
+fn make_groups(
+    cfg: &TrainConfig,
+    oc: &koala_optim::OptimizerConfig,
+    trainable: &[koala_graph::training::TrainableTensor],
+) -> Result<Vec<Group>> {
+    let (decay, no_decay): (Vec<usize>, Vec<usize>) = (0..trainable.len())
+        .partition(|&i| !(cfg.no_decay_bias_norm && trainable[i].shape.len() <= 1));
     let mut groups = Vec::new();
-    for (members, conf) in [(decay, oc.clone()), (no_decay, optim_setup::without_decay(oc))] {
+    for (members, conf) in [
+        (decay, oc.clone()),
+        (no_decay, optim_setup::without_decay(oc)),
+    ] {
         if members.is_empty() {
             continue;
         }
         let opt = koala_optim::build(&conf)?;
-        let specs: Vec<TensorSpec> = members.iter().map(|&i| TensorSpec::new(trainable[i].name.clone(), trainable[i].shape.clone())).collect();
+        let specs: Vec<TensorSpec> = members
+            .iter()
+            .map(|&i| TensorSpec::new(trainable[i].name.clone(), trainable[i].shape.clone()))
+            .collect();
         let state = opt.init(&specs)?;
-        groups.push(Group { members, opt, state });
+        groups.push(Group {
+            members,
+            opt,
+            state,
+        });
     }
     Ok(groups)
 }
@@ -425,17 +619,28 @@ fn make_groups(cfg: &TrainConfig, oc: &koala_optim::OptimizerConfig, trainable: 
 /// Exports the weights of a run's checkpoint (`step`, else the best, else
 /// the latest) into the run's model; returns the written path.
 pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Result<PathBuf> {
-    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml")).with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
+    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml"))
+        .with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
     let all = checkpoint::list(run_dir)?;
-    let (_, latest) = all.last().with_context(|| format!("'{}' has no checkpoints", run_dir.display()))?;
+    let (_, latest) = all
+        .last()
+        .with_context(|| format!("'{}' has no checkpoints", run_dir.display()))?;
     let wanted = match step {
         Some(s) => Some(s),
         None => checkpoint::read_state(latest)?.best.map(|b| b.1),
     };
     let dir = match wanted {
-        Some(s) => all.iter().find(|(k, _)| *k == s).map(|(_, p)| p.clone()).with_context(|| {
-            format!("no checkpoint for step {s} in '{}' (have: {:?})", run_dir.display(), all.iter().map(|a| a.0).collect::<Vec<_>>())
-        })?,
+        Some(s) => all
+            .iter()
+            .find(|(k, _)| *k == s)
+            .map(|(_, p)| p.clone())
+            .with_context(|| {
+                format!(
+                    "no checkpoint for step {s} in '{}' (have: {:?})",
+                    run_dir.display(),
+                    all.iter().map(|a| a.0).collect::<Vec<_>>()
+                )
+            })?,
         None => latest.clone(),
     };
     let mut model = Model::load(&cfg.model)?;
@@ -443,14 +648,27 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
         koala_graph::head::replace_head(&mut model, n, cfg.seed)?;
     }
     let path = dir.join("weights.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
+    let bytes =
+        std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("'{}' is not a valid safetensors file", path.display()))?;
     let tensors: Vec<(String, Vec<f32>)> = st
         .tensors()
         .into_iter()
-        .map(|(n, t)| (n, t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
+        .map(|(n, t)| {
+            (
+                n,
+                t.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+            )
+        })
         .collect();
-    let updated = koala_graph::export::with_weights(&model, tensors.iter().map(|(n, w)| (n.as_str(), w.as_slice())))?;
+    let updated = koala_graph::export::with_weights(
+        &model,
+        tensors.iter().map(|(n, w)| (n.as_str(), w.as_slice())),
+    )?;
     koala_graph::export::save(&updated, output, Some(&cfg.model))?;
     Ok(output.to_path_buf())
 }
