@@ -89,10 +89,12 @@ struct FinetuneArgs {
     #[arg(long)]
     optimizer: Option<String>,
     /// Learning rate.
-    #[arg(long)]
+    // Negative values parse, so validation can name the option
+    // instead of clap calling `-1` an unexpected argument.
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Weight decay.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Do not decay biases and normalisation parameters.
     #[arg(long)]
@@ -125,7 +127,7 @@ struct FinetuneArgs {
     #[arg(long)]
     accumulate: Option<usize>,
     /// Clip the global gradient norm.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     clip_grad_norm: Option<f64>,
     /// Label smoothing.
     #[arg(long)]

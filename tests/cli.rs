@@ -1,0 +1,499 @@
+//! The `koala` binary end to end: exit codes and messages for bad input,
+//! `check` and `gradcheck` verdicts (including a gradient case built here
+//! by finite differences), config files with overriding flags, and runs
+//! killed with SIGKILL at random moments and resumed.
+//!
+//! Runs use the tiny reference CNN (16×16 input, 10 logits) on a slice of
+//! the bundled Fashion-MNIST subset, with one ORT thread: each takes well
+//! under a second.
+
+mod support;
+
+use koala::graph::proto::OperatorSetIdProto;
+use koala::graph::Model;
+use koala::train::TrainConfig;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::fd_case::{finite_differences_with_tolerance, rel_l2, write_case};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny_model() -> PathBuf {
+    root().join("tests/fixtures/reference/tiny_cnn/model.onnx")
+}
+
+fn fashion() -> PathBuf {
+    root().join("data/fashion_mnist_small")
+}
+
+fn koala() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_koala"))
+}
+
+fn run(args: &[&str]) -> Output {
+    koala()
+        .args(args)
+        .output()
+        .expect("cannot start the koala binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the exit code and that stderr names `needle`; never a panic.
+fn assert_fails(args: &[&str], code: i32, needle: &str) {
+    let out = run(args);
+    let err = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "koala {args:?}: wrong exit code; stderr:\n{err}"
+    );
+    assert!(
+        err.contains(needle),
+        "koala {args:?}: stderr should name '{needle}':\n{err}"
+    );
+    assert!(!err.contains("panicked"), "koala {args:?} panicked:\n{err}");
+}
+
+/// The fast-run flags shared by the finetune invocations below.
+fn fast_flags(run_dir: &Path) -> Vec<String> {
+    let m = tiny_model();
+    let d = fashion();
+    let r = run_dir.display().to_string();
+    [
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--limit-train",
+        "64",
+        "--threads",
+        "1",
+        "--run-dir",
+        &r,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn bad_options_and_missing_inputs_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fast_flags(&tmp.path().join("run"));
+    // The base flags with those named in `extra` replaced (clap rejects a
+    // flag given twice).
+    let with = |extra: &[&str]| -> Vec<String> {
+        let named = |f: &str| extra.iter().any(|e| e.split('=').next() == Some(f));
+        let mut v = vec!["finetune".to_string()];
+        for pair in base.chunks(2).filter(|p| !named(&p[0])) {
+            v.extend(pair.iter().cloned());
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["--batch-size", "0"], 1, "--batch-size"),
+        (&["--lr", "-1"], 1, "--lr"),
+        (&["--lr=-1"], 1, "--lr"),
+        (&["--optimizer", "foo"], 1, "unknown optimizer 'foo'"),
+        (
+            &["--data", "/nonexistent/koala-data"],
+            1,
+            "/nonexistent/koala-data",
+        ),
+        (
+            &["--model", "/nonexistent/koala.onnx"],
+            1,
+            "/nonexistent/koala.onnx",
+        ),
+        (&["--batch-size", "many"], 2, "--batch-size"),
+        (&["--no-such-flag"], 2, "--no-such-flag"),
+    ];
+    for (extra, code, needle) in cases {
+        let args = with(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_fails(&refs, *code, needle);
+    }
+    assert_fails(&["finetune"], 1, "--model");
+    assert_fails(
+        &["finetune", "--resume", "/nonexistent/koala-run"],
+        1,
+        "/nonexistent/koala-run",
+    );
+    assert_fails(
+        &[
+            "eval",
+            "--model",
+            "/nonexistent/koala.onnx",
+            "--data",
+            fashion().to_str().unwrap(),
+        ],
+        1,
+        "koala.onnx",
+    );
+    assert_fails(&["frobnicate"], 2, "frobnicate");
+}
+
+/// tiny_cnn with its HardSwish node turned into an op of an unknown domain:
+/// it lies between every convolution weight and the output.
+fn model_with_unknown_op(path: &Path) {
+    let mut m = Model::load(&tiny_model()).unwrap();
+    let node = m
+        .graph_mut()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "HardSwish")
+        .expect("tiny_cnn has a HardSwish");
+    node.op_type = "Mystery".into();
+    node.domain = "com.example".into();
+    m.proto.opset_import.push(OperatorSetIdProto {
+        domain: "com.example".into(),
+        version: 1,
+    });
+    koala::graph::model::write_atomic(path, &m.to_bytes()).unwrap();
+}
+
+#[test]
+fn check_exits_3_on_an_unsupported_op_and_0_on_a_clean_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("mystery.onnx");
+    model_with_unknown_op(&bad);
+    let out = run(&["check", bad.to_str().unwrap()]);
+    let report = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "findings exit 3:\n{report}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        report.contains("Mystery"),
+        "the report names the op:\n{report}"
+    );
+    // Freezing everything before the op leaves only the head to train: clean.
+    let out = run(&["check", bad.to_str().unwrap(), "--train", "^fc\\."]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = run(&["check", tiny_model().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+/// `koala gradcheck --reference dir --threads 1`: the output and its report.
+fn gradcheck(dir: &Path) -> (Output, String) {
+    let out = run(&[
+        "gradcheck",
+        "--reference",
+        dir.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    let report = text(&out.stdout);
+    (out, report)
+}
+
+#[test]
+fn gradcheck_passes_on_the_pytorch_reference() {
+    let dir = root().join("tests/fixtures/reference/tiny_cnn");
+    let (out, report) = gradcheck(&dir);
+    assert_eq!(out.status.code(), Some(0), "{report}{}", text(&out.stderr));
+    assert!(report.contains("PASS"), "{report}");
+}
+
+/// The finite-difference tolerances are honest: on tiny_cnn's own inputs,
+/// the finite-difference gradients lie within them of PyTorch's f64
+/// gradients, tensor by tensor.
+#[test]
+fn fd_tolerances_cover_the_pytorch_reference() {
+    let dir = root().join("tests/fixtures/reference/tiny_cnn");
+    let case = koala::graph::reference::Case::load(&dir).unwrap();
+    let model = Model::load(&dir.join("model.onnx")).unwrap();
+    let input = &case.inputs[0];
+    let labels = case.labels.i64.as_deref().unwrap();
+    let (fd, tols) = finite_differences_with_tolerance(
+        &model,
+        input.f32.as_deref().unwrap(),
+        &input.shape,
+        labels,
+    );
+    // Loss in f64 from f32 logits vs PyTorch's f64 loss: logits agree to
+    // ~3e-8 (case.json ort_check), so the loss to ~1e-7.
+    assert!(
+        (fd.loss - case.loss).abs() <= 1e-6,
+        "loss {} vs {}",
+        fd.loss,
+        case.loss
+    );
+    assert_eq!(fd.grads.len(), case.grads.len());
+    for (g, tol) in fd.grads.iter().zip(&tols) {
+        let r = case.grads.iter().find(|r| r.name == g.name).unwrap();
+        let reference: Vec<f64> = r.values.iter().map(|&v| v as f64).collect();
+        let e = rel_l2(&g.values, &reference);
+        eprintln!(
+            "{}: finite differences vs PyTorch rel L2 {e:.2e}, tolerance {tol:.2e}",
+            g.name
+        );
+        assert!(
+            e <= *tol,
+            "{}: finite-difference error {e:.2e} above its tolerance {tol:.2e}",
+            g.name
+        );
+    }
+}
+
+/// Deterministic inputs roughly in N(0, 1): sums of 4 uniforms from a
+/// fixed-point hash, centred and scaled.
+fn fresh_inputs(n: usize) -> Vec<f32> {
+    let u = |i: u64| ((i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64) / (1u64 << 24) as f64;
+    (0..n as u64)
+        .map(|i| ((u(4 * i + 1) + u(4 * i + 2) + u(4 * i + 3) + u(4 * i + 4) - 2.0) * 1.7) as f32)
+        .collect()
+}
+
+/// A new case: tiny_cnn with other inputs (batch 2) and labels, reference
+/// loss and gradients by finite differences. gradcheck passes it, and fails
+/// a copy whose fc.weight reference is 10 % off (so the check has teeth).
+#[test]
+fn gradcheck_on_a_fresh_finite_difference_case() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shape = [2usize, 3, 16, 16];
+    let input = fresh_inputs(shape.iter().product());
+    let labels = [4i64, 9];
+    let model = Model::load(&tiny_model()).unwrap();
+    let (fd, tols) = finite_differences_with_tolerance(&model, &input, &shape, &labels);
+    let good = tmp.path().join("fresh");
+    write_case(&good, &tiny_model(), &input, &shape, &labels, &fd, &tols);
+    let (out, report) = gradcheck(&good);
+    eprintln!("{report}");
+    assert_eq!(out.status.code(), Some(0), "{report}{}", text(&out.stderr));
+    assert!(report.contains("PASS"), "{report}");
+
+    let mut wrong = fd;
+    let fc = wrong
+        .grads
+        .iter_mut()
+        .find(|g| g.name == "fc.weight")
+        .unwrap();
+    fc.values.iter_mut().for_each(|v| *v *= 1.1);
+    let fc_tol = tols[wrong
+        .grads
+        .iter()
+        .position(|g| g.name == "fc.weight")
+        .unwrap()];
+    assert!(
+        fc_tol < 0.05,
+        "fc.weight is linear in the logits, its finite differences are precise (tol {fc_tol:e})"
+    );
+    let bad = tmp.path().join("tampered");
+    write_case(&bad, &tiny_model(), &input, &shape, &labels, &wrong, &tols);
+    let (out, report) = gradcheck(&bad);
+    assert_eq!(out.status.code(), Some(3), "{report}{}", text(&out.stderr));
+    assert!(
+        report.contains("FAIL") && report.contains("fc.weight"),
+        "{report}"
+    );
+}
+
+#[test]
+fn config_file_with_overriding_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let file = tmp.path().join("my_run.toml");
+    let toml = format!(
+        "# a user's run\nmodel = {}\ndata = {}\nimage_size = 16\nbatch_size = 8\nlimit_train = 64\nmax_steps = 3\noptimizer = \"adamw\"\nlr = 0.5\nseed = 3\nthreads = 1\nrun_dir = {}\n",
+        q(&tiny_model()),
+        q(&fashion()),
+        q(&run_dir)
+    );
+    std::fs::write(&file, toml).unwrap();
+    let file_cfg = TrainConfig::from_toml_file(&file).unwrap();
+    assert_eq!(
+        (file_cfg.lr, file_cfg.batch_size, file_cfg.seed),
+        (Some(0.5), 8, 3)
+    );
+    let out = run(&[
+        "finetune",
+        "--config",
+        file.to_str().unwrap(),
+        "--lr",
+        "0.01",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--no-augment",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("steps 2 "),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let resolved = TrainConfig::from_toml_file(&run_dir.join("config.toml")).unwrap();
+    let expected = TrainConfig {
+        lr: Some(0.01),
+        max_steps: Some(2),
+        batch_size: 4,
+        augment: false,
+        ..file_cfg
+    };
+    assert_eq!(
+        resolved, expected,
+        "config.toml = the file with the flags applied"
+    );
+
+    // A config file with a typo is an error naming the file and the key.
+    std::fs::write(&file, "model = \"m.onnx\"\nlearning_rate = 0.1\n").unwrap();
+    assert_fails(
+        &["finetune", "--config", file.to_str().unwrap()],
+        1,
+        "learning_rate",
+    );
+}
+
+/// A TOML string value (paths here hold no quotes or backslashes).
+fn q(p: &Path) -> String {
+    format!("\"{}\"", p.display())
+}
+
+/// A small LCG for kill delays; seeded from the clock and printed, so a
+/// failure can be replayed by fixing the seed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Latest complete checkpoint of a run, if any.
+fn latest_checkpoint(run_dir: &Path) -> Option<u64> {
+    koala::train::checkpoint::list(run_dir)
+        .ok()?
+        .last()
+        .map(|c| c.0)
+}
+
+/// Starts `koala finetune` (fresh, or `--resume` when the run has a
+/// checkpoint), waits until checkpoint `step` exists (`None`: not at all),
+/// then `jitter` more, and SIGKILLs it. Returns whether it was still running.
+fn start_and_kill(config: &Path, run_dir: &Path, step: Option<u64>, jitter: Duration) -> bool {
+    let mut cmd = koala();
+    if latest_checkpoint(run_dir).is_some() {
+        cmd.args(["finetune", "--resume", run_dir.to_str().unwrap()]);
+    } else {
+        cmd.args(["finetune", "--config", config.to_str().unwrap()]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while step.is_some_and(|s| latest_checkpoint(run_dir).is_none_or(|l| l < s)) {
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(jitter);
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL on Unix: no cleanup runs
+    child.wait().unwrap();
+    running
+}
+
+/// A run checkpointing every step, killed four times (during start-up, then
+/// a random 0–5 ms after a random checkpoint appeared: in the middle of a
+/// step, a checkpoint write, an evaluation or a metrics line), each time
+/// restarted or resumed, then resumed to the end: it finishes, and its
+/// final weights equal an uninterrupted run's bit for bit.
+#[test]
+fn killed_runs_resume_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, clean) = (tmp.path().join("killed"), tmp.path().join("clean"));
+    let (killed_cfg, clean_cfg) = (
+        tmp.path().join("killed.toml"),
+        tmp.path().join("clean.toml"),
+    );
+    for (file, run_dir) in [(&killed_cfg, &killed), (&clean_cfg, &clean)] {
+        let toml = format!(
+            "model = {}\ndata = {}\nimage_size = 16\nbatch_size = 8\nlimit_train = 64\nmax_steps = 24\ncheckpoint_every = 1\neval_every = 6\nthreads = 1\nrun_dir = {}\n",
+            q(&tiny_model()),
+            q(&fashion()),
+            q(run_dir)
+        );
+        std::fs::write(file, toml).unwrap();
+    }
+    let out = run(&["finetune", "--config", clean_cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut rng = Lcg(seed);
+    let mut kills = Vec::new();
+    let start_up = Duration::from_micros(rng.below(40_000));
+    kills.push((
+        None,
+        start_up,
+        start_and_kill(&killed_cfg, &killed, None, start_up),
+    ));
+    for _ in 0..3 {
+        let done = latest_checkpoint(&killed).unwrap_or(0);
+        let target = done + 1 + rng.below((24 - done) / 2);
+        let jitter = Duration::from_micros(rng.below(5_000));
+        kills.push((
+            Some(target),
+            jitter,
+            start_and_kill(&killed_cfg, &killed, Some(target), jitter),
+        ));
+    }
+    let replay = format!("seed {seed}, kills (after checkpoint, then, was running) {kills:?}");
+    eprintln!("{replay}");
+    assert!(
+        kills.iter().filter(|k| k.2).count() >= 3,
+        "{replay}: most kills must hit a running process"
+    );
+    let out = match latest_checkpoint(&killed) {
+        Some(_) => run(&["finetune", "--resume", killed.to_str().unwrap()]),
+        None => run(&["finetune", "--config", killed_cfg.to_str().unwrap()]),
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{replay}\n{}",
+        text(&out.stderr)
+    );
+    let w =
+        |d: &Path| std::fs::read(d.join("checkpoints/step-00000024/weights.safetensors")).unwrap();
+    assert!(
+        w(&killed) == w(&clean),
+        "{replay}: final weights differ from the uninterrupted run's"
+    );
+    let exported = Model::load(&killed.join("model.onnx")).unwrap();
+    assert_eq!(
+        exported.graph().node.len(),
+        Model::load(&tiny_model()).unwrap().graph().node.len()
+    );
+}
