@@ -49,8 +49,9 @@ struct FinetuneArgs {
     /// TOML file with any of the options below (command-line flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Continue the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with = "config")]
+    /// Continue the run in this directory from its latest checkpoint, with
+    /// its config.toml (no other option: they would be silently ignored).
+    #[arg(long, exclusive = true)]
     resume: Option<PathBuf>,
     /// Pretrained ONNX model.
     #[arg(long)]

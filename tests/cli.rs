@@ -125,6 +125,13 @@ fn bad_options_and_missing_inputs_are_reported() {
         assert_fails(&refs, *code, needle);
     }
     assert_fails(&["finetune"], 1, "--model");
+    // A resumed run uses its config.toml; a flag next to --resume would be
+    // ignored, so it is refused.
+    assert_fails(
+        &["finetune", "--resume", "runs/x", "--max-steps", "50"],
+        2,
+        "--resume",
+    );
     assert_fails(
         &["finetune", "--resume", "/nonexistent/koala-run"],
         1,

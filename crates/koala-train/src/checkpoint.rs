@@ -30,6 +30,10 @@ pub struct TrainerState {
     pub bad_steps: u32,
     /// Non-finite steps skipped so far.
     pub skipped_steps: u64,
+    /// Unreadable training samples skipped so far, over all segments of a
+    /// resumed run (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub skipped_samples: u64,
 }
 
 /// Current format version.

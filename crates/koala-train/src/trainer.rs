@@ -247,6 +247,8 @@ impl Run {
             Cursor::new(self.state.cursor_epoch, self.state.cursor_position),
             u64::MAX,
         );
+        // The loader counts this segment's skips; the state carries earlier ones.
+        let skipped_before = self.state.skipped_samples;
         let mut progress = Progress::new(self.total_steps, self.state.step);
         let b = cfg.batch_size;
         // Gradients are read in place from the runner; a separate buffer is
@@ -443,11 +445,12 @@ impl Run {
                 last_eval = Some(r);
             }
             if self.state.step.is_multiple_of(ckpt_every) || last {
+                self.state.skipped_samples = skipped_before + it.stats().skipped as u64;
                 self.save_checkpoint()?;
             }
         }
         progress.finish();
-        let skipped_samples = it.stats().skipped;
+        let skipped_samples = (skipped_before + it.stats().skipped as u64) as usize;
         let time_data_wait = it.stats().wait_time.as_secs_f64();
         drop(it);
         if short_batches > 0 {

@@ -121,15 +121,6 @@ fn assert_same_optimizer_state(a: &Path, b: &Path, optimizer: &str) {
     );
 }
 
-/// What a process killed right after writing checkpoint `step` leaves
-/// behind, copied into `to`.
-fn interrupted_copy(from: &Path, to: &Path, step: u64) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::copy(from.join("config.toml"), to.join("config.toml")).unwrap();
-    let name = format!("checkpoints/step-{step:08}");
-    copy_dir(&from.join(&name), &to.join(&name));
-}
-
 #[test]
 fn koala_pp_resume_is_bitwise_exact() {
     assert_resume_is_exact("koala++");

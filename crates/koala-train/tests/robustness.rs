@@ -32,6 +32,8 @@ fn garbage_jpg_is_skipped_and_counted() {
         // training graph has a fixed batch), so step 5 needs epoch 1's first batch.
         max_steps: Some(5),
         optimizer: "adamw".into(),
+        checkpoint_every: Some(1),
+        keep_checkpoints: 10,
         ..fast_config(&train, &tmp.path().join("run"))
     };
     let s = koala_train::finetune(cfg)
@@ -59,6 +61,22 @@ fn garbage_jpg_is_skipped_and_counted() {
         s.export_max_diff
     );
     assert!(s.after.loss.is_finite());
+
+    // Interrupted after any step and resumed, the run counts the same skips
+    // (the checkpoint carries the earlier segment's) and ends the same.
+    for k in 1..5 {
+        let resumed_dir = tmp.path().join(format!("resumed-{k}"));
+        interrupted_copy(&tmp.path().join("run"), &resumed_dir, k);
+        let r = koala_train::resume(&resumed_dir).unwrap();
+        assert_eq!(
+            r.skipped_samples, s.skipped_samples,
+            "resumed after step {k}"
+        );
+        assert!(
+            checkpoint_weights(&resumed_dir, 5) == checkpoint_weights(&tmp.path().join("run"), 5),
+            "resumed after step {k}: final weights"
+        );
+    }
 }
 
 /// The directory a process killed while saving `step` leaves behind: a
@@ -93,12 +111,7 @@ fn killed_while_checkpointing_resumes_from_the_previous_checkpoint() {
 
     // Run B = run A killed during its last checkpoint: config, the step-4
     // checkpoint, the metrics logged up to step 8 plus a half-written line.
-    std::fs::create_dir_all(&b).unwrap();
-    std::fs::copy(a.join("config.toml"), b.join("config.toml")).unwrap();
-    copy_dir(
-        &a.join("checkpoints/step-00000004"),
-        &b.join("checkpoints/step-00000004"),
-    );
+    interrupted_copy(&a, &b, 4);
     leave_partial_checkpoint(&b, 8, &final_weights);
     std::fs::copy(a.join("metrics.jsonl"), b.join("metrics.jsonl")).unwrap();
     let mut m = std::fs::OpenOptions::new()

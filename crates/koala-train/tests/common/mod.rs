@@ -88,6 +88,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// What a process killed right after writing checkpoint `step` leaves
+/// behind (config.toml and that checkpoint), copied into `to`.
+pub fn interrupted_copy(from: &Path, to: &Path, step: u64) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("config.toml"), to.join("config.toml")).unwrap();
+    let name = format!("checkpoints/step-{step:08}");
+    copy_dir(&from.join(&name), &to.join(&name));
+}
+
 /// Steps of the complete checkpoints of a run.
 pub fn checkpoint_steps(run_dir: &Path) -> Vec<u64> {
     koala_train::checkpoint::list(run_dir)
