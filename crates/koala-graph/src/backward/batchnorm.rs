@@ -35,7 +35,6 @@ pub fn batch_norm(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>
     let sd = ctx.emit_shaped("Sqrt", &[&ve], vec![], ctx.dtype(&var)?, vec![c]);
     let one = ctx.scalar_like(1.0, &var)?;
     let inv_std = ctx.binary("Div", &one, &sd)?;
-    let inv_std_b = ctx.reshape(&inv_std, &bshape)?;
     let reduce_axes: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
     let mut out = r.none();
     if r.need(0) {
@@ -43,15 +42,20 @@ pub fn batch_norm(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>
         let kb = ctx.reshape(&k, &bshape)?;
         out[0] = Some(ctx.binary("Mul", &dy, &kb)?);
     }
+    // dscale = Σ dY·(x − mean)·inv_std = inv_std·(Σ dY·x − mean·Σ dY):
+    // one full-size product and two per-channel sums instead of building
+    // x̂ at full size (two fewer passes over the activation).
+    let sum_dy = if r.need(1) || r.need(2) { Some(ctx.reduce_sum(&dy, &reduce_axes, false)?) } else { None };
     if r.need(1) {
-        let mean_b = ctx.reshape(&mean, &bshape)?;
-        let centered = ctx.binary("Sub", &x, &mean_b)?;
-        let xhat = ctx.binary("Mul", &centered, &inv_std_b)?;
-        let prod = ctx.binary("Mul", &dy, &xhat)?;
-        out[1] = Some(ctx.reduce_sum(&prod, &reduce_axes, false)?);
+        let dyx = ctx.binary("Mul", &dy, &x)?;
+        let sum_dyx = ctx.reduce_sum(&dyx, &reduce_axes, false)?;
+        let sum_dy = sum_dy.clone().expect("computed above");
+        let mean_sum = ctx.binary("Mul", &mean, &sum_dy)?;
+        let centered = ctx.binary("Sub", &sum_dyx, &mean_sum)?;
+        out[1] = Some(ctx.binary("Mul", &centered, &inv_std)?);
     }
     if r.need(2) {
-        out[2] = Some(ctx.reduce_sum(&dy, &reduce_axes, false)?);
+        out[2] = sum_dy;
     }
     Ok(out)
 }
