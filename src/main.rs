@@ -14,7 +14,12 @@ const EXIT_FINDINGS: u8 = 3;
 const EXIT_ERROR: u8 = 1;
 
 #[derive(Parser)]
-#[command(name = "koala", version, about = "Fine-tune ONNX models with the KOALA++ Kalman-filter optimizer on stock ONNX Runtime", after_help = "Exit codes: 0 success, 1 error, 2 bad command line, 3 check/gradcheck found problems.")]
+#[command(
+    name = "koala",
+    version,
+    about = "Fine-tune ONNX models with the KOALA++ Kalman-filter optimizer on stock ONNX Runtime",
+    after_help = "Exit codes: 0 success, 1 error, 2 bad command line, 3 check/gradcheck found problems."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -23,20 +28,40 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Fine-tune a model on a data set, then export the updated ONNX.
-    #[command(after_help = "Examples:\n  koala finetune --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96 --epochs 2\n  koala finetune --config my_run.toml --lr 0.5\n  koala finetune --resume runs/latest")]
+    #[command(
+        after_help = "Examples:\n  koala finetune --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96 --epochs 2\n  koala finetune --config my_run.toml --lr 0.5\n  koala finetune --resume runs/latest"
+    )]
     Finetune(Box<FinetuneArgs>),
     /// Evaluate an ONNX classifier on a data set (loss, top-1 accuracy).
-    #[command(after_help = "Example:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small --image-size 96")]
+    #[command(
+        after_help = "Example:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small --image-size 96"
+    )]
     Eval(EvalArgs),
     /// Write an ONNX model with the weights of a run's checkpoint.
     #[command(after_help = "Example:\n  koala export --run-dir runs/latest --output tuned.onnx")]
     Export(ExportArgs),
     /// Report whether a model can be fine-tuned (ops, parameters, problems).
-    #[command(after_help = "Example:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'")]
+    #[command(
+        after_help = "Example:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'"
+    )]
     Check(CheckArgs),
     /// Compare koala's gradients with a PyTorch reference case directory.
-    #[command(after_help = "Example:\n  koala gradcheck --reference tests/fixtures/reference/tiny_cnn")]
+    #[command(
+        after_help = "Example:\n  koala gradcheck --reference tests/fixtures/reference/tiny_cnn"
+    )]
     Gradcheck(GradcheckArgs),
+    /// Draw a run's loss and accuracy curves, or compare several runs, as a PNG.
+    #[command(
+        after_help = "Examples:\n  koala plot runs/fashion-koala --output curves.png\n  koala plot runs/fashion-koala runs/fashion-adamw --output koala-vs-adamw.png"
+    )]
+    Plot {
+        /// Run directories (each with a metrics.jsonl).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// PNG file to write.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Show a model's inputs, outputs, opset and metadata.
     Inspect {
         /// The ONNX file.
@@ -262,7 +287,11 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Export(a) => export(a),
         Command::Check(a) => {
             let model = koala::graph::Model::load(&a.model)?;
-            let spec = koala::graph::TrainableSpec { include: a.train, exclude: a.freeze, train_constants: a.train_constants };
+            let spec = koala::graph::TrainableSpec {
+                include: a.train,
+                exclude: a.freeze,
+                train_constants: a.train_constants,
+            };
             let report = koala::graph::check::check(&model, &spec)?;
             println!("{report}");
             Ok(if report.ok() { 0 } else { EXIT_FINDINGS })
@@ -273,13 +302,20 @@ fn run(cli: Cli) -> Result<u8> {
                 backward: koala::graph::BackwardOptions {
                     conv_weight_grad: match a.conv_weight_grad {
                         ConvGradArg::TransposedConv => koala::graph::ConvWeightGrad::TransposedConv,
-                        ConvGradArg::UnfoldDepthwise => koala::graph::ConvWeightGrad::UnfoldDepthwise,
+                        ConvGradArg::UnfoldDepthwise => {
+                            koala::graph::ConvWeightGrad::UnfoldDepthwise
+                        }
                     },
                 },
             };
             let report = koala::graph::gradcheck::run(&a.reference, &opts)?;
             println!("{report}");
             Ok(if report.pass() { 0 } else { EXIT_FINDINGS })
+        }
+        Command::Plot { runs, output } => {
+            plot(&runs, &output)?;
+            println!("wrote {}", output.display());
+            Ok(0)
         }
         Command::Inspect { model } => {
             let m = koala::graph::Model::load(&model)?;
@@ -312,8 +348,37 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
     macro_rules! set_opt {
         ($($f:ident),*) => { $( if a.$f.is_some() { c.$f = a.$f; } )* };
     }
-    set!(model, data, val_fraction, image_size, optimizer, warmup_steps, epochs, batch_size, accumulate, label_smoothing, log_every, seed, run_dir);
-    set_opt!(eval_data, num_classes, train, freeze, lr, weight_decay, sigma, q, max_steps, clip_grad_norm, eval_every, threads, export, limit_train);
+    set!(
+        model,
+        data,
+        val_fraction,
+        image_size,
+        optimizer,
+        warmup_steps,
+        epochs,
+        batch_size,
+        accumulate,
+        label_smoothing,
+        log_every,
+        seed,
+        run_dir
+    );
+    set_opt!(
+        eval_data,
+        num_classes,
+        train,
+        freeze,
+        lr,
+        weight_decay,
+        sigma,
+        q,
+        max_steps,
+        clip_grad_norm,
+        eval_every,
+        threads,
+        export,
+        limit_train
+    );
     if let Some(f) = a.format {
         c.format = match f {
             DataFormatArg::Auto => DataFormat::Auto,
@@ -342,18 +407,68 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
 }
 
 fn eval(a: EvalArgs) -> Result<u8> {
-    let cfg = TrainConfig { model: a.model.clone(), data: a.data.clone(), image_size: a.image_size, batch_size: a.batch_size, threads: a.threads, ..TrainConfig::default() };
+    // Every sample of the data (for an IDX folder: its t10k split), in order,
+    // without augmentation.
+    if !a.data.exists() {
+        anyhow::bail!("data path '{}' does not exist", a.data.display());
+    }
+    let source = koala::data::open_source(&a.data, koala::data::IdxSplit::Test)?;
+    let cfg = TrainConfig {
+        image_size: a.image_size,
+        ..TrainConfig::default()
+    };
+    let loader = koala::data::Loader::new(
+        source,
+        koala::train::data::preprocess(&cfg, false),
+        koala::data::LoaderConfig::eval(a.batch_size),
+    )?;
     let model = koala::graph::Model::load(&a.model)?;
-    let data = koala::train::data::open_datasets(&cfg)?;
-    let opts = koala::runtime::SessionOptions { intra_threads: a.threads, ..Default::default() };
+    let opts = koala::runtime::SessionOptions {
+        intra_threads: a.threads,
+        ..Default::default()
+    };
     let mut s = koala::runtime::Session::from_file(&a.model, &opts)?;
-    let r = koala::train::eval::evaluate_session(&mut s, &koala::train::eval::data_input(&model)?, &data.eval)?;
-    println!("{} samples ({} split): loss {:.4}, top-1 {:.2}%", r.samples, data.eval_split, r.loss, 100.0 * r.accuracy);
+    let r = koala::train::eval::evaluate_session(
+        &mut s,
+        &koala::train::eval::data_input(&model)?,
+        &loader,
+    )?;
+    println!(
+        "{} samples of '{}': loss {:.4}, top-1 {:.2}%",
+        r.samples,
+        a.data.display(),
+        r.loss,
+        100.0 * r.accuracy
+    );
     Ok(0)
 }
 
 fn export(a: ExportArgs) -> Result<u8> {
-    let path = koala::train::trainer::export_checkpoint(&a.run_dir, a.step, &a.output).context("export failed")?;
+    let path = koala::train::trainer::export_checkpoint(&a.run_dir, a.step, &a.output)
+        .context("export failed")?;
     println!("wrote {}", path.display());
     Ok(0)
+}
+
+/// One run: its curves; several: a comparison, each run named by its folder.
+fn plot(runs: &[PathBuf], output: &std::path::Path) -> Result<()> {
+    let mut loaded = Vec::with_capacity(runs.len());
+    for r in runs {
+        let records = koala::train::metrics::read(&r.join("metrics.jsonl")).with_context(|| {
+            format!(
+                "'{}' is not a koala run directory with metrics",
+                r.display()
+            )
+        })?;
+        let name = r
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| r.display().to_string());
+        loaded.push((name, records));
+    }
+    if let [(name, records)] = loaded.as_slice() {
+        koala::train::plot::write_plot(records, name, output)
+    } else {
+        koala::train::plot::write_comparison(&loaded, output)
+    }
 }

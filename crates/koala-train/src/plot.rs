@@ -85,7 +85,14 @@ pub fn write_comparison(runs: &[(String, Vec<MetricRecord>)], path: &Path) -> Re
             runs.len()
         );
     }
-    let series = |split: &'static str, value: fn(&MetricRecord) -> Option<f64>| -> Vec<Series> {
+    // The evaluation split is "val" for a held-out part of the training data
+    // and "test" for separate evaluation data (e.g. IDX t10k files).
+    let eval_split = if runs.iter().flat_map(|(_, r)| r).any(|r| r.split == "val") {
+        "val"
+    } else {
+        "test"
+    };
+    let series = |split: &str, value: fn(&MetricRecord) -> Option<f64>| -> Vec<Series> {
         runs.iter()
             .enumerate()
             .map(|(i, (name, records))| {
@@ -99,7 +106,12 @@ pub fn write_comparison(runs: &[(String, Vec<MetricRecord>)], path: &Path) -> Re
             .collect()
     };
     let loss = Panel::loss("train loss", series("train", |r| Some(r.loss)));
-    let accuracy = Panel::accuracy("val top-1 accuracy", series("val", |r| r.accuracy));
+    let caption = if eval_split == "val" {
+        "val top-1 accuracy"
+    } else {
+        "test top-1 accuracy"
+    };
+    let accuracy = Panel::accuracy(caption, series(eval_split, |r| r.accuracy));
     let title = runs
         .iter()
         .map(|(name, _)| name.as_str())
