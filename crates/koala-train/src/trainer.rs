@@ -209,15 +209,17 @@ impl Run {
         Ok(())
     }
 
-    fn evaluate(&self) -> Result<EvalResult> {
-        let pairs: Vec<(&str, &[f32])> = self
-            .step
-            .graph()
-            .trainable
-            .iter()
+    /// (name, current values) of every trainable tensor.
+    fn weight_pairs(&self) -> Vec<(&str, &[f32])> {
+        let names = self.step.graph().trainable.iter().map(|t| t.name.as_str());
+        names
             .enumerate()
-            .map(|(k, t)| (t.name.as_str(), self.step.weight(k)))
-            .collect();
+            .map(|(k, n)| (n, self.step.weight(k)))
+            .collect()
+    }
+
+    fn evaluate(&self) -> Result<EvalResult> {
+        let pairs = self.weight_pairs();
         eval::evaluate(&self.model, &pairs, &self.data.eval, self.cfg.threads)
     }
 
@@ -515,14 +517,7 @@ impl Run {
     /// training graph's forward on one batch and evaluates it.
     fn export(&mut self) -> Result<(PathBuf, f64, EvalResult)> {
         let path = self.cfg.export_path();
-        let pairs: Vec<(&str, &[f32])> = self
-            .step
-            .graph()
-            .trainable
-            .iter()
-            .enumerate()
-            .map(|(k, t)| (t.name.as_str(), self.step.weight(k)))
-            .collect();
+        let pairs = self.weight_pairs();
         let updated = koala_graph::export::with_weights(&self.model, pairs)?;
         koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
         let input = eval::data_input(&self.model)?;

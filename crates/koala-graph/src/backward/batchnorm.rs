@@ -45,7 +45,11 @@ pub fn batch_norm(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>
     // dscale = Σ dY·(x − mean)·inv_std = inv_std·(Σ dY·x − mean·Σ dY):
     // one full-size product and two per-channel sums instead of building
     // x̂ at full size (two fewer passes over the activation).
-    let sum_dy = if r.need(1) || r.need(2) { Some(ctx.reduce_sum(&dy, &reduce_axes, false)?) } else { None };
+    let sum_dy = if r.need(1) || r.need(2) {
+        Some(ctx.reduce_sum(&dy, &reduce_axes, false)?)
+    } else {
+        None
+    };
     if r.need(1) {
         let dyx = ctx.binary("Mul", &dy, &x)?;
         let sum_dyx = ctx.reduce_sum(&dyx, &reduce_axes, false)?;

@@ -24,6 +24,19 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// group, kernel_shape, strides, dilations and pads as node attributes
+    /// (shared by the Conv/ConvTranspose nodes the rules emit).
+    fn attrs(&self) -> Vec<crate::proto::AttributeProto> {
+        let ints = |v: &[usize]| v.iter().map(|&k| k as i64).collect::<Vec<_>>();
+        vec![
+            a_int("group", self.group as i64),
+            a_ints("kernel_shape", &ints(&self.kernel)),
+            a_ints("strides", &ints(&self.strides)),
+            a_ints("dilations", &ints(&self.dilations)),
+            a_ints("pads", &self.pads_attr()),
+        ]
+    }
+
     fn pads_attr(&self) -> Vec<i64> {
         self.pads_begin
             .iter()
@@ -251,23 +264,8 @@ fn conv_input_grad(
         }
     }
     let dt = ctx.dtype(dy)?;
-    let attrs = vec![
-        a_int("group", g.group as i64),
-        a_ints(
-            "kernel_shape",
-            &g.kernel.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-        ),
-        a_ints(
-            "strides",
-            &g.strides.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-        ),
-        a_ints(
-            "dilations",
-            &g.dilations.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-        ),
-        a_ints("pads", &g.pads_attr()),
-        a_ints("output_padding", &out_pad),
-    ];
+    let mut attrs = g.attrs();
+    attrs.push(a_ints("output_padding", &out_pad));
     Ok(ctx.emit_shaped("ConvTranspose", &[dy, w], attrs, dt, xs.to_vec()))
 }
 
@@ -468,23 +466,7 @@ pub fn conv_transpose(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<Str
     let mut out = r.none();
     if r.need(0) {
         let dt = ctx.dtype(&dy)?;
-        let attrs = vec![
-            a_int("group", g.group as i64),
-            a_ints(
-                "kernel_shape",
-                &g.kernel.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-            ),
-            a_ints(
-                "strides",
-                &g.strides.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-            ),
-            a_ints(
-                "dilations",
-                &g.dilations.iter().map(|&k| k as i64).collect::<Vec<_>>(),
-            ),
-            a_ints("pads", &g.pads_attr()),
-        ];
-        out[0] = Some(ctx.emit_shaped("Conv", &[&dy, &w], attrs, dt, xs.clone()));
+        out[0] = Some(ctx.emit_shaped("Conv", &[&dy, &w], g.attrs(), dt, xs.clone()));
     }
     if r.need(1) {
         // W of ConvTranspose is [Cin, Cout/g, *K]; as the forward conv dY -> X
