@@ -128,6 +128,7 @@ impl Run {
         }
         let data = open_datasets(&cfg)?;
         let input = eval::data_input(&model)?;
+        check_image_size(&model, &input, &cfg)?;
         let spec = TrainingSpec {
             input_shapes: [(
                 input,
@@ -669,4 +670,25 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
     )?;
     koala_graph::export::save(&updated, output, Some(&cfg.model))?;
     Ok(output.to_path_buf())
+}
+
+/// A model with a fixed input resolution needs `--image-size` to match it;
+/// say so up front instead of failing inside the graph builder.
+fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()> {
+    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
+        return Ok(());
+    };
+    let dims = koala_graph::training::declared_dims(info);
+    if dims.len() == 4 {
+        if let (Some(h), Some(w)) = (dims[2], dims[3]) {
+            if (h, w) != (cfg.image_size as i64, cfg.image_size as i64) {
+                bail!(
+                    "model input '{input}' takes {h}×{w} images but --image-size is {}; pass --image-size {h}{}",
+                    cfg.image_size,
+                    if h != w { " (koala feeds square images; this model needs non-square input, which is not supported yet)" } else { "" }
+                );
+            }
+        }
+    }
+    Ok(())
 }
