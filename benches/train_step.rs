@@ -54,14 +54,17 @@ fn bench(name: &str, model: &str, shape: [usize; 4], classes: usize, threads: us
         .unwrap();
     });
     let mut row = format!("| {name} | {} | {:.1} ms |", shape[0], 1e3 * t_fwd);
-    for f in [
-        ConvWeightGrad::TransposedConv,
-        ConvWeightGrad::UnfoldDepthwise,
-    ] {
+    let variants = [
+        (ConvWeightGrad::TransposedConv, false),
+        (ConvWeightGrad::UnfoldDepthwise, false),
+        (ConvWeightGrad::TransposedConv, true),
+    ];
+    for (conv_weight_grad, keep_batchnorm) in variants {
         let spec = TrainingSpec {
             input_shapes: [(input.clone(), shape.to_vec())].into_iter().collect(),
             backward: BackwardOptions {
-                conv_weight_grad: f,
+                conv_weight_grad,
+                keep_batchnorm,
             },
             probe_threads: threads,
             ..TrainingSpec::default()
@@ -82,8 +85,8 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     println!("threads: {threads}; median of repeated runs; ratio = step / forward");
-    println!("| model | batch | ORT forward | koala fwd+bwd, transposed-conv dW | koala fwd+bwd, unfold depthwise dW |");
-    println!("|---|---|---|---|---|");
+    println!("| model | batch | ORT forward | koala fwd+bwd (default: BN folded, transposed-conv dW) | BN folded, unfold depthwise dW | BN kept as a node, transposed-conv dW |");
+    println!("|---|---|---|---|---|---|");
     bench(
         "tiny CNN 3×16×16",
         "tests/fixtures/reference/tiny_cnn/model.onnx",

@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
                 spec.backward.conv_weight_grad = koala::graph::ConvWeightGrad::UnfoldDepthwise
             }
             "constants" => spec.trainable.train_constants = true,
-            other => anyhow::bail!("unknown flag '{other}' (unfold, constants)"),
+            f if f.starts_with("train=") => spec.trainable.include = Some(f[6..].to_string()),
+            f if f.starts_with("freeze=") => spec.trainable.exclude = Some(f[7..].to_string()),
+            "keep-bn" => spec.backward.keep_batchnorm = true,
+            other => anyhow::bail!("unknown flag '{other}' (unfold, constants, keep-bn, train=<regex>, freeze=<regex>)"),
         }
     }
     let g = koala::graph::build(&m, &spec)?;

@@ -261,6 +261,9 @@ struct GradcheckArgs {
     /// Conv weight-gradient formulation.
     #[arg(long, value_enum, default_value = "transposed-conv")]
     conv_weight_grad: ConvGradArg,
+    /// Keep BatchNormalization nodes instead of folding them into the Conv weights.
+    #[arg(long)]
+    keep_batchnorm: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -306,6 +309,7 @@ fn run(cli: Cli) -> Result<u8> {
                             koala::graph::ConvWeightGrad::UnfoldDepthwise
                         }
                     },
+                    keep_batchnorm: a.keep_batchnorm,
                 },
             };
             let report = koala::graph::gradcheck::run(&a.reference, &opts)?;

@@ -20,6 +20,7 @@ pub use trainable::TrainableSpec;
 pub use training::{build, TrainingGraph, TrainingSpec};
 pub mod check;
 pub mod export;
+pub mod fold;
 pub mod gradcheck;
 pub mod head;
 pub mod reference;

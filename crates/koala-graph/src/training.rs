@@ -119,6 +119,10 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         None => model.graph().output[0].name.clone(),
     };
     check_names(&model, &selected)?;
+    // After selection (which knows BN statistics by their BN node).
+    if !spec.backward.keep_batchnorm {
+        crate::fold::fold_batchnorm_into_conv(&mut model);
+    }
     let data_inputs = data_inputs(&model, &spec.input_shapes)?;
     let mut facts: Facts = probe::probe(&model, &spec.input_shapes, spec.probe_threads.max(1))?;
     if facts.get(&output).is_none() {

@@ -51,6 +51,7 @@ fn conv_case(
     let mut c = Check::mse(F32);
     c.backward = BackwardOptions {
         conv_weight_grad: weight_grad,
+        ..BackwardOptions::default()
     };
     check(&n, "y", &c);
 }
@@ -613,6 +614,69 @@ fn batch_norm_case(seed: u64, opset: i64, dt: DataType, x: &[usize]) {
         ["x_w", "scale", "bias"],
         "running statistics must stay frozen"
     );
+}
+
+/// Conv → BatchNormalization: the training graph folds BN into the
+/// Conv weights (`fold.rs`) unless told to keep it; both forms must give the
+/// same, finite-difference-exact gradients for W, b, γ and β, with the
+/// running statistics frozen.
+fn conv_batch_norm_case(seed: u64, keep_batchnorm: bool, conv_bias: bool) {
+    let mut n = Net::new(17, F32, seed);
+    let xv = n.rand_leaf("x", &[2, 3, 6, 6]);
+    let w = n.rand_weight("w", &[4, 3, 3, 3]);
+    let mut conv_in = vec![xv, w];
+    if conv_bias {
+        conv_in.push(n.rand_weight("b", &[4]));
+    }
+    let refs: Vec<&str> = conv_in.iter().map(|s| s.as_str()).collect();
+    n.node("Conv", &refs, &["c"], vec![a_ints("pads", &[1, 1, 1, 1])]);
+    let scale = n.away_from_zero(4, 0.5);
+    let scale = n.weight("scale", &[4], scale);
+    let bias = n.rand_weight("bias", &[4]);
+    let mean = n.uniform(4, -0.5, 0.5);
+    let mean = n.float_init("mean", &[4], &mean);
+    let var = n.uniform(4, 0.5, 1.5);
+    let var = n.float_init("var", &[4], &var);
+    n.node(
+        "BatchNormalization",
+        &["c", &scale, &bias, &mean, &var],
+        &["y"],
+        vec![a_float("epsilon", 1e-3)],
+    );
+    let mut c = Check::mse(F32);
+    c.backward = BackwardOptions {
+        keep_batchnorm,
+        ..BackwardOptions::default()
+    };
+    let r = check(&n, "y", &c);
+    let folded = !r
+        .graph
+        .proto
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .any(|x| x.op_type == "BatchNormalization");
+    assert_eq!(
+        folded, !keep_batchnorm,
+        "BatchNormalization folded into the Conv unless kept"
+    );
+    let trained: Vec<&str> = r.graph.trainable.iter().map(|t| t.name.as_str()).collect();
+    assert!(
+        trained.contains(&"scale")
+            && trained.contains(&"bias")
+            && !trained.contains(&"mean")
+            && !trained.contains(&"var"),
+        "{trained:?}"
+    );
+}
+
+#[test]
+fn conv_batch_norm_folded_and_kept() {
+    conv_batch_norm_case(140, false, true);
+    conv_batch_norm_case(141, false, false);
+    conv_batch_norm_case(142, true, true);
 }
 
 #[test]

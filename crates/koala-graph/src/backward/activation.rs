@@ -17,11 +17,13 @@ fn compare(ctx: &mut GradCtx, op: &str, a: &str, b: &str) -> Result<String> {
     Ok(ctx.emit_shaped(op, &[a, b], vec![], DataType::Bool, shape))
 }
 
-/// Y = max(X, 0).
+/// Y = max(X, 0). The mask reads the output (Y > 0 ⟺ X > 0), so the input
+/// need not stay alive for the backward pass and ORT may fuse the producer
+/// (e.g. Conv) with this activation.
 pub fn relu(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
-    let (x, dy) = (r.input(0).to_string(), r.dy0()?.to_string());
-    let zero = ctx.scalar_like(0.0, &x)?;
-    let pos = compare(ctx, "Greater", &x, &zero)?;
+    let (y, dy) = (r.output(0).to_string(), r.dy0()?.to_string());
+    let zero = ctx.scalar_like(0.0, &y)?;
+    let pos = compare(ctx, "Greater", &y, &zero)?;
     Ok(vec![Some(ctx.mask(&pos, &dy)?)])
 }
 
@@ -45,8 +47,9 @@ pub fn leaky_relu(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>
 }
 
 /// Y = min(max(X, lo), hi); lo/hi are inputs (opset ≥ 11) or attributes.
+/// The mask reads the output: lo < Y < hi ⟺ lo < X < hi (see `relu`).
 pub fn clip(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
-    let (x, dy) = (r.input(0).to_string(), r.dy0()?.to_string());
+    let (x, dy) = (r.output(0).to_string(), r.dy0()?.to_string());
     let bound = |ctx: &mut GradCtx, idx: usize, attr: &str| -> Result<Option<String>> {
         if !r.input(idx).is_empty() {
             return Ok(Some(r.input(idx).to_string()));

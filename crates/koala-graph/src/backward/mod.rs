@@ -88,6 +88,11 @@ pub enum ConvWeightGrad {
 pub struct BackwardOptions {
     /// Formulation of the Conv weight gradient.
     pub conv_weight_grad: ConvWeightGrad,
+    /// Keep Conv → BatchNormalization as two nodes instead of folding BN
+    /// into the Conv weights (see `fold.rs`; folding is faster and the
+    /// default).
+    #[serde(default)]
+    pub keep_batchnorm: bool,
 }
 
 /// The rule for an op, if koala has one. Ops in non-default domains have none.
