@@ -193,10 +193,12 @@ impl OptimizerState {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| OptimError::checkpoint(path, format!("cannot encode: {e}")))?;
-        let meta = HashMap::from([
-            ("format".to_string(), "koala-optim-state".to_string()),
-            ("kind".to_string(), self.layout.kind.to_string()),
-        ]);
+        // One metadata entry: safetensors serialises the map in hash order, so
+        // a single key keeps the file byte-reproducible (two did not).
+        let meta = HashMap::from([(
+            "format".to_string(),
+            format!("koala-optim-state; kind={}", self.layout.kind),
+        )]);
         safetensors::serialize(views, Some(meta))
             .map_err(|e| OptimError::checkpoint(path, format!("cannot encode: {e}")))
     }
