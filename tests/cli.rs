@@ -504,3 +504,63 @@ fn killed_runs_resume_to_the_same_result() {
         Model::load(&tiny_model()).unwrap().graph().node.len()
     );
 }
+
+/// A run started with relative paths can be resumed from another working
+/// directory: config.toml records absolute paths.
+#[test]
+fn resume_works_from_another_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(tiny_model(), tmp.path().join("m.onnx")).unwrap();
+    let start = |args: &[&str], cwd: &Path| koala().args(args).current_dir(cwd).output().unwrap();
+    let fashion_dir = fashion();
+    let out = start(
+        &[
+            "finetune",
+            "--model",
+            "m.onnx",
+            "--data",
+            fashion_dir.to_str().unwrap(),
+            "--image-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--limit-train",
+            "32",
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--threads",
+            "1",
+            "--run-dir",
+            "run",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let resolved = TrainConfig::from_toml_file(&tmp.path().join("run/config.toml")).unwrap();
+    assert!(
+        resolved.model.is_absolute() && resolved.run_dir.is_absolute(),
+        "{resolved:?}"
+    );
+    // Drop the last checkpoint so there is something left to train, then resume from "/".
+    let ckpts = tmp.path().join("run/checkpoints");
+    let mut steps: Vec<_> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    steps.sort();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    std::fs::remove_dir_all(steps.last().unwrap()).unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = start(
+        &["finetune", "--resume", run_dir.to_str().unwrap()],
+        Path::new("/"),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("steps 2 "),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -76,8 +76,17 @@ struct Run {
 }
 
 /// Fine-tunes from scratch: writes `config.toml`, runs, exports.
-pub fn finetune(cfg: TrainConfig) -> Result<RunSummary> {
+pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
+    // config.toml must work from any directory: `--resume` may run elsewhere.
+    for p in [&mut cfg.model, &mut cfg.data, &mut cfg.run_dir]
+        .into_iter()
+        .chain(cfg.eval_data.as_mut())
+        .chain(cfg.export.as_mut())
+    {
+        *p = std::path::absolute(&*p)
+            .with_context(|| format!("cannot resolve the path '{}'", p.display()))?;
+    }
     if cfg.run_dir.join("checkpoints").exists() && !checkpoint::list(&cfg.run_dir)?.is_empty() {
         bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
     }
