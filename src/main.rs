@@ -114,7 +114,8 @@ struct FinetuneArgs {
     /// koala++ (default), koala-v, koala-m, adamw, sgd, or a preset (vision-cnn, vision-cnn-small-lr, vision-transformer, language-model).
     #[arg(long)]
     optimizer: Option<String>,
-    /// Learning rate.
+    /// Learning rate. Defaults: koala++ min(1, 4 / number of trainable tensors) (each per-tensor
+    /// filter removes η of the loss, see the README), adamw 1e-4, sgd 1e-2, presets their own.
     // Negative values parse, so validation can name the option
     // instead of clap calling `-1` an unexpected argument.
     #[arg(long, allow_negative_numbers = true)]

@@ -166,7 +166,7 @@ impl Run {
         for u in &graph.unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
-        let oc = optim_setup::resolve(&cfg)?;
+        let oc = optim_setup::resolve(&cfg, graph.trainable.len())?;
         let groups = make_groups(&cfg, &oc, &graph.trainable)?;
         let step = TrainStep::new(graph, cfg.threads)?;
         let steps_per_epoch = (data.train.batches_per_epoch() / cfg.accumulate).max(1) as u64;
