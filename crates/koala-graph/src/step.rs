@@ -238,29 +238,20 @@ impl TrainStep {
 fn copy_into(dst: &mut HostTensor, src: &Batch) -> Result<()> {
     let name = dst.name().to_string();
     match src {
-        Batch::F32(x) => {
-            let d = dst.f32s_mut()?;
-            if d.len() != x.len() {
-                bail!(
-                    "input '{name}' takes {} values, the batch has {}",
-                    d.len(),
-                    x.len()
-                );
-            }
-            d.copy_from_slice(x);
-        }
-        Batch::I64(x) => {
-            let d = dst.i64s_mut()?;
-            if d.len() != x.len() {
-                bail!(
-                    "input '{name}' takes {} values, the batch has {}",
-                    d.len(),
-                    x.len()
-                );
-            }
-            d.copy_from_slice(x);
-        }
+        Batch::F32(x) => copy_checked(&name, dst.f32s_mut()?, x),
+        Batch::I64(x) => copy_checked(&name, dst.i64s_mut()?, x),
     }
+}
+
+fn copy_checked<T: Copy>(name: &str, dst: &mut [T], src: &[T]) -> Result<()> {
+    if dst.len() != src.len() {
+        bail!(
+            "input '{name}' takes {} values, the batch has {}",
+            dst.len(),
+            src.len()
+        );
+    }
+    dst.copy_from_slice(src);
     Ok(())
 }
 

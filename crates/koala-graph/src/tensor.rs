@@ -185,37 +185,44 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// A float32 tensor with raw little-endian data.
-pub fn from_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+fn with_raw(name: &str, dims: &[i64], dt: DataType, raw_data: Vec<u8>) -> TensorProto {
     TensorProto {
         name: name.to_string(),
         dims: dims.to_vec(),
-        data_type: DataType::Float as i32,
-        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        data_type: dt as i32,
+        raw_data,
         ..Default::default()
     }
+}
+
+/// A float32 tensor with raw little-endian data.
+pub fn from_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+    with_raw(
+        name,
+        dims,
+        DataType::Float,
+        data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 /// A float64 tensor with raw little-endian data.
 pub fn from_f64(name: &str, dims: &[i64], data: &[f64]) -> TensorProto {
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.to_vec(),
-        data_type: DataType::Double as i32,
-        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    with_raw(
+        name,
+        dims,
+        DataType::Double,
+        data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 /// An int64 tensor with raw little-endian data.
 pub fn from_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.to_vec(),
-        data_type: DataType::Int64 as i32,
-        raw_data: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    with_raw(
+        name,
+        dims,
+        DataType::Int64,
+        data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 /// Writes f32 values into an existing tensor of the same element count,

@@ -287,40 +287,10 @@ fn conv_weight_grad(
     let sp = &xs[2..];
     let osp = &ys[2..];
     let rank = xs.len();
-    let tail: Vec<usize> = (3..rank + 1).collect();
     // Xr: [N, g, Cin_g, *S] -> [Cin_g, g, N, *S] -> [Cin_g, g*N, *S]
-    let xr = if grp == 1 {
-        let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
-        ctx.transpose(x, &perm)?
-    } else {
-        let s5: Vec<usize> = [nb, grp, cin_g]
-            .into_iter()
-            .chain(sp.iter().copied())
-            .collect();
-        let x5 = ctx.reshape(x, &s5)?;
-        let perm: Vec<usize> = [2, 1, 0].into_iter().chain(tail.iter().copied()).collect();
-        let t = ctx.transpose(&x5, &perm)?;
-        let s4: Vec<usize> = [cin_g, grp * nb]
-            .into_iter()
-            .chain(sp.iter().copied())
-            .collect();
-        ctx.reshape(&t, &s4)?
-    };
+    let xr = regroup(ctx, x, [nb, grp, cin_g], sp, [2, 1, 0], [cin_g, grp * nb])?;
     // dYr: [N, g, Cout_g, *OS] -> [g, Cout_g, N, *OS] -> [Cout, N, *OS]
-    let dyr = if grp == 1 {
-        let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
-        ctx.transpose(dy, &perm)?
-    } else {
-        let s5: Vec<usize> = [nb, grp, cout_g]
-            .into_iter()
-            .chain(osp.iter().copied())
-            .collect();
-        let d5 = ctx.reshape(dy, &s5)?;
-        let perm: Vec<usize> = [1, 2, 0].into_iter().chain(tail.iter().copied()).collect();
-        let t = ctx.transpose(&d5, &perm)?;
-        let s4: Vec<usize> = [cout, nb].into_iter().chain(osp.iter().copied()).collect();
-        ctx.reshape(&t, &s4)?
-    };
+    let dyr = regroup(ctx, dy, [nb, grp, cout_g], osp, [1, 2, 0], [cout, nb])?;
     let n = g.kernel.len();
     let kprime: Vec<usize> = (0..n)
         .map(|i| {
@@ -357,6 +327,30 @@ fn conv_weight_grad(
     let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
     let dw = ctx.transpose(&z, &perm)?;
     ctx.reshape(&dw, ws)
+}
+
+/// Views `t` [N, g·C, *S] as [N, g, C, *S], permutes those three axes by
+/// `perm` and merges them into `lead` [a, b]: the batch-as-channels layouts
+/// of the weight-gradient Conv. Without groups it is one Transpose.
+fn regroup(
+    ctx: &mut GradCtx,
+    t: &str,
+    split: [usize; 3],
+    spatial: &[usize],
+    perm: [usize; 3],
+    lead: [usize; 2],
+) -> Result<String> {
+    let rank = spatial.len() + 2;
+    if split[1] == 1 {
+        let perm: Vec<usize> = [1, 0].into_iter().chain(2..rank).collect();
+        return ctx.transpose(t, &perm);
+    }
+    let s5: Vec<usize> = split.into_iter().chain(spatial.iter().copied()).collect();
+    let t5 = ctx.reshape(t, &s5)?;
+    let p5: Vec<usize> = perm.into_iter().chain(3..rank + 1).collect();
+    let tt = ctx.transpose(&t5, &p5)?;
+    let s4: Vec<usize> = lead.into_iter().chain(spatial.iter().copied()).collect();
+    ctx.reshape(&tt, &s4)
 }
 
 /// Keeps the first `keep[i]` entries of each spatial axis (axes 2..).
