@@ -564,3 +564,30 @@ fn resume_works_from_another_directory() {
         text(&out.stdout)
     );
 }
+
+/// More classes in the data than model outputs: refused before training,
+/// naming the flag value that fixes it.
+#[test]
+fn too_few_outputs_for_the_data_names_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    assert_fails(
+        &[
+            "finetune",
+            "--model",
+            tiny_model().to_str().unwrap(),
+            "--data",
+            fashion().to_str().unwrap(),
+            "--num-classes",
+            "5",
+            "--image-size",
+            "16",
+            "--max-steps",
+            "1",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ],
+        1,
+        "--num-classes 10",
+    );
+}

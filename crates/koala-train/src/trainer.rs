@@ -163,6 +163,11 @@ impl Run {
             ..TrainingSpec::default()
         };
         let graph = koala_graph::build(&model, &spec)?;
+        check_classes(
+            &data,
+            graph.model_output_shape.last().copied().unwrap_or(0),
+            cfg.num_classes.is_some(),
+        )?;
         for u in &graph.unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
@@ -698,6 +703,25 @@ fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()>
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// The data's classes must fit the model's outputs; say which flag fixes it
+/// before any training (a label past the last output would only fail, less
+/// clearly, inside ONNX Runtime).
+fn check_classes(data: &Datasets, outputs: usize, replaced: bool) -> Result<()> {
+    let classes = data.class_names.len();
+    if classes > outputs {
+        bail!(
+            "the data has {classes} classes but the model {} {outputs} outputs; pass --num-classes {classes}",
+            if replaced { "was given" } else { "has" }
+        );
+    }
+    if classes < outputs && !replaced {
+        eprintln!(
+            "note: the data has {classes} classes and the model {outputs} outputs; labels are used as output indices. Pass --num-classes {classes} to train a fresh {classes}-way head instead"
+        );
     }
     Ok(())
 }
