@@ -144,6 +144,25 @@ fn conv_depthwise_stride2_asymmetric_unfold() {
     }
 }
 
+/// Strided depthwise input gradients take the zero-insertion + flipped-kernel
+/// Conv path (MobileNet's stride-2 blocks; a 1-D stride-3, dilation-2 case).
+#[test]
+fn conv_depthwise_strided_zero_insertion() {
+    let attrs = vec![
+        a_int("group", 3),
+        a_ints("strides", &[2, 2]),
+        a_ints("pads", &[1, 1, 1, 1]),
+    ];
+    conv_case(11, &[2, 3, 6, 6], &[3, 1, 3, 3], true, attrs, TC);
+    let attrs = vec![
+        a_int("group", 2),
+        a_ints("strides", &[3]),
+        a_ints("dilations", &[2]),
+        a_ints("pads", &[2, 2]),
+    ];
+    conv_case(12, &[2, 2, 11], &[2, 1, 3], false, attrs, TC);
+}
+
 #[test]
 fn conv_depthwise_multiplier2() {
     let attrs = vec![a_int("group", 2), a_ints("pads", &[1, 1, 1, 1])];

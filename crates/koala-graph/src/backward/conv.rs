@@ -185,10 +185,11 @@ fn pointwise_weight_grad(
     ctx.reshape(&dw, ws)
 }
 
-/// dX of a depthwise conv with stride 1 as a depthwise Conv of dY with the
-/// spatially flipped kernel (a correlation with "full" padding). ORT's
-/// depthwise Conv kernels are far faster than its grouped ConvTranspose.
-/// Returns None where the padding would be negative (use ConvTranspose).
+/// dX of a depthwise conv as a depthwise Conv of dY (zero-inserted when
+/// strided) with the spatially flipped kernel (a correlation with "full"
+/// padding). ORT's depthwise Conv kernels are far faster than its grouped
+/// ConvTranspose. Returns None where the padding would be negative (use
+/// ConvTranspose).
 fn depthwise_input_grad_conv(
     ctx: &mut GradCtx,
     dy: &str,
@@ -198,19 +199,25 @@ fn depthwise_input_grad_conv(
     g: &Geometry,
 ) -> Result<Option<String>> {
     let n = g.kernel.len();
-    if g.strides.iter().any(|&s| s != 1) {
-        return Ok(None);
-    }
+    // A strided conv's input gradient is the stride-1 one applied to dY with
+    // s−1 zeros inserted after every element (length OH·s per axis).
+    let dilated: Vec<usize> = (0..n).map(|i| ys[2 + i] * g.strides[i]).collect();
     let mut pb = vec![0i64; n];
     let mut pe = vec![0i64; n];
     for i in 0..n {
         let span = ((g.kernel[i] - 1) * g.dilations[i]) as i64;
         pb[i] = span - g.pads_begin[i] as i64;
-        pe[i] = xs[2 + i] as i64 + span - ys[2 + i] as i64 - pb[i];
+        pe[i] = xs[2 + i] as i64 + span - dilated[i] as i64 - pb[i];
         if pb[i] < 0 || pe[i] < 0 {
             return Ok(None);
         }
     }
+    let dy = if g.strides.iter().all(|&s| s == 1) {
+        dy.to_string()
+    } else {
+        insert_zeros(ctx, dy, ys, &g.strides)?
+    };
+    let dy = dy.as_str();
     // Flip the kernel on every spatial axis: Slice with step −1.
     let ws = ctx.shape(w)?;
     let dt = ctx.dtype(w)?;
@@ -239,6 +246,31 @@ fn depthwise_input_grad_conv(
         dt,
         xs.to_vec(),
     )))
+}
+
+/// Inserts `s−1` zeros after every element of each spatial axis of `t`
+/// ([N, C, *S] → [N, C, *(S·s)]): Unsqueeze a unit axis after each spatial
+/// axis, Pad it to `s`, merge. Standard ops only, one pass over the result.
+fn insert_zeros(ctx: &mut GradCtx, t: &str, shape: &[usize], strides: &[usize]) -> Result<String> {
+    let n = strides.len();
+    let axes: Vec<i64> = (0..n).map(|i| (3 + 2 * i) as i64).collect();
+    let u = ctx.unsqueeze(t, &axes)?;
+    let rank = 2 + 2 * n;
+    let mut pads = vec![0i64; 2 * rank];
+    let mut padded = ctx.shape(&u)?;
+    for (i, &s) in strides.iter().enumerate() {
+        pads[rank + 3 + 2 * i] = s as i64 - 1;
+        padded[3 + 2 * i] = s;
+    }
+    let p = ctx.const_i64(&pads);
+    let dt = ctx.dtype(t)?;
+    let z = ctx.emit_shaped("Pad", &[&u, &p], vec![], dt, padded);
+    let merged: Vec<usize> = shape[..2]
+        .iter()
+        .copied()
+        .chain((0..n).map(|i| shape[2 + i] * strides[i]))
+        .collect();
+    ctx.reshape(&z, &merged)
 }
 
 /// dX of a Conv: ConvTranspose of dY with the same weights and geometry.
