@@ -96,6 +96,12 @@ struct FinetuneArgs {
     /// Model input size (square).
     #[arg(long)]
     image_size: Option<u32>,
+    /// Per-channel normalisation mean, e.g. 0.5,0.5,0.5 (default: ImageNet's).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std, e.g. 0.5,0.5,0.5 (default: ImageNet's).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    std: Option<Vec<f32>>,
     /// Disable random-resized-crop and flip augmentation.
     #[arg(long)]
     no_augment: bool,
@@ -369,6 +375,8 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         run_dir
     );
     set_opt!(
+        mean,
+        std,
         eval_data,
         num_classes,
         train,

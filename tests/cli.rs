@@ -591,3 +591,75 @@ fn too_few_outputs_for_the_data_names_the_flag() {
         "--num-classes 10",
     );
 }
+
+/// A run whose loss turns non-finite skips those steps with a warning and
+/// stops after 5 in a row with a message saying what to do.
+#[test]
+fn non_finite_steps_are_skipped_then_the_run_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = run(&[
+        "finetune",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--data",
+        fashion().to_str().unwrap(),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--limit-train",
+        "64",
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "100",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e30",
+        "--threads",
+        "1",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("non-finite loss or gradient") && err.contains("step skipped"),
+        "{err}"
+    );
+    assert!(
+        err.contains("5 consecutive steps") && err.contains("--clip-grad-norm"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Normalisation flags: three positive numbers, else a message naming the flag.
+#[test]
+fn normalisation_flags_are_validated() {
+    let (m, d) = (tiny_model(), fashion());
+    let base = [
+        "finetune",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--image-size",
+        "16",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        base.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    assert_fails(
+        &with(&["--mean", "0.5,0.5"]),
+        1,
+        "--mean takes 3 finite numbers",
+    );
+    assert_fails(
+        &with(&["--std", "0.5,0,0.5"]),
+        1,
+        "--std values must be positive",
+    );
+}

@@ -51,6 +51,10 @@ pub struct TrainConfig {
     pub image_size: u32,
     /// Random resized crop + horizontal flip during training.
     pub augment: bool,
+    /// Per-channel normalisation mean (default: ImageNet's 0.485, 0.456, 0.406).
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std (default: ImageNet's 0.229, 0.224, 0.225).
+    pub std: Option<Vec<f32>>,
     /// Replace the classifier head by a fresh one with this many classes.
     pub num_classes: Option<usize>,
     /// Train only weights whose name matches.
@@ -129,6 +133,8 @@ impl Default for TrainConfig {
             val_fraction: 0.1,
             image_size: 224,
             augment: true,
+            mean: None,
+            std: None,
             num_classes: None,
             train: None,
             freeze: None,
@@ -193,6 +199,20 @@ impl TrainConfig {
                 "--val-fraction must be in [0, 1), got {}",
                 self.val_fraction
             );
+        }
+        for (name, v) in [("--mean", &self.mean), ("--std", &self.std)] {
+            if let Some(v) = v {
+                if v.len() != 3 || v.iter().any(|x| !x.is_finite()) {
+                    bail!("{name} takes 3 finite numbers (one per RGB channel), got {v:?}");
+                }
+            }
+        }
+        if self
+            .std
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|&x| x <= 0.0))
+        {
+            bail!("--std values must be positive");
         }
         if self.image_size < 8 {
             bail!("--image-size must be at least 8, got {}", self.image_size);

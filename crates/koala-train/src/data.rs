@@ -62,7 +62,13 @@ fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn Imag
 
 /// The preprocessing for a model input of `size`×`size` RGB, ImageNet-normalised.
 pub fn preprocess(cfg: &TrainConfig, train: bool) -> Preprocess {
-    let p = Preprocess::imagenet(cfg.image_size);
+    let mut p = Preprocess::imagenet(cfg.image_size);
+    if let Some(m) = &cfg.mean {
+        p.mean = m.clone();
+    }
+    if let Some(s) = &cfg.std {
+        p.std = s.clone();
+    }
     if train && cfg.augment {
         p
     } else {
