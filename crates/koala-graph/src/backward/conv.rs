@@ -177,11 +177,23 @@ fn pointwise_weight_grad(
     let (n, cin, cout) = (xs[0], xs[1], ys[1]);
     let sp: usize = ys[2..].iter().product();
     let x3 = ctx.reshape(x, &[n, cin, sp])?;
-    let xt = ctx.transpose(&x3, &[0, 2, 1])?;
     let dy3 = ctx.reshape(dy, &[n, cout, sp])?;
     let dt = ctx.dtype(dy)?;
-    let per_image = ctx.emit_shaped("MatMul", &[&dy3, &xt], vec![], dt, vec![n, cout, cin]);
-    let dw = ctx.reduce_sum(&per_image, &[0], false)?;
+    // Per-image products summed over the batch write an [N, Cout, Cin]
+    // intermediate; where that outweighs the activations (small spatial
+    // size, wide layers) one GEMM over batch·space after moving the batch
+    // axis next to space is cheaper.
+    let dw = if n * cout * cin > n * sp * (cout + cin) {
+        let xt = ctx.transpose(&x3, &[0, 2, 1])?; // [N, S, Cin]
+        let xf = ctx.reshape(&xt, &[n * sp, cin])?;
+        let dyt = ctx.transpose(&dy3, &[1, 0, 2])?; // [Cout, N, S]
+        let dyf = ctx.reshape(&dyt, &[cout, n * sp])?;
+        ctx.emit_shaped("MatMul", &[&dyf, &xf], vec![], dt, vec![cout, cin])
+    } else {
+        let xt = ctx.transpose(&x3, &[0, 2, 1])?;
+        let per_image = ctx.emit_shaped("MatMul", &[&dy3, &xt], vec![], dt, vec![n, cout, cin]);
+        ctx.reduce_sum(&per_image, &[0], false)?
+    };
     ctx.reshape(&dw, ws)
 }
 
@@ -252,25 +264,34 @@ fn depthwise_input_grad_conv(
 /// ([N, C, *S] → [N, C, *(S·s)]): Unsqueeze a unit axis after each spatial
 /// axis, Pad it to `s`, merge. Standard ops only, one pass over the result.
 fn insert_zeros(ctx: &mut GradCtx, t: &str, shape: &[usize], strides: &[usize]) -> Result<String> {
-    let n = strides.len();
-    let axes: Vec<i64> = (0..n).map(|i| (3 + 2 * i) as i64).collect();
-    let u = ctx.unsqueeze(t, &axes)?;
-    let rank = 2 + 2 * n;
-    let mut pads = vec![0i64; 2 * rank];
-    let mut padded = ctx.shape(&u)?;
+    // Axis by axis: [.., L, ..] → unsqueeze after L → concat with s−1 zero
+    // slabs → merge to L·s. (Concat is a plain copy in ORT; a 6-D Pad was
+    // several times slower.)
+    let mut cur = t.to_string();
+    let mut cur_shape = shape.to_vec();
     for (i, &s) in strides.iter().enumerate() {
-        pads[rank + 3 + 2 * i] = s as i64 - 1;
-        padded[3 + 2 * i] = s;
+        if s == 1 {
+            continue;
+        }
+        let axis = 2 + i;
+        let u = ctx.unsqueeze(&cur, &[(axis + 1) as i64])?;
+        let zeros = ctx.zeros_like(&u)?;
+        let mut parts = vec![u.as_str()];
+        parts.extend(std::iter::repeat_n(zeros.as_str(), s - 1));
+        let mut cat_shape = ctx.shape(&u)?;
+        cat_shape[axis + 1] = s;
+        let dt = ctx.dtype(t)?;
+        let cat = ctx.emit_shaped(
+            "Concat",
+            &parts,
+            vec![a_int("axis", (axis + 1) as i64)],
+            dt,
+            cat_shape,
+        );
+        cur_shape[axis] *= s;
+        cur = ctx.reshape(&cat, &cur_shape)?;
     }
-    let p = ctx.const_i64(&pads);
-    let dt = ctx.dtype(t)?;
-    let z = ctx.emit_shaped("Pad", &[&u, &p], vec![], dt, padded);
-    let merged: Vec<usize> = shape[..2]
-        .iter()
-        .copied()
-        .chain((0..n).map(|i| shape[2 + i] * strides[i]))
-        .collect();
-    ctx.reshape(&z, &merged)
+    Ok(cur)
 }
 
 /// dX of a Conv: ConvTranspose of dY with the same weights and geometry.
