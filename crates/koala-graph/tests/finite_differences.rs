@@ -81,6 +81,9 @@ fn conv_pointwise_1x1() {
     // 1×1, stride 1, no pads, one group: the matrix-product special case.
     conv_case(18, &[2, 3, 4, 3], &[5, 3, 1, 1], true, vec![], TC);
     conv_case(19, &[3, 4, 5], &[2, 4, 1], false, vec![], TC);
+    // Wide channels, small spatial size: the weight gradient is one GEMM over
+    // batch·space instead of per-image products summed over the batch.
+    conv_case(25, &[2, 8, 1, 2], &[8, 8, 1, 1], true, vec![], TC);
     // 1×1 but strided or grouped: the general formulas.
     conv_case(
         24,
