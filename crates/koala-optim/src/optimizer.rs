@@ -4,7 +4,8 @@
 
 use crate::config::OptimizerConfig;
 use crate::error::OptimError;
-use crate::state::{OptimizerState, TensorSpec};
+use crate::state::{OptimizerState, TensorReport, TensorSpec, TensorState};
+use rayon::prelude::*;
 
 /// The scalars a training loop hands to every step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -125,6 +126,35 @@ fn check_len(spec: &TensorSpec, what: &'static str, got: usize) -> Result<(), Op
             got,
         })
     }
+}
+
+/// The step of the element-wise optimizers (AdamW, SGD): every tensor with a
+/// gradient gets `update` (tensors in parallel), the others are marked
+/// skipped; records the step and summarises.
+pub(crate) fn step_each_tensor(
+    state: &mut OptimizerState,
+    params: &mut [&mut [f32]],
+    grads: &[Option<&[f32]>],
+    step: u64,
+    update: impl Fn(&mut TensorState, &mut [f32], &[f32]) + Sync + Send,
+) -> Result<StepReport, OptimError> {
+    check_step_inputs(state, params, grads)?;
+    state
+        .tensors
+        .par_iter_mut()
+        .zip(params.par_iter_mut())
+        .zip(grads.par_iter())
+        .for_each(|((t, p), g)| {
+            t.report = TensorReport {
+                skipped: g.is_none(),
+                ..TensorReport::default()
+            };
+            if let Some(g) = g {
+                update(t, p, g);
+            }
+        });
+    state.last_step = Some(step);
+    Ok(summarize(state))
 }
 
 /// Counts the per-tensor reports of the step just taken.

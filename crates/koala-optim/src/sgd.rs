@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use crate::config::{OptimizerConfig, SgdConfig};
 use crate::error::OptimError;
 use crate::kernels::{simd_kernel, CHUNK};
-use crate::optimizer::{check_step_inputs, summarize, Optimizer, StepContext, StepReport};
-use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
+use crate::optimizer::{step_each_tensor, Optimizer, StepContext, StepReport};
+use crate::state::{OptimizerState, StateLayout, TensorSpec, TensorState};
 
 static MOMENTUM_LAYOUT: StateLayout = StateLayout {
     kind: "sgd/momentum",
@@ -74,23 +74,9 @@ impl Optimizer for Sgd {
         ctx: &StepContext,
     ) -> Result<StepReport, OptimError> {
         state.expect_layout(self.layout())?;
-        check_step_inputs(state, params, grads)?;
-        state
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter_mut())
-            .zip(grads.par_iter())
-            .for_each(|((t, p), g)| {
-                t.report = TensorReport {
-                    skipped: g.is_none(),
-                    ..TensorReport::default()
-                };
-                if let Some(g) = g {
-                    self.update_tensor(t, p, g, ctx.lr);
-                }
-            });
-        state.last_step = Some(ctx.step);
-        Ok(summarize(state))
+        step_each_tensor(state, params, grads, ctx.step, |t, p, g| {
+            self.update_tensor(t, p, g, ctx.lr)
+        })
     }
 }
 
