@@ -95,16 +95,43 @@ fn geometry(
     })
 }
 
-/// Conv(X, W, B?) → Y.
-pub fn conv(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+/// X, W, dY and their shapes (plus Y's), as both conv rules start.
+struct Operands {
+    x: String,
+    w: String,
+    dy: String,
+    xs: Vec<usize>,
+    ws: Vec<usize>,
+    ys: Vec<usize>,
+}
+
+fn operands(ctx: &GradCtx, r: &RuleInput) -> Result<Operands> {
     let (x, w, dy) = (
         r.input(0).to_string(),
         r.input(1).to_string(),
         r.dy0()?.to_string(),
     );
-    let xs = ctx.shape(&x)?;
-    let ws = ctx.shape(&w)?;
-    let ys = ctx.shape(r.output(0))?;
+    let (xs, ws, ys) = (ctx.shape(&x)?, ctx.shape(&w)?, ctx.shape(r.output(0))?);
+    Ok(Operands {
+        x,
+        w,
+        dy,
+        xs,
+        ws,
+        ys,
+    })
+}
+
+/// Conv(X, W, B?) → Y.
+pub fn conv(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let Operands {
+        x,
+        w,
+        dy,
+        xs,
+        ws,
+        ys,
+    } = operands(ctx, r)?;
     let g = geometry(r, ws[2..].to_vec(), &xs[2..], &ys[2..])?;
     let mut out = r.none();
     let pointwise = is_pointwise(&g);
@@ -496,14 +523,14 @@ fn depthwise_weight_grad_unfold(
 /// same weights; its weight gradient is the Conv weight gradient with the
 /// roles of X and dY swapped.
 pub fn conv_transpose(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
-    let (x, w, dy) = (
-        r.input(0).to_string(),
-        r.input(1).to_string(),
-        r.dy0()?.to_string(),
-    );
-    let xs = ctx.shape(&x)?;
-    let ws = ctx.shape(&w)?;
-    let ys = ctx.shape(r.output(0))?;
+    let Operands {
+        x,
+        w,
+        dy,
+        xs,
+        ws,
+        ys,
+    } = operands(ctx, r)?;
     if attrs::get(r.node, "output_shape").is_some() && attrs::get(r.node, "pads").is_none() {
         bail!("ConvTranspose with output_shape and implicit pads is not supported; export the model with explicit pads");
     }
