@@ -129,6 +129,22 @@ pub(crate) fn below_skip_threshold(grad_sq_norm: f64, eps: f64) -> bool {
     grad_sq_norm.sqrt() < eps
 }
 
+/// The first pass of KOALA-V and KOALA-M: ‖g‖², ‖h‖² (h = g + wd·θ) and ‖θ‖² of
+/// one tensor, or None when the skip rule (spec §5.4) leaves it untouched.
+pub(crate) fn norms_unless_skipped(
+    partials: &mut [Sums],
+    p: &[f32],
+    g: &[f32],
+    wd: f64,
+    skip_eps: f64,
+) -> Option<(f64, f64)> {
+    let wd32 = wd as f32;
+    let [gg, hh, tt, ..] = par_chunk_sums(partials, p.len(), |rg| {
+        crate::simd::norm_sums(&g[rg.clone()], &p[rg], wd32)
+    });
+    (!below_skip_threshold(gg, skip_eps)).then_some((hh, tt))
+}
+
 /// Defines `fn $name(args) -> ret { body }` so that, on x86-64 CPUs with AVX2, the body
 /// runs compiled for AVX2 (8-wide f32 / 4-wide f64 vectors instead of SSE2's 4/2).
 ///

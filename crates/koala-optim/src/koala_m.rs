@@ -10,13 +10,11 @@ use rayon::prelude::*;
 use crate::config::{KoalaMConfig, OptimizerConfig};
 use crate::error::OptimError;
 use crate::kernels::{
-    below_skip_threshold, fold_partials, lane_sums2, par_chunk_sums, simd_kernel, update_noise,
-    Sums, CHUNK,
+    fold_partials, lane_sums2, norms_unless_skipped, simd_kernel, update_noise, Sums, CHUNK,
 };
 use crate::optimizer::{
     check_params, check_step_inputs, summarize, Optimizer, StepContext, StepReport,
 };
-use crate::simd::norm_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
 const R: usize = 0;
@@ -195,20 +193,18 @@ impl KoalaM {
         r: f64,
         ctx: &StepContext,
     ) -> TensorReport {
-        let n = t.numel();
-        let wd = self.cfg.weight_decay as f32;
-        let [gg, hh, tt, ..] = {
-            let p = &*p;
-            par_chunk_sums(&mut t.partials, n, |rg| {
-                norm_sums(&g[rg.clone()], &p[rg], wd)
-            })
-        };
-        if below_skip_threshold(gg, self.cfg.skip_eps) {
+        let Some((hh, tt)) = norms_unless_skipped(
+            &mut t.partials,
+            p,
+            g,
+            self.cfg.weight_decay,
+            self.cfg.skip_eps,
+        ) else {
             return TensorReport {
                 skipped: true,
                 ..TensorReport::default()
             };
-        }
+        };
         let s = hh * p00 + r;
         let layer_loss = ctx.loss + 0.5 * self.cfg.weight_decay * tt;
         let k1 = (p00 / s * layer_loss * ctx.lr) as f32;
@@ -223,7 +219,9 @@ impl KoalaM {
             g.par_chunks(CHUNK),
         )
             .into_par_iter()
-            .for_each(|(p, u, wavg, g)| gain_update(p, u, wavg, g, [k1, k2, wd]));
+            .for_each(|(p, u, wavg, g)| {
+                gain_update(p, u, wavg, g, [k1, k2, self.cfg.weight_decay as f32])
+            });
         t.aux = hh / s;
         TensorReport {
             skipped: false,

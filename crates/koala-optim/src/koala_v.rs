@@ -5,11 +5,10 @@ use rayon::prelude::*;
 
 use crate::config::{KoalaVConfig, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::{below_skip_threshold, par_chunk_sums, simd_kernel, update_noise, CHUNK};
+use crate::kernels::{norms_unless_skipped, simd_kernel, update_noise, CHUNK};
 use crate::optimizer::{
     check_params, check_step_inputs, summarize, Optimizer, StepContext, StepReport,
 };
-use crate::simd::norm_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
 const R: usize = 0;
@@ -122,20 +121,18 @@ impl KoalaV {
         r: f64,
         ctx: &StepContext,
     ) -> TensorReport {
-        let n = t.numel();
-        let wd = self.cfg.weight_decay as f32;
-        let [gg, hh, tt, ..] = {
-            let p = &*p;
-            par_chunk_sums(&mut t.partials, n, |rg| {
-                norm_sums(&g[rg.clone()], &p[rg], wd)
-            })
-        };
-        if below_skip_threshold(gg, self.cfg.skip_eps) {
+        let Some((hh, tt)) = norms_unless_skipped(
+            &mut t.partials,
+            p,
+            g,
+            self.cfg.weight_decay,
+            self.cfg.skip_eps,
+        ) else {
             return TensorReport {
                 skipped: true,
                 ..TensorReport::default()
             };
-        }
+        };
         let s_t = s * hh + r;
         let layer_loss = ctx.loss + 0.5 * self.cfg.weight_decay * tt;
         let scale = (ctx.lr * layer_loss * s / s_t) as f32;
