@@ -172,7 +172,7 @@ fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
                 problems.push(Problem {
                     severity: Severity::Note,
                     message: format!("input '{}' has a dynamic dimension on axis {axis}", i.name),
-                    suggestion: "it is fixed from the data (image size / sequence length) when the training graph is built; pass --image-size to choose it".into(),
+                    suggestion: "nothing to do now: it is fixed from the data when the training graph is built (for images: --image-size)".into(),
                 });
             }
         }
