@@ -9,11 +9,9 @@ use rayon::prelude::*;
 
 use crate::config::{KoalaMConfig, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::{
-    fold_partials, lane_sums2, norms_unless_skipped, simd_kernel, update_noise, Sums, CHUNK,
-};
+use crate::kernels::{fold_partials, lane_sums2, norms_unless_skipped, simd_kernel, Sums, CHUNK};
 use crate::optimizer::{
-    check_params, check_step_inputs, summarize, Optimizer, StepContext, StepReport,
+    begin_koala_step, check_params, summarize, Optimizer, StepContext, StepReport,
 };
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -101,16 +99,16 @@ impl Optimizer for KoalaM {
         grads: &[Option<&[f32]>],
         ctx: &StepContext,
     ) -> Result<StepReport, OptimError> {
-        state.expect_layout(&LAYOUT)?;
-        check_step_inputs(state, params, grads)?;
-        update_noise(
-            &mut state.globals[R],
-            self.cfg.r,
-            self.cfg.alpha_r,
+        let r = begin_koala_step(
+            state,
+            &LAYOUT,
+            params,
+            grads,
+            R,
+            (self.cfg.r, self.cfg.alpha_r),
             ctx.loss_var,
-        );
-        let g = &state.globals;
-        let (r, p00, p10) = (g[R], g[P00], g[P10]);
+        )?;
+        let (p00, p10) = (state.globals[P00], state.globals[P10]);
         state
             .tensors
             .par_iter_mut()

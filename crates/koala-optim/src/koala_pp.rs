@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use crate::config::{KoalaPPConfig, KoalaPPPath, KoalaPPVariant, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, update_noise, CHUNK};
-use crate::optimizer::{check_step_inputs, summarize, Optimizer, StepContext, StepReport};
+use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, CHUNK};
+use crate::optimizer::{begin_koala_step, summarize, Optimizer, StepContext, StepReport};
 use crate::simd::koala_pp_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -90,16 +90,15 @@ impl Optimizer for KoalaPP {
         grads: &[Option<&[f32]>],
         ctx: &StepContext,
     ) -> Result<StepReport, OptimError> {
-        state.expect_layout(self.layout())?;
-        check_step_inputs(state, params, grads)?;
-        // R is global and updated once per call, before any tensor, even if all skip.
-        update_noise(
-            &mut state.globals[R],
-            self.cfg.r,
-            self.cfg.alpha_r,
+        let r = begin_koala_step(
+            state,
+            self.layout(),
+            params,
+            grads,
+            R,
+            (self.cfg.r, self.cfg.alpha_r),
             ctx.loss_var,
-        );
-        let r = state.globals[R];
+        )?;
         state
             .tensors
             .par_iter_mut()

@@ -5,9 +5,9 @@ use rayon::prelude::*;
 
 use crate::config::{KoalaVConfig, OptimizerConfig};
 use crate::error::OptimError;
-use crate::kernels::{norms_unless_skipped, simd_kernel, update_noise, CHUNK};
+use crate::kernels::{norms_unless_skipped, simd_kernel, CHUNK};
 use crate::optimizer::{
-    check_params, check_step_inputs, summarize, Optimizer, StepContext, StepReport,
+    begin_koala_step, check_params, summarize, Optimizer, StepContext, StepReport,
 };
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -72,15 +72,16 @@ impl Optimizer for KoalaV {
         grads: &[Option<&[f32]>],
         ctx: &StepContext,
     ) -> Result<StepReport, OptimError> {
-        state.expect_layout(&LAYOUT)?;
-        check_step_inputs(state, params, grads)?;
-        update_noise(
-            &mut state.globals[R],
-            self.cfg.r,
-            self.cfg.alpha_r,
+        let r = begin_koala_step(
+            state,
+            &LAYOUT,
+            params,
+            grads,
+            R,
+            (self.cfg.r, self.cfg.alpha_r),
             ctx.loss_var,
-        );
-        let (r, s) = (state.globals[R], state.globals[SIGMA]);
+        )?;
+        let s = state.globals[SIGMA];
         state
             .tensors
             .par_iter_mut()

@@ -4,7 +4,7 @@
 
 use crate::config::OptimizerConfig;
 use crate::error::OptimError;
-use crate::state::{OptimizerState, TensorReport, TensorSpec, TensorState};
+use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 use rayon::prelude::*;
 
 /// The scalars a training loop hands to every step.
@@ -155,6 +155,25 @@ pub(crate) fn step_each_tensor(
         });
     state.last_step = Some(step);
     Ok(summarize(state))
+}
+
+/// The start of every KOALA-family update: layout and input checks, then the
+/// measurement noise R in global slot `r_slot` (spec §2.3: fixed, or the EMA of
+/// V), once per call and before any tensor, even if every tensor is skipped.
+/// Returns the R to use in this step.
+pub(crate) fn begin_koala_step(
+    state: &mut OptimizerState,
+    layout: &'static StateLayout,
+    params: &[&mut [f32]],
+    grads: &[Option<&[f32]>],
+    r_slot: usize,
+    (fixed_r, alpha_r): (Option<f64>, f64),
+    loss_var: f64,
+) -> Result<f64, OptimError> {
+    state.expect_layout(layout)?;
+    check_step_inputs(state, params, grads)?;
+    crate::kernels::update_noise(&mut state.globals[r_slot], fixed_r, alpha_r, loss_var);
+    Ok(state.globals[r_slot])
 }
 
 /// Counts the per-tensor reports of the step just taken.
