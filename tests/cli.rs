@@ -565,31 +565,41 @@ fn resume_works_from_another_directory() {
     );
 }
 
+/// `koala finetune` on the tiny CNN and the shipped Fashion-MNIST subset at
+/// 16×16, followed by `extra` (owned strings: paths are built per test).
+fn tiny_finetune(extra: &[&str]) -> Vec<String> {
+    let (m, d) = (tiny_model(), fashion());
+    let base = [
+        "finetune",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--image-size",
+        "16",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// More classes in the data than model outputs: refused before training,
 /// naming the flag value that fixes it.
 #[test]
 fn too_few_outputs_for_the_data_names_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
-    assert_fails(
-        &[
-            "finetune",
-            "--model",
-            tiny_model().to_str().unwrap(),
-            "--data",
-            fashion().to_str().unwrap(),
-            "--num-classes",
-            "5",
-            "--image-size",
-            "16",
-            "--max-steps",
-            "1",
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-        ],
-        1,
-        "--num-classes 10",
-    );
+    let args = tiny_finetune(&[
+        "--num-classes",
+        "5",
+        "--max-steps",
+        "1",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]);
+    assert_fails(&refs(&args), 1, "--num-classes 10");
 }
 
 /// A run whose loss turns non-finite skips those steps with a warning and
@@ -598,14 +608,7 @@ fn too_few_outputs_for_the_data_names_the_flag() {
 fn non_finite_steps_are_skipped_then_the_run_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
-    let out = run(&[
-        "finetune",
-        "--model",
-        tiny_model().to_str().unwrap(),
-        "--data",
-        fashion().to_str().unwrap(),
-        "--image-size",
-        "16",
+    let args = tiny_finetune(&[
         "--batch-size",
         "8",
         "--limit-train",
@@ -623,6 +626,7 @@ fn non_finite_steps_are_skipped_then_the_run_stops() {
         "--run-dir",
         run_dir.to_str().unwrap(),
     ]);
+    let out = run(&refs(&args));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -639,26 +643,13 @@ fn non_finite_steps_are_skipped_then_the_run_stops() {
 /// Normalisation flags: three positive numbers, else a message naming the flag.
 #[test]
 fn normalisation_flags_are_validated() {
-    let (m, d) = (tiny_model(), fashion());
-    let base = [
-        "finetune",
-        "--model",
-        m.to_str().unwrap(),
-        "--data",
-        d.to_str().unwrap(),
-        "--image-size",
-        "16",
-    ];
-    let with = |extra: &[&'static str]| -> Vec<&str> {
-        base.iter().copied().chain(extra.iter().copied()).collect()
-    };
     assert_fails(
-        &with(&["--mean", "0.5,0.5"]),
+        &refs(&tiny_finetune(&["--mean", "0.5,0.5"])),
         1,
         "--mean takes 3 finite numbers",
     );
     assert_fails(
-        &with(&["--std", "0.5,0,0.5"]),
+        &refs(&tiny_finetune(&["--std", "0.5,0,0.5"])),
         1,
         "--std values must be positive",
     );
