@@ -31,12 +31,20 @@ fn main() {
         .map(|n| (format!("{n:.0e}"), single_tensor(*n)))
         .collect();
     workloads.push(("MobileNetV2".to_string(), mobilenet_v2()));
-    for (label, specs) in workloads {
-        row(&label, &specs);
+    let rows: Vec<serde_json::Value> = workloads
+        .iter()
+        .map(|(label, specs)| row(label, specs))
+        .collect();
+    // Machine-readable copy for `benches/pytorch/compare_optim.py`.
+    if let Ok(path) = std::env::var("KOALA_BENCH_JSON") {
+        let json = serde_json::json!({ "threads": threads, "rows": rows });
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap())
+            .unwrap_or_else(|e| panic!("writing KOALA_BENCH_JSON={path}: {e}"));
     }
 }
 
-fn row(label: &str, specs: &[koala::optim::TensorSpec]) {
+/// Prints one workload's markdown row and returns its numbers as JSON.
+fn row(label: &str, specs: &[koala::optim::TensorSpec]) -> serde_json::Value {
     let ms: Vec<f64> = optimizers()
         .iter()
         .map(|(_, config)| {
@@ -60,4 +68,12 @@ fn row(label: &str, specs: &[koala::optim::TensorSpec]) {
         ms[0] / ms[2],
         100.0 * fused_gbs / roofline
     );
+    let names: Vec<&str> = optimizers().iter().map(|(name, _)| *name).collect();
+    serde_json::json!({
+        "workload": label,
+        "params": n,
+        "tensors": specs.len(),
+        "step_ms": names.iter().zip(&ms).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "copy_gbs": roofline,
+    })
 }

@@ -29,7 +29,16 @@ fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
     t[reps / 2]
 }
 
-fn bench(name: &str, model: &str, shape: [usize; 4], classes: usize, threads: usize, reps: usize) {
+/// Runs one model: prints its markdown row and returns the same numbers as JSON
+/// (for `KOALA_BENCH_JSON`, read by `benches/pytorch/compare_step.py`).
+fn bench(
+    name: &str,
+    model: &str,
+    shape: [usize; 4],
+    classes: usize,
+    threads: usize,
+    reps: usize,
+) -> serde_json::Value {
     let model_path = root().join(model);
     let m = Model::load(&model_path).unwrap();
     let input = m.graph().input[0].name.clone();
@@ -54,6 +63,7 @@ fn bench(name: &str, model: &str, shape: [usize; 4], classes: usize, threads: us
         .unwrap();
     });
     let mut row = format!("| {name} | {} | {:.1} ms |", shape[0], 1e3 * t_fwd);
+    let mut step_ms = Vec::new();
     let variants = [
         (ConvWeightGrad::TransposedConv, false),
         (ConvWeightGrad::UnfoldDepthwise, false),
@@ -75,8 +85,21 @@ fn bench(name: &str, model: &str, shape: [usize; 4], classes: usize, threads: us
             .unwrap();
         let t = median(2, reps, || step.run().unwrap());
         row += &format!(" {:.1} ms ({:.2}×) |", 1e3 * t, t / t_fwd);
+        step_ms.push(1e3 * t);
     }
     println!("{row}");
+    serde_json::json!({
+        "model": name,
+        "batch": shape[0],
+        "input_shape": shape,
+        "threads": threads,
+        "forward_ms": 1e3 * t_fwd,
+        "step_ms": {
+            "default": step_ms[0],
+            "unfold_depthwise_dw": step_ms[1],
+            "batchnorm_kept": step_ms[2],
+        },
+    })
 }
 
 fn main() {
@@ -87,7 +110,7 @@ fn main() {
     println!("threads: {threads}; median of repeated runs; ratio = step / forward");
     println!("| model | batch | ORT forward | koala fwd+bwd (default: BN folded, transposed-conv dW) | BN folded, unfold depthwise dW | BN kept as a node, transposed-conv dW |");
     println!("|---|---|---|---|---|---|");
-    bench(
+    let tiny = bench(
         "tiny CNN 3×16×16",
         "tests/fixtures/reference/tiny_cnn/model.onnx",
         [16, 3, 16, 16],
@@ -95,7 +118,7 @@ fn main() {
         threads,
         50,
     );
-    bench(
+    let mobilenet = bench(
         "MobileNetV2 3×96×96",
         "models/mobilenet_v2/model.onnx",
         [16, 3, 96, 96],
@@ -103,4 +126,9 @@ fn main() {
         threads,
         10,
     );
+    if let Ok(path) = std::env::var("KOALA_BENCH_JSON") {
+        let json = serde_json::json!({ "tiny_cnn": tiny, "mobilenet_v2": mobilenet });
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap())
+            .unwrap_or_else(|e| panic!("writing KOALA_BENCH_JSON={path}: {e}"));
+    }
 }
