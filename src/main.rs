@@ -266,7 +266,7 @@ struct GradcheckArgs {
     #[arg(long)]
     threads: Option<usize>,
     /// Conv weight-gradient formulation.
-    #[arg(long, value_enum, default_value = "transposed-conv")]
+    #[arg(long, value_enum, default_value = "auto")]
     conv_weight_grad: ConvGradArg,
     /// Keep BatchNormalization nodes instead of folding them into the Conv weights.
     #[arg(long)]
@@ -275,6 +275,7 @@ struct GradcheckArgs {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ConvGradArg {
+    Auto,
     TransposedConv,
     UnfoldDepthwise,
 }
@@ -311,6 +312,7 @@ fn run(cli: Cli) -> Result<u8> {
                 threads: a.threads,
                 backward: koala::graph::BackwardOptions {
                     conv_weight_grad: match a.conv_weight_grad {
+                        ConvGradArg::Auto => koala::graph::ConvWeightGrad::Auto,
                         ConvGradArg::TransposedConv => koala::graph::ConvWeightGrad::TransposedConv,
                         ConvGradArg::UnfoldDepthwise => {
                             koala::graph::ConvWeightGrad::UnfoldDepthwise

@@ -58,6 +58,50 @@ fn conv_case(
 
 const TC: ConvWeightGrad = ConvWeightGrad::TransposedConv;
 const UNFOLD: ConvWeightGrad = ConvWeightGrad::UnfoldDepthwise;
+const AUTO: ConvWeightGrad = ConvWeightGrad::Auto;
+
+/// Dense convs with a small patch (Cin·taps ≤ 64) take the unfold + GEMM
+/// weight gradient under `Auto`: strides, asymmetric pads, dilations, a
+/// stride that drops the last rows, 1-D, and a 3-channel stem-like conv.
+#[test]
+fn conv_dense_unfold_weight_grad() {
+    conv_case(
+        40,
+        &[2, 2, 5, 5],
+        &[3, 2, 3, 3],
+        true,
+        vec![a_ints("pads", &[1, 1, 1, 1])],
+        AUTO,
+    );
+    let s2 = vec![a_ints("strides", &[2, 2]), a_ints("pads", &[0, 1, 1, 0])];
+    conv_case(41, &[2, 2, 6, 5], &[3, 2, 3, 3], true, s2, AUTO);
+    conv_case(
+        42,
+        &[2, 2, 6, 6],
+        &[2, 2, 3, 3],
+        true,
+        vec![a_ints("strides", &[2, 2])],
+        AUTO,
+    );
+    conv_case(
+        43,
+        &[2, 2, 7, 6],
+        &[2, 2, 3, 3],
+        true,
+        vec![a_ints("dilations", &[2, 2])],
+        AUTO,
+    );
+    conv_case(
+        44,
+        &[2, 3, 8],
+        &[4, 3, 3],
+        true,
+        vec![a_ints("pads", &[1, 2])],
+        AUTO,
+    );
+    let stem = vec![a_ints("strides", &[2, 2]), a_ints("pads", &[1, 1, 1, 1])];
+    conv_case(45, &[2, 3, 9, 9], &[4, 3, 3, 3], false, stem, AUTO);
+}
 
 #[test]
 fn conv_2d_pads_bias() {

@@ -75,11 +75,16 @@ pub type Rule = fn(&mut GradCtx, &RuleInput) -> Result<Vec<Option<String>>>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConvWeightGrad {
-    /// One Conv with input and output-gradient transposed (batch as channels).
+    /// The measured-fastest choice per conv on ORT's CPU kernels: dense convs
+    /// with a small patch (the stem conv, Cin·taps ≤ 64) as im2col + one
+    /// batched GEMM, all others as `TransposedConv`.
     #[default]
+    Auto,
+    /// One Conv with input and output-gradient transposed (batch as channels)
+    /// for every non-pointwise conv.
     TransposedConv,
-    /// Depthwise convs: shifted slices of the input times the output
-    /// gradient, summed per kernel tap. Other convs use `TransposedConv`.
+    /// `Auto`, and depthwise convs as shifted slices of the input times the
+    /// output gradient, summed per kernel tap.
     UnfoldDepthwise,
 }
 
