@@ -13,9 +13,17 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Median of `reps` timings (seconds) after `warmup` untimed runs.
-fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warmup {
+/// Untimed runs before measuring.
+const WARMUP: usize = 3;
+
+fn median_of(t: &mut [f64]) -> f64 {
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+/// Median of `reps` timings (seconds) after `WARMUP` untimed runs.
+fn median(reps: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..WARMUP {
         f();
     }
     let mut t: Vec<f64> = (0..reps)
@@ -25,8 +33,7 @@ fn median(warmup: usize, reps: usize, mut f: impl FnMut()) -> f64 {
             s.elapsed().as_secs_f64()
         })
         .collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[reps / 2]
+    median_of(&mut t)
 }
 
 /// Runs one model: prints its markdown row and returns the same numbers as JSON
@@ -55,7 +62,7 @@ fn bench(
     let mut logits = vec![0f32; shape[0] * classes];
     let out_name = fwd.outputs()[0].name.clone();
     let oshape = [shape[0], classes];
-    let t_fwd = median(2, reps, || {
+    let t_fwd = median(reps, || {
         fwd.run_into(
             &[(&input, TensorView::f32(&x, &shape))],
             &mut [(&out_name, TensorViewMut::f32(&mut logits, &oshape))],
@@ -70,21 +77,43 @@ fn bench(
         (ConvWeightGrad::UnfoldDepthwise, false),
         (ConvWeightGrad::Auto, true),
     ];
-    for (conv_weight_grad, keep_batchnorm) in variants {
-        let spec = TrainingSpec {
-            input_shapes: [(input.clone(), shape.to_vec())].into_iter().collect(),
-            backward: BackwardOptions {
-                conv_weight_grad,
-                keep_batchnorm,
-            },
-            probe_threads: threads,
-            ..TrainingSpec::default()
-        };
-        let g = koala::graph::build(&m, &spec).unwrap();
-        let mut step = TrainStep::new(g, Some(threads)).unwrap();
-        step.set_batch(&[Batch::F32(&x)], Batch::I64(&labels))
-            .unwrap();
-        let t = median(2, reps, || step.run().unwrap());
+    let mut steps: Vec<TrainStep> = variants
+        .iter()
+        .map(|&(conv_weight_grad, keep_batchnorm)| {
+            let spec = TrainingSpec {
+                input_shapes: [(input.clone(), shape.to_vec())].into_iter().collect(),
+                backward: BackwardOptions {
+                    conv_weight_grad,
+                    keep_batchnorm,
+                },
+                probe_threads: threads,
+                ..TrainingSpec::default()
+            };
+            let g = koala::graph::build(&m, &spec).unwrap();
+            let mut step = TrainStep::new(g, Some(threads)).unwrap();
+            step.set_batch(&[Batch::F32(&x)], Batch::I64(&labels))
+                .unwrap();
+            step
+        })
+        .collect();
+    // Two rounds over the variants, each a warm-up and a block of runs of one
+    // session (as in training, where one session runs repeatedly), so that
+    // slow phases of a VM with noisy neighbours and the order of the variants
+    // hit them alike.
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    for _round in 0..2 {
+        for (step, t) in steps.iter_mut().zip(&mut times) {
+            for i in 0..WARMUP + reps / 2 {
+                let s = Instant::now();
+                step.run().unwrap();
+                if i >= WARMUP {
+                    t.push(s.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+    for t in &mut times {
+        let t = median_of(t);
         row += &format!(" {:.1} ms ({:.2}×) |", 1e3 * t, t / t_fwd);
         step_ms.push(1e3 * t);
     }
@@ -126,7 +155,7 @@ fn main() {
         [16, 3, 96, 96],
         1000,
         threads,
-        10,
+        20,
     );
     if let Ok(path) = std::env::var("KOALA_BENCH_JSON") {
         let json = serde_json::json!({ "tiny_cnn": tiny, "mobilenet_v2": mobilenet });
