@@ -31,6 +31,13 @@ pub struct SessionOptions {
     /// ONNX Runtime's memory pattern planner (preallocates one arena per input shape); on by
     /// default. Turn it off when input shapes change from call to call.
     pub memory_pattern: bool,
+    /// Whether ORT's intra-op workers busy-wait for more work after a run (ORT's own
+    /// default). Off by default here: koala alternates ORT runs with Rust work on the same
+    /// cores (the optimizer step, image decoding), and spinning workers steal those cores.
+    /// Measured on the main job (2 cores, 40 steps): the optimizer's time inside the loop
+    /// fell from 0.33–0.36 s to 0.09–0.11 s and throughput rose 4–5 %, ORT's own time
+    /// unchanged.
+    pub spinning: bool,
 }
 
 impl Default for SessionOptions {
@@ -39,6 +46,7 @@ impl Default for SessionOptions {
             intra_threads: None,
             optimization: OptimizationLevel::All,
             memory_pattern: true,
+            spinning: false,
         }
     }
 }
@@ -73,7 +81,9 @@ impl SessionOptions {
             .with_optimization_level(level)
             .map_err(err("the optimization level"))?
             .with_memory_pattern(self.memory_pattern)
-            .map_err(err("the memory pattern option"))
+            .map_err(err("the memory pattern option"))?
+            .with_intra_op_spinning(self.spinning)
+            .map_err(err("the intra-op spinning option"))
     }
 }
 
