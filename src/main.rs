@@ -93,9 +93,9 @@ struct FinetuneArgs {
     /// Validation fraction held out when there is no evaluation data.
     #[arg(long)]
     val_fraction: Option<f64>,
-    /// Model input size (square).
+    /// Model input size: N (square, ImageNet recipe) or HxW (e.g. 48x192: exact resize, no augmentation).
     #[arg(long)]
-    image_size: Option<u32>,
+    image_size: Option<koala::train::config::ImageSize>,
     /// Per-channel normalisation mean, e.g. 0.5,0.5,0.5 (default: ImageNet's).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     mean: Option<Vec<f32>>,
@@ -218,9 +218,9 @@ struct EvalArgs {
     /// Data (folder, CSV, or IDX folder: its t10k split is used).
     #[arg(long)]
     data: PathBuf,
-    /// Model input size.
-    #[arg(long, default_value_t = 224)]
-    image_size: u32,
+    /// Model input size: N (square) or HxW (e.g. 48x192).
+    #[arg(long, default_value = "224")]
+    image_size: koala::train::config::ImageSize,
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,

@@ -654,3 +654,69 @@ fn normalisation_flags_are_validated() {
         "--std values must be positive",
     );
 }
+
+/// tiny_cnn with free height and width (it ends in a global average pool, so
+/// any size works) and without stored intermediate shapes.
+fn model_with_free_height_and_width(path: &Path) {
+    use koala::graph::proto::{dimension, type_proto};
+    let mut m = Model::load(&tiny_model()).unwrap();
+    let g = m.graph_mut();
+    g.value_info.clear();
+    let Some(type_proto::Value::TensorType(t)) = g.input[0].r#type.as_mut().unwrap().value.as_mut()
+    else {
+        panic!("tiny_cnn's input is a tensor")
+    };
+    let dims = &mut t.shape.as_mut().unwrap().dim;
+    dims[2].value = Some(dimension::Value::DimParam("height".into()));
+    dims[3].value = Some(dimension::Value::DimParam("width".into()));
+    koala::graph::model::write_atomic(path, &m.to_bytes()).unwrap();
+}
+
+/// `--image-size HxW` trains and evaluates at a non-square size (exact resize),
+/// records it in config.toml, and is refused with the model's size when the
+/// model's input is fixed to another one.
+#[test]
+fn non_square_image_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("free_hw.onnx");
+    model_with_free_height_and_width(&model);
+    let run_dir = tmp.path().join("run");
+    let mut args = vec!["finetune".to_string()];
+    args.extend(fast_flags(&run_dir));
+    let at = |args: &[String], flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;
+    let (mi, si) = (at(&args, "--model"), at(&args, "--image-size"));
+    args[mi] = model.display().to_string();
+    args[si] = "12x20".into();
+    args.extend(["--max-steps", "2", "--optimizer", "adamw"].map(String::from));
+    let out = run(&refs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(config.contains("image_size = \"12x20\""), "{config}");
+    let exported = run_dir.join("model.onnx");
+    let d = fashion();
+    let out = run(&[
+        "eval",
+        "--model",
+        exported.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--image-size",
+        "12x20",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("top-1"), "{}", text(&out.stdout));
+
+    // The shipped tiny_cnn is fixed to 16×16: the message names its size.
+    args[mi] = tiny_model().display().to_string();
+    let ri = at(&args, "--run-dir");
+    args[ri] = tmp.path().join("run2").display().to_string();
+    assert_fails(
+        &refs(&args),
+        1,
+        "takes 16×16 images but --image-size is 12x20; pass --image-size 16",
+    );
+    args[si] = "12y20".into();
+    assert_fails(&refs(&args), 2, "expected N or HxW");
+}

@@ -2,6 +2,7 @@
 //! file. The resolved configuration is written to the run directory
 //! (`config.toml`) so a run can be reproduced and resumed.
 
+pub use crate::image_size::ImageSize;
 use crate::schedule::ScheduleKind;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -47,8 +48,8 @@ pub struct TrainConfig {
     pub eval_data: Option<PathBuf>,
     /// Hold out this fraction of the training data for validation when there is no eval data.
     pub val_fraction: f64,
-    /// Square input size fed to the model.
-    pub image_size: u32,
+    /// Input size fed to the model: square (`96`) or `HxW` (`"48x192"`).
+    pub image_size: ImageSize,
     /// Random resized crop + horizontal flip during training.
     pub augment: bool,
     /// Per-channel normalisation mean (default: ImageNet's 0.485, 0.456, 0.406).
@@ -131,7 +132,7 @@ impl Default for TrainConfig {
             format: DataFormat::Auto,
             eval_data: None,
             val_fraction: 0.1,
-            image_size: 224,
+            image_size: ImageSize::square(224),
             augment: true,
             mean: None,
             std: None,
@@ -214,8 +215,11 @@ impl TrainConfig {
         {
             bail!("--std values must be positive");
         }
-        if self.image_size < 8 {
-            bail!("--image-size must be at least 8, got {}", self.image_size);
+        if self.image_size.height < 8 || self.image_size.width < 8 {
+            bail!(
+                "--image-size must be at least 8 pixels each way, got {}",
+                self.image_size
+            );
         }
         if self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
             bail!("--lr must be a positive number");

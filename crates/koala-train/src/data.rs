@@ -60,9 +60,22 @@ fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn Imag
     })
 }
 
-/// The preprocessing for a model input of `size`×`size` RGB, ImageNet-normalised.
+/// The preprocessing for an RGB model input, ImageNet-normalised unless
+/// `--mean`/`--std` say otherwise. Square sizes get the ImageNet recipe (resize
+/// the shorter side, center crop; random resized crop and flip for training).
+/// Other sizes (text lines, banners) are resized to exactly H×W, without
+/// augmentation: a crop or flip would cut or mirror what such models read.
 pub fn preprocess(cfg: &TrainConfig, train: bool) -> Preprocess {
-    let mut p = Preprocess::imagenet(cfg.image_size);
+    let size = cfg.image_size;
+    let mut p = if size.is_square() {
+        Preprocess::imagenet(size.height)
+    } else {
+        Preprocess {
+            mean: koala_data::IMAGENET_MEAN.to_vec(),
+            std: koala_data::IMAGENET_STD.to_vec(),
+            ..Preprocess::plain(size.height, size.width, 3)
+        }
+    };
     if let Some(m) = &cfg.mean {
         p.mean = m.clone();
     }

@@ -144,8 +144,8 @@ impl Run {
                 vec![
                     cfg.batch_size,
                     3,
-                    cfg.image_size as usize,
-                    cfg.image_size as usize,
+                    cfg.image_size.height as usize,
+                    cfg.image_size.width as usize,
                 ],
             )]
             .into_iter()
@@ -695,12 +695,14 @@ fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()>
     let dims = koala_graph::training::declared_dims(info);
     if dims.len() == 4 {
         if let (Some(h), Some(w)) = (dims[2], dims[3]) {
-            if (h, w) != (cfg.image_size as i64, cfg.image_size as i64) {
-                bail!(
-                    "model input '{input}' takes {h}×{w} images but --image-size is {}; pass --image-size {h}{}",
-                    cfg.image_size,
-                    if h != w { " (koala feeds square images; this model needs non-square input, which is not supported yet)" } else { "" }
-                );
+            let size = &cfg.image_size;
+            if (h, w) != (i64::from(size.height), i64::from(size.width)) {
+                let want = if h == w {
+                    h.to_string()
+                } else {
+                    format!("{h}x{w}")
+                };
+                bail!("model input '{input}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}");
             }
         }
     }

@@ -58,7 +58,7 @@ pub fn fast_config(data: &Path, run_dir: &Path) -> TrainConfig {
     TrainConfig {
         model: tiny_model(),
         data: data.to_path_buf(),
-        image_size: 16,
+        image_size: koala_train::config::ImageSize::square(16),
         batch_size: 4,
         val_fraction: 0.25,
         threads: Some(1),
