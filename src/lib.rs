@@ -87,6 +87,16 @@ pub fn summary_text(r: &train::RunSummary) -> String {
         r.export_max_diff,
         pct(r.export_eval.accuracy)
     );
+    let _ = match &r.export_tract {
+        Ok(d) => writeln!(
+            s,
+            "cross-checked with tract (a pure-Rust ONNX runtime): max |Δ| vs ONNX Runtime {d:.2e}"
+        ),
+        Err(e) => writeln!(
+            s,
+            "warning: tract (a pure-Rust ONNX runtime) could not run the exported file: {e}"
+        ),
+    };
     let _ = write!(
         s,
         "run directory {} (config.toml, metrics.jsonl, curves.png, checkpoints/)",

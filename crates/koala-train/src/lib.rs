@@ -12,6 +12,7 @@ pub mod optim_setup;
 pub mod plot;
 pub mod progress;
 pub mod schedule;
+pub mod tract_check;
 pub mod trainer;
 
 pub use config::TrainConfig;

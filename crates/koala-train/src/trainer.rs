@@ -53,6 +53,11 @@ pub struct RunSummary {
     pub export_max_diff: f64,
     /// Evaluation of the exported file, loaded by ORT on its own.
     pub export_eval: EvalResult,
+    /// The same batch through tract (a pure-Rust runtime independent of ORT):
+    /// the largest |difference| from ORT's outputs on the exported file, or why
+    /// tract could not run it (a warning, not a failure: tract does not
+    /// implement every ONNX operator).
+    pub export_tract: std::result::Result<f64, String>,
 }
 
 /// One optimizer group: which tensors, the optimizer and its state.
@@ -478,7 +483,7 @@ impl Run {
             None => self.evaluate()?,
         };
         self.plot();
-        let (export, export_max_diff, export_eval) = self.export()?;
+        let (export, export_max_diff, export_tract, export_eval) = self.export()?;
         Ok(RunSummary {
             run_dir: cfg.run_dir.clone(),
             before,
@@ -492,6 +497,7 @@ impl Run {
             time_data_wait,
             export,
             export_max_diff,
+            export_tract,
             export_eval,
         })
     }
@@ -530,25 +536,27 @@ impl Run {
 
     /// Writes the updated ONNX, reloads it in ORT, compares it with the
     /// training graph's forward on one batch and evaluates it.
-    fn export(&mut self) -> Result<(PathBuf, f64, EvalResult)> {
+    fn export(&mut self) -> Result<(PathBuf, f64, std::result::Result<f64, String>, EvalResult)> {
         let path = self.cfg.export_path();
         let pairs = self.weight_pairs();
         let updated = koala_graph::export::with_weights(&self.model, pairs)?;
         koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
         let input = eval::data_input(&self.model)?;
-        let diff = verify_export(&path, &input, &mut self.step, &self.data, self.cfg.threads)?;
+        let (diff, tract) =
+            verify_export(&path, &input, &mut self.step, &self.data, self.cfg.threads)?;
         let opts = koala_runtime::SessionOptions {
             intra_threads: self.cfg.threads,
             ..Default::default()
         };
         let mut s = koala_runtime::Session::from_file(&path, &opts)?;
         let r = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
-        Ok((path, diff, r))
+        Ok((path, diff, tract, r))
     }
 }
 
-/// Largest |difference| between the exported file's output and the training
-/// graph's model output on the first evaluation batch.
+/// Largest |difference| between the exported file's output (ORT) and the
+/// training graph's model output on the first evaluation batch, and between
+/// tract's and ORT's outputs on the exported file (or why tract failed).
 ///
 /// The training graph has a fixed batch size; an evaluation batch that is
 /// shorter (a small split, unreadable samples) is filled up by repeating its
@@ -560,7 +568,7 @@ fn verify_export(
     step: &mut TrainStep,
     data: &Datasets,
     threads: Option<usize>,
-) -> Result<f64> {
+) -> Result<(f64, std::result::Result<f64, String>)> {
     let b = step.graph().label_shape[0];
     let mut it = data.eval.iter(Cursor::new(0, 0), 1);
     let batch = it
@@ -592,11 +600,10 @@ fn verify_export(
         bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
     }
     let ours = &step.model_output()[..n * per_row];
-    Ok(exported
-        .iter()
-        .zip(ours)
-        .map(|(a, b)| (a - b).abs() as f64)
-        .fold(0.0, f64::max))
+    let tract = crate::tract_check::first_output(path, &batch.shape, &batch.images)
+        .map(|t| crate::tract_check::max_abs_diff(&t, exported))
+        .map_err(|e| format!("{e:#}"));
+    Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
 }
 
 fn make_groups(

@@ -93,6 +93,17 @@ fn exported_model_round_trips() {
         "exported vs training-graph logits: max |Δ| {:e}",
         s.export_max_diff
     );
+    // A second, independent runtime (tract, pure Rust) runs the exported file
+    // and agrees with ORT to the same rounding bound: the export is plain ONNX,
+    // not something only ORT accepts. (The check itself fails loudly: a wrong
+    // weight moves logits by ~1e-2.)
+    match &s.export_tract {
+        Ok(d) => assert!(
+            *d <= 1e-5,
+            "tract vs ORT on the exported file: max |Δ| {d:e}"
+        ),
+        Err(e) => panic!("tract could not run the exported tiny CNN: {e}"),
+    }
     assert_eq!(
         std::fs::read(&input_path).unwrap(),
         input_bytes,
