@@ -655,21 +655,64 @@ fn normalisation_flags_are_validated() {
     );
 }
 
-/// tiny_cnn with free height and width (it ends in a global average pool, so
-/// any size works) and without stored intermediate shapes.
-fn model_with_free_height_and_width(path: &Path) {
-    use koala::graph::proto::{dimension, type_proto};
+/// Writes tiny_cnn to `path` after `edit` changed the dimensions of its input
+/// and outputs (stored intermediate shapes are dropped: they would pin the
+/// old ones).
+fn tiny_cnn_with_dims(path: &Path, edit: impl Fn(usize, &mut [koala::graph::proto::Dimension])) {
+    use koala::graph::proto::type_proto;
     let mut m = Model::load(&tiny_model()).unwrap();
     let g = m.graph_mut();
     g.value_info.clear();
-    let Some(type_proto::Value::TensorType(t)) = g.input[0].r#type.as_mut().unwrap().value.as_mut()
-    else {
-        panic!("tiny_cnn's input is a tensor")
-    };
-    let dims = &mut t.shape.as_mut().unwrap().dim;
-    dims[2].value = Some(dimension::Value::DimParam("height".into()));
-    dims[3].value = Some(dimension::Value::DimParam("width".into()));
+    for (k, v) in g.input.iter_mut().chain(g.output.iter_mut()).enumerate() {
+        if let Some(type_proto::Value::TensorType(t)) = v.r#type.as_mut().unwrap().value.as_mut() {
+            edit(k, &mut t.shape.as_mut().unwrap().dim);
+        }
+    }
     koala::graph::model::write_atomic(path, &m.to_bytes()).unwrap();
+}
+
+/// tiny_cnn exported with a fixed batch size of 1 (common for ONNX files).
+fn model_with_batch_of_one(path: &Path) {
+    use koala::graph::proto::dimension::Value;
+    tiny_cnn_with_dims(path, |_, dims| dims[0].value = Some(Value::DimValue(1)));
+}
+
+/// A fixed batch of one: larger batches are refused with the flags that work,
+/// and those flags (batch 1, accumulated) train, export and verify.
+#[test]
+fn fixed_batch_of_one_trains_with_accumulation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("batch1.onnx");
+    model_with_batch_of_one(&model);
+    let mut args = vec!["finetune".to_string()];
+    args.extend(fast_flags(&tmp.path().join("run")));
+    let at = |args: &[String], flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;
+    let mi = at(&args, "--model");
+    args[mi] = model.display().to_string();
+    args.extend(["--max-steps", "2"].map(String::from));
+    assert_fails(&refs(&args), 1, "fixed batch size of 1 but koala was asked for batches of 8; pass --batch-size 1 (with --accumulate N");
+    let bi = at(&args, "--batch-size");
+    args[bi] = "1".into();
+    args.extend(["--accumulate", "4"].map(String::from));
+    let out = run(&refs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("reloaded by ONNX Runtime"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// tiny_cnn with free height and width (it ends in a global average pool, so
+/// any size works).
+fn model_with_free_height_and_width(path: &Path) {
+    use koala::graph::proto::dimension::Value;
+    tiny_cnn_with_dims(path, |k, dims| {
+        if k == 0 {
+            dims[2].value = Some(Value::DimParam("height".into()));
+            dims[3].value = Some(Value::DimParam("width".into()));
+        }
+    });
 }
 
 /// `--image-size HxW` trains and evaluates at a non-square size (exact resize),

@@ -287,6 +287,11 @@ fn data_inputs(model: &Model, shapes: &InputShapes) -> Result<Vec<(String, Vec<u
         }
         for (k, (d, &s)) in declared.iter().zip(shape).enumerate() {
             if let Some(d) = d {
+                if *d as usize != s && k == 0 {
+                    // Models exported with a fixed batch (often 1) still
+                    // train: batches of that size, accumulated.
+                    bail!("model input '{}' has a fixed batch size of {d} but koala was asked for batches of {s}; pass --batch-size {d} (with --accumulate N for an effective batch of {d}·N), or re-export the model with a dynamic batch axis (torch.onnx.export(..., dynamic_axes={{'{}': {{0: 'batch'}}}}))", i.name, i.name);
+                }
                 if *d as usize != s {
                     bail!("model input '{}' has size {d} on axis {k} but the data has {s} (shape {:?}); resize the data to the model's input", i.name, shape);
                 }
