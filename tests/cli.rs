@@ -655,6 +655,25 @@ fn normalisation_flags_are_validated() {
     );
 }
 
+/// `koala eval` of `model` on the Fashion-MNIST subset at `image_size`, which
+/// must succeed; its standard output.
+fn eval_ok(model: &Path, image_size: &str) -> String {
+    let d = fashion();
+    let out = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--image-size",
+        image_size,
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 /// Writes tiny_cnn to `path` after `edit` changed the dimensions of its input
 /// and outputs (stored intermediate shapes are dropped: they would pin the
 /// old ones).
@@ -701,6 +720,9 @@ fn fixed_batch_of_one_trains_with_accumulation() {
         "{}",
         text(&out.stdout)
     );
+    // `eval` feeds such a model in pieces of its batch size: same numbers as
+    // the same weights with a free batch axis, fed whole batches (default 64).
+    assert_eq!(eval_ok(&model, "16"), eval_ok(&tiny_model(), "16"));
 }
 
 /// tiny_cnn with free height and width (it ends in a global average pool, so
@@ -736,20 +758,8 @@ fn non_square_image_size() {
     let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(config.contains("image_size = \"12x20\""), "{config}");
     let exported = run_dir.join("model.onnx");
-    let d = fashion();
-    let out = run(&[
-        "eval",
-        "--model",
-        exported.to_str().unwrap(),
-        "--data",
-        d.to_str().unwrap(),
-        "--image-size",
-        "12x20",
-        "--threads",
-        "1",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("top-1"), "{}", text(&out.stdout));
+    let out = eval_ok(&exported, "12x20");
+    assert!(out.contains("top-1"), "{out}");
 
     // The shipped tiny_cnn is fixed to 16×16: the message names its size.
     args[mi] = tiny_model().display().to_string();

@@ -52,22 +52,45 @@ pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
 
 /// Evaluates an ORT session of the inference model on every batch of `loader`.
 pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> Result<EvalResult> {
+    let fixed_batch = fixed_batch_size(session, input);
     let (mut loss, mut correct, mut n) = (0.0, 0usize, 0usize);
     let mut it = loader.iter(Cursor::new(0, 0), 1);
     while let Some(batch) = it.next() {
-        let shape = batch.shape;
-        let out = session.run(&[(input, TensorView::f32(&batch.images, &shape))])?;
-        let logits = out[0].as_f32().context("the model output is not float32")?;
-        let classes = logits.len() / shape[0].max(1);
-        for (i, &y) in batch.labels.iter().enumerate() {
-            if y < 0 || y as usize >= classes {
-                bail!("label {y} is out of range for a model with {classes} outputs; pass --num-classes to replace the head");
+        let rows = batch.shape[0];
+        let per = batch.images.len() / rows.max(1);
+        // A model exported with a fixed batch size gets the batch in pieces of
+        // that size (the last one filled up by repeating its final row, which
+        // is not scored).
+        let piece = fixed_batch.unwrap_or(rows).max(1);
+        for start in (0..rows).step_by(piece) {
+            let real = piece.min(rows - start);
+            let images: std::borrow::Cow<[f32]> = if piece == rows {
+                (&batch.images[..]).into()
+            } else {
+                (0..piece)
+                    .flat_map(|i| {
+                        let r = start + i.min(real - 1);
+                        &batch.images[r * per..(r + 1) * per]
+                    })
+                    .copied()
+                    .collect::<Vec<f32>>()
+                    .into()
+            };
+            let mut shape = batch.shape;
+            shape[0] = piece;
+            let out = session.run(&[(input, TensorView::f32(&images, &shape))])?;
+            let logits = out[0].as_f32().context("the model output is not float32")?;
+            let classes = logits.len() / piece;
+            for (i, &y) in batch.labels[start..start + real].iter().enumerate() {
+                if y < 0 || y as usize >= classes {
+                    bail!("label {y} is out of range for a model with {classes} outputs; pass --num-classes to replace the head");
+                }
+                let (l, ok) = score_row(&logits[i * classes..(i + 1) * classes], y);
+                loss += l;
+                correct += ok as usize;
             }
-            let (l, ok) = score_row(&logits[i * classes..(i + 1) * classes], y);
-            loss += l;
-            correct += ok as usize;
         }
-        n += shape[0];
+        n += rows;
         it.recycle(batch);
     }
     if n == 0 {
@@ -78,6 +101,15 @@ pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> 
         accuracy: correct as f64 / n as f64,
         samples: n,
     })
+}
+
+/// The batch size the model's data input is fixed to, if it is.
+fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
+    let info = session.inputs().iter().find(|i| i.name == input)?;
+    match info.dims.first() {
+        Some(koala_runtime::Dim::Fixed(d)) => Some(*d),
+        _ => None,
+    }
 }
 
 /// Evaluates `model` with `weights` written into it.
