@@ -703,6 +703,15 @@ fn fixed_batch_of_one_trains_with_accumulation() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("batch1.onnx");
     model_with_batch_of_one(&model);
+    // `check` accepts it and says how to train it.
+    let out = run(&["check", model.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("fixed batch size of 1")
+            && text(&out.stdout).contains("--accumulate"),
+        "{}",
+        text(&out.stdout)
+    );
     let mut args = vec!["finetune".to_string()];
     args.extend(fast_flags(&tmp.path().join("run")));
     let at = |args: &[String], flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;

@@ -167,7 +167,15 @@ fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
         .iter()
         .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
     {
-        for (axis, d) in declared_dims(i).iter().enumerate().skip(1) {
+        let dims = declared_dims(i);
+        if let Some(Some(b)) = dims.first() {
+            problems.push(Problem {
+                severity: Severity::Note,
+                message: format!("input '{}' has a fixed batch size of {b}", i.name),
+                suggestion: format!("train with --batch-size {b} and --accumulate N for an effective batch of {b}·N, or re-export the model with a dynamic batch axis"),
+            });
+        }
+        for (axis, d) in dims.iter().enumerate().skip(1) {
             if d.is_none() {
                 problems.push(Problem {
                     severity: Severity::Note,
