@@ -11,7 +11,7 @@ use crate::config::{KoalaMConfig, OptimizerConfig};
 use crate::error::OptimError;
 use crate::kernels::{fold_partials, lane_sums2, norms_unless_skipped, simd_kernel, Sums, CHUNK};
 use crate::optimizer::{
-    begin_koala_step, check_params, summarize, Optimizer, StepContext, StepReport,
+    begin_koala_step, check_params, summarize, update_tensors, Optimizer, StepContext, StepReport,
 };
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -109,20 +109,9 @@ impl Optimizer for KoalaM {
             ctx.loss_var,
         )?;
         let (p00, p10) = (state.globals[P00], state.globals[P10]);
-        state
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter_mut())
-            .zip(grads.par_iter())
-            .for_each(|((t, p), g)| {
-                t.report = match g {
-                    Some(g) => self.update_tensor(t, p, g, (p00, p10), r, ctx),
-                    None => TensorReport {
-                        skipped: true,
-                        ..TensorReport::default()
-                    },
-                }
-            });
+        update_tensors(state, params, grads, |t, p, g| {
+            self.update_tensor(t, p, g, (p00, p10), r, ctx)
+        });
         // P ← P − hh·P[:,0]P[:,0]ᵀ with hh = max ‖h‖²/S. Its first column is P[:,0]·R/S of
         // the maximising tensor exactly (1 − hh·P00 = R/S): that stable form avoids the
         // cancellation seen with KOALA-V (spec §3). Unchanged if every tensor was skipped.
@@ -198,10 +187,7 @@ impl KoalaM {
             self.cfg.weight_decay,
             self.cfg.skip_eps,
         ) else {
-            return TensorReport {
-                skipped: true,
-                ..TensorReport::default()
-            };
+            return TensorReport::skipped();
         };
         let s = hh * p00 + r;
         let layer_loss = ctx.loss + 0.5 * self.cfg.weight_decay * tt;

@@ -14,7 +14,9 @@ use rayon::prelude::*;
 use crate::config::{KoalaPPConfig, KoalaPPPath, KoalaPPVariant, OptimizerConfig};
 use crate::error::OptimError;
 use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, CHUNK};
-use crate::optimizer::{begin_koala_step, summarize, Optimizer, StepContext, StepReport};
+use crate::optimizer::{
+    begin_koala_step, summarize, update_tensors, Optimizer, StepContext, StepReport,
+};
 use crate::simd::koala_pp_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -99,29 +101,12 @@ impl Optimizer for KoalaPP {
             (self.cfg.r, self.cfg.alpha_r),
             ctx.loss_var,
         )?;
-        state
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter_mut())
-            .zip(grads.par_iter())
-            .for_each(|((t, p), g)| {
-                t.report = match g {
-                    None => skipped(),
-                    Some(g) => match self.cfg.path {
-                        KoalaPPPath::Fused => self.fused_tensor(t, p, g, r, ctx),
-                        KoalaPPPath::Literal => self.literal_tensor(t, p, g, r, ctx),
-                    },
-                }
-            });
+        update_tensors(state, params, grads, |t, p, g| match self.cfg.path {
+            KoalaPPPath::Fused => self.fused_tensor(t, p, g, r, ctx),
+            KoalaPPPath::Literal => self.literal_tensor(t, p, g, r, ctx),
+        });
         state.last_step = Some(ctx.step);
         Ok(summarize(state))
-    }
-}
-
-fn skipped() -> TensorReport {
-    TensorReport {
-        skipped: true,
-        ..TensorReport::default()
     }
 }
 
@@ -247,7 +232,7 @@ impl KoalaPP {
         };
         let [a, b, c, tt, gg] = sums;
         if below_skip_threshold(gg, self.cfg.skip_eps) {
-            return skipped();
+            return TensorReport::skipped();
         }
         let prev = t.initialized.then(|| Prev {
             s: t.scalars[S],
@@ -294,7 +279,7 @@ impl KoalaPP {
         ctx: &StepContext,
     ) -> TensorReport {
         if below_skip_threshold(dot(g, g), self.cfg.skip_eps) {
-            return skipped();
+            return TensorReport::skipped();
         }
         let (q, wd) = (self.cfg.q, self.cfg.weight_decay);
         let (qf, wdf) = (q as f32, wd as f32);

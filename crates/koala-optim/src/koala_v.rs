@@ -7,7 +7,7 @@ use crate::config::{KoalaVConfig, OptimizerConfig};
 use crate::error::OptimError;
 use crate::kernels::{norms_unless_skipped, simd_kernel, CHUNK};
 use crate::optimizer::{
-    begin_koala_step, check_params, summarize, Optimizer, StepContext, StepReport,
+    begin_koala_step, check_params, summarize, update_tensors, Optimizer, StepContext, StepReport,
 };
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
 
@@ -82,20 +82,9 @@ impl Optimizer for KoalaV {
             ctx.loss_var,
         )?;
         let s = state.globals[SIGMA];
-        state
-            .tensors
-            .par_iter_mut()
-            .zip(params.par_iter_mut())
-            .zip(grads.par_iter())
-            .for_each(|((t, p), g)| {
-                t.report = match g {
-                    Some(g) => self.update_tensor(t, p, g, s, r, ctx),
-                    None => TensorReport {
-                        skipped: true,
-                        ..TensorReport::default()
-                    },
-                }
-            });
+        update_tensors(state, params, grads, |t, p, g| {
+            self.update_tensor(t, p, g, s, r, ctx)
+        });
         // The largest ‖h‖²/s_t belongs to the largest s_t (x/(s·x+R) increases with x), and
         // s − s²·hh = s·R/s_t(max): that form avoids f32-level cancellation (spec §3).
         // If every tensor was skipped s is left as is (the reference raises instead).
@@ -129,10 +118,7 @@ impl KoalaV {
             self.cfg.weight_decay,
             self.cfg.skip_eps,
         ) else {
-            return TensorReport {
-                skipped: true,
-                ..TensorReport::default()
-            };
+            return TensorReport::skipped();
         };
         let s_t = s * hh + r;
         let layer_loss = ctx.loss + 0.5 * self.cfg.weight_decay * tt;

@@ -139,22 +139,34 @@ pub(crate) fn step_each_tensor(
     update: impl Fn(&mut TensorState, &mut [f32], &[f32]) + Sync + Send,
 ) -> Result<StepReport, OptimError> {
     check_step_inputs(state, params, grads)?;
+    update_tensors(state, params, grads, |t, p, g| {
+        update(t, p, g);
+        TensorReport::default()
+    });
+    state.last_step = Some(step);
+    Ok(summarize(state))
+}
+
+/// Runs `update` on every tensor that has a gradient, tensors in parallel, and
+/// stores the report it returns; tensors without a gradient are reported as
+/// skipped. The per-tensor loop of every optimizer.
+pub(crate) fn update_tensors(
+    state: &mut OptimizerState,
+    params: &mut [&mut [f32]],
+    grads: &[Option<&[f32]>],
+    update: impl Fn(&mut TensorState, &mut [f32], &[f32]) -> TensorReport + Sync + Send,
+) {
     state
         .tensors
         .par_iter_mut()
         .zip(params.par_iter_mut())
         .zip(grads.par_iter())
         .for_each(|((t, p), g)| {
-            t.report = TensorReport {
-                skipped: g.is_none(),
-                ..TensorReport::default()
-            };
-            if let Some(g) = g {
-                update(t, p, g);
+            t.report = match g {
+                Some(g) => update(t, p, g),
+                None => TensorReport::skipped(),
             }
         });
-    state.last_step = Some(step);
-    Ok(summarize(state))
 }
 
 /// The start of every KOALA-family update: layout and input checks, then the

@@ -57,6 +57,16 @@ pub struct TensorReport {
     pub guard_hit: bool,
 }
 
+impl TensorReport {
+    /// The report of a tensor left untouched in this step.
+    pub(crate) fn skipped() -> Self {
+        TensorReport {
+            skipped: true,
+            ..TensorReport::default()
+        }
+    }
+}
+
 /// State of one tensor.
 #[derive(Debug)]
 pub(crate) struct TensorState {
