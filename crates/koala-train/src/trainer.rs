@@ -298,11 +298,7 @@ impl Run {
                 let mut rest: Vec<Option<&mut [f32]>> =
                     self.step.params_mut().into_iter().map(Some).collect();
                 for g in &mut self.groups {
-                    let mut params: Vec<&mut [f32]> = g
-                        .members
-                        .iter()
-                        .map(|&m| rest[m].take().expect("groups are disjoint"))
-                        .collect();
+                    let mut params = take_members(&mut rest, &g.members);
                     g.opt.predict(&mut g.state, &mut params)?;
                 }
             }
@@ -397,11 +393,7 @@ impl Run {
                 let (params, in_place) = self.step.params_and_grads();
                 let mut rest: Vec<Option<&mut [f32]>> = params.into_iter().map(Some).collect();
                 for g in &mut self.groups {
-                    let mut params: Vec<&mut [f32]> = g
-                        .members
-                        .iter()
-                        .map(|&m| rest[m].take().expect("groups are disjoint"))
-                        .collect();
+                    let mut params = take_members(&mut rest, &g.members);
                     let grads: Vec<Option<&[f32]>> = g
                         .members
                         .iter()
@@ -604,6 +596,15 @@ fn verify_export(
         .map(|t| crate::tract_check::max_abs_diff(&t, exported))
         .map_err(|e| format!("{e:#}"));
     Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
+}
+
+/// The parameter buffers of one optimizer group, taken out of `rest` (all
+/// trainable tensors, in training-graph order; groups are disjoint).
+fn take_members<'a>(rest: &mut [Option<&'a mut [f32]>], members: &[usize]) -> Vec<&'a mut [f32]> {
+    members
+        .iter()
+        .map(|&m| rest[m].take().expect("groups are disjoint"))
+        .collect()
 }
 
 fn make_groups(
