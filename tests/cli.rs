@@ -581,6 +581,11 @@ fn tiny_finetune(extra: &[&str]) -> Vec<String> {
     base.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
+/// Where the value of `flag` sits in `args` (to change it in place).
+fn value_index(args: &[String], flag: &str) -> usize {
+    args.iter().position(|a| a == flag).unwrap() + 1
+}
+
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -714,12 +719,11 @@ fn fixed_batch_of_one_trains_with_accumulation() {
     );
     let mut args = vec!["finetune".to_string()];
     args.extend(fast_flags(&tmp.path().join("run")));
-    let at = |args: &[String], flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;
-    let mi = at(&args, "--model");
+    let mi = value_index(&args, "--model");
     args[mi] = model.display().to_string();
     args.extend(["--max-steps", "2"].map(String::from));
     assert_fails(&refs(&args), 1, "fixed batch size of 1 but koala was asked for batches of 8; pass --batch-size 1 (with --accumulate N");
-    let bi = at(&args, "--batch-size");
+    let bi = value_index(&args, "--batch-size");
     args[bi] = "1".into();
     args.extend(["--accumulate", "4"].map(String::from));
     let out = run(&refs(&args));
@@ -757,8 +761,10 @@ fn non_square_image_size() {
     let run_dir = tmp.path().join("run");
     let mut args = vec!["finetune".to_string()];
     args.extend(fast_flags(&run_dir));
-    let at = |args: &[String], flag: &str| args.iter().position(|a| a == flag).unwrap() + 1;
-    let (mi, si) = (at(&args, "--model"), at(&args, "--image-size"));
+    let (mi, si) = (
+        value_index(&args, "--model"),
+        value_index(&args, "--image-size"),
+    );
     args[mi] = model.display().to_string();
     args[si] = "12x20".into();
     args.extend(["--max-steps", "2", "--optimizer", "adamw"].map(String::from));
@@ -772,7 +778,7 @@ fn non_square_image_size() {
 
     // The shipped tiny_cnn is fixed to 16×16: the message names its size.
     args[mi] = tiny_model().display().to_string();
-    let ri = at(&args, "--run-dir");
+    let ri = value_index(&args, "--run-dir");
     args[ri] = tmp.path().join("run2").display().to_string();
     assert_fails(
         &refs(&args),
