@@ -534,13 +534,13 @@ impl Run {
         let updated = koala_graph::export::with_weights(&self.model, pairs)?;
         koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
         let input = eval::data_input(&self.model)?;
-        let (diff, tract) =
-            verify_export(&path, &input, &mut self.step, &self.data, self.cfg.threads)?;
+        // One ORT session of the written file serves the check and the evaluation.
         let opts = koala_runtime::SessionOptions {
             intra_threads: self.cfg.threads,
             ..Default::default()
         };
         let mut s = koala_runtime::Session::from_file(&path, &opts)?;
+        let (diff, tract) = verify_export(&path, &mut s, &input, &mut self.step, &self.data)?;
         let r = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
         Ok((path, diff, tract, r))
     }
@@ -556,10 +556,10 @@ impl Run {
 /// verified (rows are independent in an inference-mode classifier).
 fn verify_export(
     path: &Path,
+    exported_session: &mut koala_runtime::Session,
     input: &str,
     step: &mut TrainStep,
     data: &Datasets,
-    threads: Option<usize>,
 ) -> Result<(f64, std::result::Result<f64, String>)> {
     let b = step.graph().label_shape[0];
     let mut it = data.eval.iter(Cursor::new(0, 0), 1);
@@ -575,12 +575,7 @@ fn verify_export(
     let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
     step.set_batch(&[GBatch::F32(&images)], GBatch::I64(&labels))?;
     step.run()?;
-    let opts = koala_runtime::SessionOptions {
-        intra_threads: threads,
-        ..Default::default()
-    };
-    let mut s = koala_runtime::Session::from_file(path, &opts)?;
-    let out = s.run(&[(
+    let out = exported_session.run(&[(
         input,
         koala_runtime::TensorView::f32(&batch.images, &batch.shape),
     )])?;
