@@ -203,9 +203,18 @@ pub struct GradcheckOptions {
 /// Builds and runs the training graph of a case and compares it.
 pub fn run(dir: &Path, opts: &GradcheckOptions) -> Result<Report> {
     let case = Case::load(dir)?;
-    let loss = match case.loss_type.as_str() {
-        "softmax_cross_entropy_mean" => LossSpec::default(),
-        other => bail!("{}: loss type '{other}' is not supported by gradcheck yet (softmax_cross_entropy_mean is)", dir.display()),
+    let causal = match case.loss_type.as_str() {
+        "softmax_cross_entropy_mean" => false,
+        "causal_lm_cross_entropy_mean" => true,
+        other => bail!("{}: loss type '{other}' is not supported by gradcheck (softmax_cross_entropy_mean and causal_lm_cross_entropy_mean are)", dir.display()),
+    };
+    let loss = if causal {
+        LossSpec::CausalLm {
+            ignore_index: crate::loss::IGNORE_INDEX,
+            attention_mask: None,
+        }
+    } else {
+        LossSpec::default()
     };
     let model = Model::load(&dir.join("model.onnx"))?;
     let spec = TrainingSpec {
@@ -236,16 +245,46 @@ pub fn run(dir: &Path, opts: &GradcheckOptions) -> Result<Report> {
             })
         })
         .collect::<Result<_>>()?;
-    let labels = case
+    let targets = case
         .labels
         .i64
         .as_deref()
         .context("labels must be int64 for cross-entropy")?;
+    // koala's causal-LM head shifts inside the graph, so it takes labels
+    // aligned with input_ids; the case stores the shifted targets.
+    let labels = if causal {
+        causal_labels(&case, targets)?
+    } else {
+        targets.to_vec()
+    };
+    let labels = labels.as_slice();
     let mut step = TrainStep::new(graph, opts.threads)?;
     // The step starts from the model's weights.
     step.set_batch(&data, Batch::I64(labels))?;
     step.run()?;
     Ok(compare(&case, &step))
+}
+
+/// The unshifted labels of a causal-LM case: its `input_ids`, after checking
+/// that the case's targets are `input_ids[:, 1:]` (the standard shift).
+fn causal_labels(case: &Case, targets: &[i64]) -> Result<Vec<i64>> {
+    let ids = case
+        .inputs
+        .iter()
+        .find(|t| t.name == "input_ids")
+        .and_then(|t| t.i64.as_ref().map(|v| (t, v)))
+        .context("a causal-LM case needs an int64 input named 'input_ids'")?;
+    let (t, values) = ids;
+    let [b, len] = t.shape[..] else {
+        bail!("input_ids must be [batch, sequence], got {:?}", t.shape);
+    };
+    let shifted: Vec<i64> = (0..b)
+        .flat_map(|r| values[r * len + 1..(r + 1) * len].iter().copied())
+        .collect();
+    if shifted != targets {
+        bail!("the case's targets are not input_ids[:, 1:]; koala's causal-LM loss applies the standard shift itself");
+    }
+    Ok(values.clone())
 }
 
 fn l2(x: impl Iterator<Item = f64>) -> f64 {

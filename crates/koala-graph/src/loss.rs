@@ -27,6 +27,30 @@ pub enum LossSpec {
     },
     /// Mean squared error; labels are float targets shaped like the output.
     MeanSquaredError,
+    /// Next-token cross-entropy of a causal language model (the standard
+    /// shift, as Hugging Face's `*ForCausalLM` computes it): logits
+    /// `[B, T, V]`, labels `[B, T]` int64 aligned with `input_ids` (usually
+    /// equal to them); position `t` predicts `labels[:, t+1]`. Labels equal to
+    /// `ignore_index` (−100 by convention) do not count, nor do targets whose
+    /// `attention_mask` entry is 0 when the model has that input. The loss is
+    /// the mean over counted tokens; the per-sample loss is each sequence's
+    /// mean over its counted tokens.
+    CausalLm {
+        /// Labels equal to this are ignored (HF's −100).
+        #[serde(default = "default_ignore_index")]
+        ignore_index: i64,
+        /// Graph input holding the attention mask (`[B, T]`, 1 = real token),
+        /// if the model has one: targets at masked positions don't count.
+        #[serde(default)]
+        attention_mask: Option<String>,
+    },
+}
+
+/// Hugging Face's ignore index for labels.
+pub const IGNORE_INDEX: i64 = -100;
+
+fn default_ignore_index() -> i64 {
+    IGNORE_INDEX
 }
 
 impl Default for LossSpec {
@@ -50,7 +74,16 @@ pub struct LossHead {
     pub label_dtype: DataType,
     /// Shape of the label input.
     pub label_shape: Vec<usize>,
+    /// Extra scalar outputs `(output name, value)` that metrics read, e.g.
+    /// the number of counted and correctly predicted tokens of a language
+    /// model (cheap scalars instead of the B·T·V logits).
+    pub metrics: Vec<(&'static str, String)>,
 }
+
+/// Output name: number of tokens the causal-LM loss counted in the batch.
+pub const TOKEN_COUNT: &str = "token_count";
+/// Output name: number of counted tokens whose arg-max prediction is right.
+pub const TOKEN_CORRECT: &str = "token_correct";
 
 /// Appends the loss head on `output` with labels read from `labels`.
 pub fn append(ctx: &mut GradCtx, spec: &LossSpec, output: &str, labels: &str) -> Result<LossHead> {
@@ -61,7 +94,120 @@ pub fn append(ctx: &mut GradCtx, spec: &LossSpec, output: &str, labels: &str) ->
             ignore_index,
         } => softmax_cross_entropy(ctx, output, labels, *label_smoothing as f64, *ignore_index),
         LossSpec::MeanSquaredError => mean_squared_error(ctx, output, labels),
+        LossSpec::CausalLm {
+            ignore_index,
+            attention_mask,
+        } => causal_lm(
+            ctx,
+            output,
+            labels,
+            *ignore_index,
+            attention_mask.as_deref(),
+        ),
     }
+}
+
+/// `x[:, start..end]` along axis 1 (opset ≥ 10 form: bounds as inputs).
+fn slice_axis1(ctx: &mut GradCtx, x: &str, start: usize, end: usize) -> Result<String> {
+    let mut shape = ctx.shape(x)?;
+    let dt = ctx.dtype(x)?;
+    shape[1] = end - start;
+    let s = ctx.const_i64(&[start as i64]);
+    let e = ctx.const_i64(&[end as i64]);
+    let a = ctx.const_i64(&[1]);
+    Ok(ctx.emit_shaped("Slice", &[x, &s, &e, &a], vec![], dt, shape))
+}
+
+/// Causal-LM head: shifts inside the graph, then the softmax cross-entropy
+/// core over the `B·(T−1)` target positions. The seed is padded back to
+/// `[B, T, V]` with a zero row for the last position, which predicts nothing.
+fn causal_lm(
+    ctx: &mut GradCtx,
+    logits: &str,
+    labels: &str,
+    ignore: i64,
+    attention_mask: Option<&str>,
+) -> Result<LossHead> {
+    let shape = ctx.shape(logits)?;
+    let dt = ctx.dtype(logits)?;
+    let [b, t, v] = shape[..] else {
+        bail!("a causal-LM loss needs logits shaped [batch, sequence, vocabulary], got {shape:?} for '{logits}'");
+    };
+    if t < 2 {
+        bail!("a causal-LM loss needs sequences of at least 2 tokens (one to read, one to predict), got length {t}");
+    }
+    ctx.set_fact(labels, DataType::Int64, vec![b, t]);
+    let z = slice_axis1(ctx, logits, 0, t - 1)?;
+    let mut y = slice_axis1(ctx, labels, 1, t)?;
+    if let Some(mask) = attention_mask {
+        // A target the attention mask hides is padding: it does not count.
+        // (Cast to bool then Not: works for int64, int32, bool and float masks.)
+        let m = slice_axis1(ctx, mask, 1, t)?;
+        let on = ctx.emit_shaped(
+            "Cast",
+            &[&m],
+            vec![a_int("to", DataType::Bool as i64)],
+            DataType::Bool,
+            vec![b, t - 1],
+        );
+        let off = ctx.emit_shaped("Not", &[&on], vec![], DataType::Bool, vec![b, t - 1]);
+        let ig = ctx.const_i64(&[ignore]);
+        y = ctx.emit_shaped(
+            "Where",
+            &[&off, &ig, &y],
+            vec![],
+            DataType::Int64,
+            vec![b, t - 1],
+        );
+    }
+    let core = cross_entropy_core(ctx, &z, &y, 0.0, Some(ignore))?;
+    // Token accuracy in the graph: arg-max predictions against the targets.
+    let pred = ctx.emit_shaped(
+        "ArgMax",
+        &[&z],
+        vec![a_int("axis", 2), a_int("keepdims", 0)],
+        DataType::Int64,
+        vec![b, t - 1],
+    );
+    let pred = ctx.reshape(&pred, &[b * (t - 1)])?;
+    let hit = ctx.emit_shaped(
+        "Equal",
+        &[&pred, &core.targets],
+        vec![],
+        DataType::Bool,
+        vec![b * (t - 1)],
+    );
+    let hit = ctx.emit_shaped(
+        "Cast",
+        &[&hit],
+        vec![a_int("to", dt as i64)],
+        dt,
+        vec![b * (t - 1)],
+    );
+    let weight = core
+        .weight
+        .clone()
+        .expect("an ignore index always gives weights");
+    let hit = ctx.binary("Mul", &hit, &weight)?;
+    let correct = ctx.reduce_sum(&hit, &[0], false)?;
+    let count = ctx.reduce_sum(&weight, &[0], false)?;
+    // Seed: the last position predicts nothing, so its gradient is zero.
+    let zeros = ctx.const_of(&vec![0.0; b * v], &[b, 1, v], dt)?;
+    let seed = ctx.emit_shaped(
+        "Concat",
+        &[&core.seed, &zeros],
+        vec![a_int("axis", 1)],
+        dt,
+        vec![b, t, v],
+    );
+    Ok(LossHead {
+        loss: core.loss,
+        per_sample: core.per_sample,
+        seed,
+        label_dtype: DataType::Int64,
+        label_shape: vec![b, t],
+        metrics: vec![(TOKEN_COUNT, count), (TOKEN_CORRECT, correct)],
+    })
 }
 
 fn softmax_cross_entropy(
@@ -71,6 +217,37 @@ fn softmax_cross_entropy(
     eps: f64,
     ignore: Option<i64>,
 ) -> Result<LossHead> {
+    let core = cross_entropy_core(ctx, logits, labels, eps, ignore)?;
+    Ok(LossHead {
+        loss: core.loss,
+        per_sample: core.per_sample,
+        seed: core.seed,
+        label_dtype: DataType::Int64,
+        label_shape: core.label_shape,
+        metrics: vec![],
+    })
+}
+
+/// What the cross-entropy core leaves for the heads built on it.
+struct CrossEntropy {
+    loss: String,
+    per_sample: String,
+    /// Gradient of the loss with respect to the logits it was given.
+    seed: String,
+    label_shape: Vec<usize>,
+    /// Labels flattened to `[rows]`, ignored rows replaced by class 0.
+    targets: String,
+    /// 1 for counted rows, 0 for ignored ones (`[rows]`), with an ignore index.
+    weight: Option<String>,
+}
+
+fn cross_entropy_core(
+    ctx: &mut GradCtx,
+    logits: &str,
+    labels: &str,
+    eps: f64,
+    ignore: Option<i64>,
+) -> Result<CrossEntropy> {
     let shape = ctx.shape(logits)?;
     let dt = ctx.dtype(logits)?;
     if shape.len() < 2 {
@@ -169,12 +346,13 @@ fn softmax_cross_entropy(
     }
     let scaled = ctx.binary("Div", &diff, &denom)?;
     let seed = ctx.reshape(&scaled, &shape)?;
-    Ok(LossHead {
+    Ok(CrossEntropy {
         loss,
         per_sample,
         seed,
-        label_dtype: DataType::Int64,
         label_shape,
+        targets: y_safe,
+        weight,
     })
 }
 
@@ -261,5 +439,6 @@ fn mean_squared_error(ctx: &mut GradCtx, output: &str, labels: &str) -> Result<L
         seed,
         label_dtype: dt,
         label_shape: shape,
+        metrics: vec![],
     })
 }

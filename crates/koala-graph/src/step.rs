@@ -31,7 +31,8 @@ struct Slots {
     loss: usize,
     per_sample: usize,
     grads: Vec<usize>,
-    model_output: usize,
+    model_output: Option<usize>,
+    metrics: Vec<usize>,
 }
 
 /// A loaded training graph ready to run steps.
@@ -52,8 +53,8 @@ impl TrainStep {
                 t.dtype
             );
         }
-        if graph.model_output_shape.is_empty() || graph.per_sample_loss.is_empty() {
-            bail!("the training graph has no model output");
+        if graph.per_sample_loss.is_empty() {
+            bail!("the training graph has no per-sample loss output");
         }
         let opts = SessionOptions {
             intra_threads: threads,
@@ -83,7 +84,15 @@ impl TrainStep {
                 .iter()
                 .map(|t| o(&t.grad_output))
                 .collect::<Result<_, _>>()?,
-            model_output: o(&graph.model_output)?,
+            model_output: match graph.model_output.as_str() {
+                "" => None,
+                name => Some(o(name)?),
+            },
+            metrics: graph
+                .metric_outputs
+                .iter()
+                .map(|n| o(n))
+                .collect::<Result<_, _>>()?,
         };
         let mut step = TrainStep {
             runner,
@@ -195,12 +204,22 @@ impl TrainStep {
             .expect("float32 output")
     }
 
-    /// The model output (logits) of the last run, flattened.
+    /// The model output (logits) of the last run, flattened (empty when
+    /// the graph was built without it, see `TrainingSpec::omit_model_output`).
     pub fn model_output(&self) -> &[f32] {
+        match self.slots.model_output {
+            Some(slot) => self.runner.output(slot).f32s().expect("float32 output"),
+            None => &[],
+        }
+    }
+
+    /// The value of metric output `k` (`TrainingGraph::metric_outputs[k]`)
+    /// from the last run.
+    pub fn metric(&self, k: usize) -> f32 {
         self.runner
-            .output(self.slots.model_output)
+            .output(self.slots.metrics[k])
             .f32s()
-            .expect("float32 output")
+            .expect("float32 output")[0]
     }
 
     /// All weights (mutable) and their gradients, in trainable order, for an

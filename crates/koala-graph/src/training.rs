@@ -35,6 +35,11 @@ pub struct TrainingSpec {
     pub backward: BackwardOptions,
     /// Threads for the shape probe.
     pub probe_threads: usize,
+    /// Leave the model output out of the training graph's outputs. A
+    /// language model's logits are `B·T·V` floats (e.g. 8·256·49152 = 400 MB
+    /// in f32) that the loop never needs: its metrics come from the loss
+    /// head's scalar outputs instead.
+    pub omit_model_output: bool,
 }
 
 /// A trainable tensor of the training graph.
@@ -73,10 +78,14 @@ pub struct TrainingGraph {
     pub loss: String,
     /// Output name of the per-sample losses (`per_sample_loss`).
     pub per_sample_loss: String,
-    /// Output name of the model output (logits) in the training graph.
+    /// Output name of the model output (logits) in the training graph
+    /// (empty when the spec omitted it).
     pub model_output: String,
-    /// Shape of the model output.
+    /// Shape of the model output (empty when omitted).
     pub model_output_shape: Vec<usize>,
+    /// Extra scalar outputs of the loss head for metrics (e.g.
+    /// `token_count`, `token_correct`), by output name.
+    pub metric_outputs: Vec<String>,
     /// Selected weights that turned out to have no path to the loss; they
     /// stay frozen (initializers) and are listed for the user.
     pub unreachable: Vec<String>,
@@ -204,16 +213,25 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     pg.node.extend(new_nodes.iter().take(loss_nodes).cloned());
     pg.node.push(identity(&head.loss, LOSS));
     pg.node.push(identity(&head.per_sample, PER_SAMPLE_LOSS));
+    for (name, value) in &head.metrics {
+        pg.node.push(identity(value, name));
+    }
     pg.node.extend(new_nodes.into_iter().skip(loss_nodes));
-    let model_out = "model_output".to_string();
-    pg.node.push(identity(&output, &model_out));
     let batch = out_fact.first().copied().unwrap_or(1);
     let mut outs = vec![
         value_info(LOSS, out_dt, &[]),
         value_info(PER_SAMPLE_LOSS, out_dt, &[batch]),
     ];
+    outs.extend(head.metrics.iter().map(|(n, _)| value_info(n, out_dt, &[])));
     outs.extend(outputs_tail);
-    outs.push(value_info(&model_out, out_dt, &out_fact));
+    let (model_out, out_fact) = if spec.omit_model_output {
+        (String::new(), Vec::new())
+    } else {
+        let model_out = "model_output".to_string();
+        pg.node.push(identity(&output, &model_out));
+        outs.push(value_info(&model_out, out_dt, &out_fact));
+        (model_out, out_fact)
+    };
     pg.output = outs;
     pg.value_info.clear();
     Ok(TrainingGraph {
@@ -227,6 +245,7 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         per_sample_loss: PER_SAMPLE_LOSS.into(),
         model_output: model_out,
         model_output_shape: out_fact,
+        metric_outputs: head.metrics.iter().map(|(n, _)| n.to_string()).collect(),
         unreachable,
         promoted_constants: promoted,
     })
@@ -257,6 +276,8 @@ fn check_names(model: &Model, selected: &[String]) -> Result<()> {
         PER_SAMPLE_LOSS.to_string(),
         LABELS.to_string(),
         "model_output".into(),
+        crate::loss::TOKEN_COUNT.into(),
+        crate::loss::TOKEN_CORRECT.into(),
     ];
     reserved.extend(selected.iter().map(|w| grad_name(w)));
     for r in reserved {
