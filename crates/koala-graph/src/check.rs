@@ -136,6 +136,18 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         problems.push(Problem { severity: Severity::Error, message: "no trainable float initializers selected".into(), suggestion: "check --train/--freeze patterns; use --train-constants if the weights live in Constant nodes".into() });
     }
     inputs_problems(model, &mut problems);
+    for c in crate::tied::find(&work) {
+        problems.push(Problem {
+            severity: Severity::Note,
+            message: format!(
+                "initializers '{}' and '{}' hold the same values{} (a tied weight the exporter wrote twice)",
+                c.canonical,
+                c.copy,
+                if c.transposed { " (transposed)" } else { "" }
+            ),
+            suggestion: "nothing to do: koala trains them as one tensor and writes it back to both on export".into(),
+        });
+    }
     path_problems(&work, &selected, &mut problems);
     let inputs = g
         .input

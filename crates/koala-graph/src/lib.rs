@@ -25,3 +25,4 @@ pub mod gradcheck;
 pub mod head;
 pub mod reference;
 pub mod step;
+pub mod tied;

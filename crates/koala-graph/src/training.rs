@@ -16,6 +16,7 @@ use crate::proto::{
     ValueInfoProto,
 };
 use crate::tensor;
+use crate::tied::{self, TiedCopy};
 use crate::trainable::{self, TrainableSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -91,6 +92,10 @@ pub struct TrainingGraph {
     pub unreachable: Vec<String>,
     /// Float Constant nodes promoted to trainable initializers.
     pub promoted_constants: Vec<String>,
+    /// Initializers that duplicated a trained tensor (a tied embedding
+    /// written twice): trained as their canonical tensor, written back to
+    /// both on export (see `tied.rs`).
+    pub tied: Vec<TiedCopy>,
 }
 
 /// Names of the fixed outputs.
@@ -116,7 +121,14 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     } else {
         Vec::new()
     };
-    let selected = trainable::select(&model, &spec.trainable)?;
+    let mut selected = trainable::select(&model, &spec.trainable)?;
+    // Copies of a tied weight train as one tensor when both are selected.
+    let tied: Vec<TiedCopy> = tied::find(&model)
+        .into_iter()
+        .filter(|c| selected.contains(&c.canonical) && selected.contains(&c.copy))
+        .collect();
+    tied::tie(&mut model, &tied);
+    selected.retain(|w| !tied.iter().any(|c| &c.copy == w));
     if selected.is_empty() {
         bail!(
             "no trainable weights in {}: the include/exclude patterns match no float initializer",
@@ -248,6 +260,7 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         metric_outputs: head.metrics.iter().map(|(n, _)| n.to_string()).collect(),
         unreachable,
         promoted_constants: promoted,
+        tied,
     })
 }
 
