@@ -23,6 +23,7 @@ pub mod export;
 pub mod fold;
 pub mod gradcheck;
 pub mod head;
+pub mod lm_signature;
 pub mod reference;
 pub mod step;
 pub mod tied;
