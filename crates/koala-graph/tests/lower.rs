@@ -197,13 +197,6 @@ impl Case {
 
     /// Runs `model` on this case's inputs; outputs by name.
     fn run(&self, model: &Model) -> HashMap<String, OwnedTensor> {
-        let opts = SessionOptions {
-            intra_threads: Some(1),
-            optimization: OptimizationLevel::Disable,
-            ..SessionOptions::default()
-        };
-        let mut session = Session::from_bytes(&model.to_bytes(), &opts)
-            .unwrap_or_else(|e| panic!("ORT cannot load the model: {e}"));
         let feeds: Vec<(&str, TensorView)> = self
             .inputs
             .iter()
@@ -215,13 +208,40 @@ impl Case {
                 (name.as_str(), view)
             })
             .collect();
-        session
-            .run(&feeds)
-            .unwrap_or_else(|e| panic!("ORT failed to run the model: {e}"))
-            .into_iter()
-            .map(|t| (t.name.clone(), t))
-            .collect()
+        run_model(model, &feeds)
     }
+}
+
+/// Runs `model` in ORT with graph optimizations off; outputs by name.
+fn run_model(model: &Model, feeds: &[(&str, TensorView)]) -> HashMap<String, OwnedTensor> {
+    let opts = SessionOptions {
+        intra_threads: Some(1),
+        optimization: OptimizationLevel::Disable,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::from_bytes(&model.to_bytes(), &opts)
+        .unwrap_or_else(|e| panic!("ORT cannot load the model: {e}"));
+    session
+        .run(feeds)
+        .unwrap_or_else(|e| panic!("ORT failed to run the model: {e}"))
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect()
+}
+
+/// max |a − b|, NaN if either holds a NaN (a NaN must fail every check).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, |m, d| {
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 /// Lowers `case`'s model, checks that only standard ops remain (and no
@@ -282,18 +302,7 @@ fn check_against(case: &Case, reference: &Model) -> Lowered {
             continue;
         }
         let (w, g) = (w.as_f32().unwrap(), g.as_f32().unwrap());
-        let worst = w
-            .iter()
-            .zip(g)
-            .map(|(a, b)| (a - b).abs())
-            // NaN-propagating maximum: a NaN anywhere must fail the check.
-            .fold(0.0f32, |m, d| {
-                if m.is_nan() || d.is_nan() {
-                    f32::NAN
-                } else {
-                    m.max(d)
-                }
-            });
+        let worst = max_abs_diff(w, g);
         eprintln!("  {name:<24} n={:<5} max|diff| {worst:.2e}", w.len());
         if worst.is_nan() || worst > TOL {
             problems.push(format!(
@@ -751,6 +760,56 @@ fn missing_required_input_is_an_error_naming_node_and_input() {
     }
 }
 
+/// A data input whose element type nothing records cannot get constants of
+/// the right type: the node is reported, not guessed at.
+#[test]
+fn unknown_element_type_is_reported_not_guessed() {
+    let mut c = Case::new(17, 43);
+    let x = c.input("x", &[2, 8], -1.0, 1.0);
+    c.node("custom.ops", "Opaque", &[&x], &["h"], vec![]);
+    c.node(MS_DOMAIN, "Gelu", &["h"], &["y"], vec![]);
+    c.outputs(&["y"]);
+    let mut m = c.model();
+    // The custom op's output type is carried from its input; drop the
+    // graph input's type so nothing is known.
+    m.graph_mut().input[0].r#type = None;
+    let found = unsupported_custom_ops(&m);
+    let gelu = found
+        .iter()
+        .find(|o| o.op_type == "Gelu")
+        .expect("Gelu reported");
+    assert!(gelu.reason.contains("element type"), "{gelu}");
+    assert!(gelu.to_string().contains("gelu_1"), "{gelu}");
+}
+
+#[test]
+fn ort_private_default_domain_op_is_reported() {
+    let mut c = Case::new(11, 44);
+    let x = c.input("x", &[2, 8], -1.0, 1.0);
+    c.node("", "ScaledTanh", &[&x], &["y"], vec![]);
+    c.outputs(&["y"]);
+    let found = unsupported_custom_ops(&c.model());
+    assert_eq!(found.len(), 1, "{found:?}");
+    let msg = found[0].to_string();
+    assert!(
+        msg.contains("ScaledTanh") && msg.contains("ONNX Runtime"),
+        "{msg}"
+    );
+}
+
+/// From opset 17 LayerNormalization is standard: it stays as it is.
+#[test]
+fn standard_layer_normalization_is_not_touched() {
+    let mut c = Case::new(17, 45);
+    let x = c.input("x", &[2, 8], -1.0, 1.0);
+    let g = c.weight("gamma", &[8], 0.5, 1.5);
+    c.node("", "LayerNormalization", &[&x, &g], &["y"], vec![]);
+    c.outputs(&["y"]);
+    let mut m = c.model();
+    assert!(lower(&mut m).unwrap().is_empty());
+    assert_eq!(m.graph().node[0].op_type, "LayerNormalization");
+}
+
 #[test]
 fn a_model_without_ort_ops_is_left_alone() {
     let mut c = Case::new(17, 42);
@@ -763,4 +822,71 @@ fn a_model_without_ort_ops_is_left_alone() {
     assert!(r.is_empty() && r.left.is_empty());
     assert_eq!(m.to_bytes(), before);
     assert!(unsupported_custom_ops(&m).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// A real file.
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny_gpt_ort_fused")
+        .join(name)
+}
+
+fn read_le<T, const N: usize>(name: &str, from: fn([u8; N]) -> T) -> Vec<T> {
+    std::fs::read(fixture(name))
+        .unwrap_or_else(|e| panic!("cannot read fixture {name}: {e}"))
+        .chunks_exact(N)
+        .map(|b| from(b.try_into().unwrap()))
+        .collect()
+}
+
+/// tiny_gpt after ONNX Runtime's transformer optimizer (fixture README):
+/// its 4 SkipLayerNormalization and 2 BiasGelu lower to standard ops and the
+/// logits stay those of ORT's fused kernels (tolerance as in the module
+/// docs) and of the PyTorch float64 reference (ORT's unfused f32 run is
+/// 4.8e-7 from it per the case's own record; 1e-5 leaves room for the
+/// reassociation above on logits up to ~10).
+#[test]
+fn ort_fused_tiny_gpt_lowers_to_standard_ops_with_the_same_logits() {
+    let model = Model::load(&fixture("model.onnx")).expect("fixture loads");
+    let ids: Vec<i64> = read_le("input_ids.i64", i64::from_le_bytes);
+    let torch: Vec<f32> = read_le("logits_torch_f64.f32", f32::from_le_bytes);
+    let shape = [2usize, 12];
+    let feeds = [("input_ids", TensorView::i64(&ids, &shape))];
+    let fused = run_model(&model, &feeds)["logits"].clone();
+
+    let mut lowered = model.clone();
+    let report = lower(&mut lowered).expect("lowering succeeds");
+    eprintln!("{report}");
+    assert_eq!(report.rewritten["com.microsoft::SkipLayerNormalization"], 4);
+    assert_eq!(report.rewritten["com.microsoft::BiasGelu"], 2);
+    assert!(report.left.is_empty(), "{:?}", report.left);
+    assert!(unsupported_custom_ops(&lowered).is_empty());
+    assert!(lowered.graph().node.iter().all(|n| n.domain.is_empty()));
+    assert!(lowered
+        .proto
+        .opset_import
+        .iter()
+        .all(|o| o.domain.is_empty()));
+    // The lowered model is a valid file on its own.
+    Model::from_bytes(&lowered.to_bytes()).expect("lowered model re-validates");
+
+    let got = run_model(&lowered, &feeds)["logits"].clone();
+    assert_eq!(got.shape, vec![2, 12, 97]);
+    let (got, fused) = (got.as_f32().unwrap(), fused.as_f32().unwrap());
+    let vs_ort = max_abs_diff(got, fused);
+    let vs_torch = max_abs_diff(got, &torch);
+    let scale = torch.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!(
+        "logits up to {scale:.2}: lowered vs ORT fused {vs_ort:.2e}, vs PyTorch f64 {vs_torch:.2e}"
+    );
+    assert!(
+        vs_ort <= TOL,
+        "lowered vs ORT fused kernels: {vs_ort:.3e} > {TOL:.0e}"
+    );
+    assert!(
+        vs_torch <= TOL,
+        "lowered vs PyTorch f64: {vs_torch:.3e} > {TOL:.0e}"
+    );
 }
