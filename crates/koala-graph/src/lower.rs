@@ -121,6 +121,11 @@ pub struct Lowered {
     /// Nodes of ORT-specific ops left in place because they cannot be lowered
     /// (the same list [`unsupported_custom_ops`] returns afterwards).
     pub left: Vec<UnsupportedOp>,
+    /// Initializers the rewritten ops read as fixed tables, not weights: the
+    /// cos/sin caches of RotaryEmbedding. Precomputed from the positions,
+    /// they are no model parameter (PyTorch keeps them as non-trainable
+    /// buffers); training should leave them frozen.
+    pub fixed_tables: Vec<String>,
 }
 
 impl Lowered {
@@ -232,6 +237,12 @@ pub fn lower(model: &mut Model) -> Result<Lowered> {
         for (i, nodes) in plan.replacements {
             let n = &g.node[i];
             *lowered.rewritten.entry(op_key(n)).or_insert(0) += 1;
+            for c in rotary_caches(n) {
+                let is_init = g.initializer.iter().any(|t| t.name == c);
+                if is_init && !lowered.fixed_tables.contains(&c) {
+                    lowered.fixed_tables.push(c);
+                }
+            }
             lowered.nodes_added += nodes.len();
             removed_domains.insert(n.domain.clone());
             replacements.insert(i, nodes);
@@ -250,6 +261,16 @@ pub fn lower(model: &mut Model) -> Result<Lowered> {
         is_default(&o.domain) || !removed_domains.contains(&o.domain) || used.contains(&o.domain)
     });
     Ok(lowered)
+}
+
+/// The cos/sin cache inputs of a RotaryEmbedding node (either form).
+fn rotary_caches(n: &NodeProto) -> impl Iterator<Item = String> + '_ {
+    let slots: &[usize] = match (n.op_type.as_str(), n.domain.as_str()) {
+        ("RotaryEmbedding", MS_DOMAIN) => &[2, 3],
+        ("RotaryEmbedding", _) => &[1, 2],
+        _ => &[],
+    };
+    slots.iter().filter_map(|&k| n.input.get(k).cloned())
 }
 
 /// Every node of the main graph in a non-default domain, or an ORT-only op

@@ -617,6 +617,15 @@ fn rotary_embedding_matches_ort_in_every_variant() {
 }
 
 #[test]
+fn rotary_caches_are_reported_as_fixed_tables() {
+    let r = check(&rotary_case(3, H, false, Pos::PerToken, false));
+    assert_eq!(r.fixed_tables, vec!["cos_cache", "sin_cache"]);
+    // Caches fed as graph inputs are no initializers to freeze.
+    let r = check(&rotary23_case(3, H, false, false));
+    assert!(r.fixed_tables.is_empty(), "{:?}", r.fixed_tables);
+}
+
+#[test]
 fn rotary_embedding_with_num_heads_on_full_rotation_matches_ort() {
     for rank in [3, 4] {
         check(&rotary_case(rank, H, false, Pos::PerToken, true));
