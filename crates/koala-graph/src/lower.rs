@@ -39,7 +39,8 @@
 //!   `inv_std_var = 1/sqrt(mean((s − mean)²) + ε)`,
 //!   `output = (s − mean) · inv_std_var · gamma (+ beta)`. Opset ≥ 17: the
 //!   standard `LayerNormalization` node (whose Mean/InvStdDev outputs are
-//!   exactly mean/inv_std_var); below 17 its decomposition. A default-domain
+//!   exactly mean/inv_std_var); below 17, and for f64 data (whose statistics
+//!   that node could only declare f32), its decomposition. A default-domain
 //!   **LayerNormalization** in a model of opset < 17 is ORT's private
 //!   pre‑standard registration of the same op; it is decomposed the same way.
 //!   `skip` may be `[B,S,H]`, `[1,S,H]` or `[S,H]`: ONNX broadcasting of `Add`
@@ -68,8 +69,10 @@
 //!   change the output. `is_packed_batching = 1` is not lowered.
 //!
 //! Element type: the rewrites compute in the element type of the node's data
-//! input (f32 or f64); ORT computes those types in the same precision
-//! (`stash_type` only matters for 16-bit inputs, which are not lowered).
+//! input (f32 or f64), as ORT's kernels do for Y. ORT declares the
+//! statistics outputs in `stash_type` precision (f32 by default) even for f64
+//! data, so an f64 node whose statistics are used is left unlowered; 16-bit
+//! data is not lowered.
 //!
 //! Not lowered (see [`unsupported_custom_ops`]): every other op of a
 //! non-default domain (e.g. `com.microsoft::MatMulNBits`, `Attention`,
@@ -215,7 +218,9 @@ impl fmt::Display for UnsupportedOp {
 /// Rewrites, in place, every ORT-specific node koala knows (see the module
 /// docs) into standard ONNX ops of the model's default-domain opset, keeping
 /// every value name. Nodes it cannot lower stay and are listed in
-/// [`Lowered::left`]. `com.microsoft` is dropped from `opset_import` when no
+/// [`Lowered::left`] (they only block training when a gradient must pass
+/// through them, which the backward pass reports). Only the main graph is
+/// rewritten: control-flow bodies are not differentiated anyway. `com.microsoft` is dropped from `opset_import` when no
 /// node uses it any more. Errors only for malformed nodes (a required input
 /// missing), naming the node.
 pub fn lower(model: &mut Model) -> Result<Lowered> {
@@ -434,16 +439,16 @@ fn plan(model: &Model) -> Plan {
 
 /// Inputs each op cannot do without (a malformed file otherwise).
 fn check_required_inputs(n: &NodeProto, kind: Kind) -> std::result::Result<(), String> {
-    let (required, names): (usize, &[&str]) = match kind {
-        Kind::Rms { .. } => (2, &["X", "scale"]),
-        Kind::SkipRms | Kind::SkipLayerNorm => (3, &["input", "skip", "gamma"]),
-        Kind::LayerNormPre17 => (2, &["X", "Scale"]),
-        Kind::FastGelu | Kind::Gelu => (1, &["X"]),
-        Kind::BiasGelu => (2, &["A", "B"]),
-        Kind::RotaryMs => (4, &["input", "position_ids", "cos_cache", "sin_cache"]),
-        Kind::Rotary23 => (3, &["X", "cos_cache", "sin_cache"]),
+    let required: &[&str] = match kind {
+        Kind::Rms { .. } => &["X", "scale"],
+        Kind::SkipRms | Kind::SkipLayerNorm => &["input", "skip", "gamma"],
+        Kind::LayerNormPre17 => &["X", "Scale"],
+        Kind::FastGelu | Kind::Gelu => &["X"],
+        Kind::BiasGelu => &["A", "B"],
+        Kind::RotaryMs => &["input", "position_ids", "cos_cache", "sin_cache"],
+        Kind::Rotary23 => &["X", "cos_cache", "sin_cache"],
     };
-    for (k, name) in names.iter().enumerate().take(required) {
+    for (k, name) in required.iter().enumerate() {
         if n.input.get(k).is_none_or(|s| s.is_empty()) {
             return Err(format!("lacks its required input #{k} ({name})"));
         }
@@ -495,6 +500,20 @@ fn float_type(types: &ValueTable, x: &str) -> std::result::Result<DataType, Skip
             "the element type of its input '{x}' is unknown; run ONNX shape inference on the file (onnx.shape_inference.infer_shapes) so value_info records it"
         ))),
     }
+}
+
+/// ORT declares the statistics outputs (mean, inv_std_var) in the
+/// `stash_type` precision, f32 by default, even for f64 data; the rewrite
+/// computes them in the data's type and has no Cast to match, so an f64
+/// node whose statistics are used is not lowered.
+fn check_statistics_type(n: &NodeProto, dt: DataType, used: bool) -> std::result::Result<(), Skip> {
+    let stash = attrs::int(n, "stash_type", DataType::Float as i64);
+    if dt == DataType::Double && used && stash != DataType::Double as i64 {
+        return Err(Skip(format!(
+            "f64 data whose mean/inv_std_var outputs are f32 (stash_type = {stash}); koala lowers f64 norms only when those outputs are unused"
+        )));
+    }
+    Ok(())
 }
 
 /// Negative axes `[axis, …, −1]` for "from `axis` to the last axis".
@@ -598,6 +617,7 @@ fn lower_rms(e: &mut Emitter, n: &NodeProto, has_inv: bool, types: &ValueTable) 
         mean: None,
         inv_std_var: if has_inv { output(n, 1) } else { None },
     };
+    check_statistics_type(n, norm.dt, out.inv_std_var.is_some())?;
     rms_norm(e, &norm, &out);
     Ok(())
 }
@@ -637,6 +657,7 @@ fn lower_skip_norm(
         mean: output(n, 1),
         inv_std_var: output(n, 2),
     };
+    check_statistics_type(n, dt, out.mean.is_some() || out.inv_std_var.is_some())?;
     if simplified {
         let no_mean = NormOutputs { mean: None, ..out };
         let inv = rms_norm(e, &norm, &no_mean);
@@ -644,7 +665,7 @@ fn lower_skip_norm(
             let zero = e.scalar(dt, 0.0, "zero");
             e.op_into("Mul", &[&inv, &zero], vec![], m);
         }
-    } else if e.opset >= 17 {
+    } else if e.opset >= 17 && dt == DataType::Float {
         standard_layer_norm(e, &norm, &out);
     } else {
         layer_norm_decomposed(e, &norm, &out);
@@ -652,7 +673,9 @@ fn lower_skip_norm(
     Ok(())
 }
 
-/// One ONNX LayerNormalization-17 node over the last axis.
+/// One ONNX LayerNormalization-17 node over the last axis (f32 data only:
+/// the spec allows Mean/InvStdDev in f32 or bf16, so f64 data, whose ORT
+/// kernel keeps f64 statistics, takes the decomposition instead).
 fn standard_layer_norm(e: &mut Emitter, norm: &Norm, out: &NormOutputs) {
     let mut ins = vec![norm.x, norm.scale];
     ins.extend(norm.bias);
@@ -662,12 +685,7 @@ fn standard_layer_norm(e: &mut Emitter, norm: &Norm, out: &NormOutputs) {
         (Some(m), None) => outs.push(m),
         (None, None) => {}
     }
-    let mut attrs = vec![a_int("axis", -1), attrs::a_float("epsilon", norm.epsilon)];
-    if norm.dt == DataType::Double {
-        // Mean/InvStdDev in f64 like ORT's f64 kernel (the default
-        // stash_type 1 would declare them f32).
-        attrs.push(a_int("stash_type", DataType::Double as i64));
-    }
+    let attrs = vec![a_int("axis", -1), attrs::a_float("epsilon", norm.epsilon)];
     e.push("LayerNormalization", &ins, &outs, attrs);
 }
 
@@ -686,6 +704,7 @@ fn lower_layer_norm_pre17(e: &mut Emitter, n: &NodeProto, types: &ValueTable) ->
         mean: output(n, 1),
         inv_std_var: output(n, 2),
     };
+    check_statistics_type(n, norm.dt, out.mean.is_some() || out.inv_std_var.is_some())?;
     layer_norm_decomposed(e, &norm, &out);
     Ok(())
 }
