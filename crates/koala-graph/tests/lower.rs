@@ -710,6 +710,31 @@ fn rotary_embedding_with_num_heads_on_full_rotation_matches_ort() {
     }
 }
 
+/// Real files feed RotaryEmbedding from a projection nothing annotates: the
+/// pass carries the rank (3) through the MatMul, and the element type.
+#[test]
+fn rotary_embedding_on_an_unannotated_projection_matches_ort() {
+    let mut c = Case::new(17, 77);
+    let x = c.input("x", &[B, S, N * H], -1.0, 1.0);
+    let w = c.weight("w_q", &[N * H, N * H], -0.5, 0.5);
+    c.node("", "MatMul", &[&x, &w], &["q"], vec![]);
+    let p = c.int_input("position_ids", &[1], vec![2]);
+    let cos = c.weight("cos_cache", &[MAX_POS, H / 4], -1.0, 1.0);
+    let sin = c.weight("sin_cache", &[MAX_POS, H / 4], -1.0, 1.0);
+    c.node(
+        MS_DOMAIN,
+        "RotaryEmbedding",
+        &["q", &p, &cos, &sin],
+        &["y"],
+        vec![
+            a_int("num_heads", N as i64),
+            a_int("rotary_embedding_dim", H as i64 / 2),
+        ],
+    );
+    c.outputs(&["y"]);
+    check(&c);
+}
+
 /// One ONNX RotaryEmbedding-23 case: X, cos, sin, position_ids? (absent:
 /// caches [B,S,R/2] already indexed).
 fn rotary23_case(rank: usize, r: usize, interleaved: bool, with_ids: bool) -> Case {
