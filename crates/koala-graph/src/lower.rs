@@ -50,6 +50,8 @@
 //!   `tanh(x·(α + β·x²))` with α = √(2/π), β = 0.044715·α (ORT's kAlpha/kBeta).
 //! * **Gelu** (`com.microsoft`; exact): `Y = 0.5·x·(1 + erf(x/√2))`;
 //!   **BiasGelu** (`com.microsoft`; A, B): the same of `x = A + B`.
+//! * **QuickGelu** (`com.microsoft`; X; `alpha` = 1.702, as in CLIP):
+//!   `Y = x · sigmoid(alpha·x)`.
 //! * **RotaryEmbedding**, `com.microsoft` (input, position_ids, cos_cache,
 //!   sin_cache; attrs interleaved, num_heads, rotary_embedding_dim, scale,
 //!   is_packed_batching) and standard opset 23 (X, cos_cache, sin_cache,
@@ -357,6 +359,7 @@ enum Kind {
     FastGelu,
     Gelu,
     BiasGelu,
+    QuickGelu,
     RotaryMs,
     Rotary23,
 }
@@ -373,6 +376,7 @@ fn kind_of(n: &NodeProto, opset: i64) -> Option<Kind> {
         "FastGelu" if ms => Kind::FastGelu,
         "Gelu" if ms => Kind::Gelu,
         "BiasGelu" if ms => Kind::BiasGelu,
+        "QuickGelu" if ms => Kind::QuickGelu,
         "RotaryEmbedding" if ms => Kind::RotaryMs,
         "RotaryEmbedding" if std && opset >= 23 => Kind::Rotary23,
         _ => return None,
@@ -443,7 +447,7 @@ fn check_required_inputs(n: &NodeProto, kind: Kind) -> std::result::Result<(), S
         Kind::Rms { .. } => &["X", "scale"],
         Kind::SkipRms | Kind::SkipLayerNorm => &["input", "skip", "gamma"],
         Kind::LayerNormPre17 => &["X", "Scale"],
-        Kind::FastGelu | Kind::Gelu => &["X"],
+        Kind::FastGelu | Kind::Gelu | Kind::QuickGelu => &["X"],
         Kind::BiasGelu => &["A", "B"],
         Kind::RotaryMs => &["input", "position_ids", "cos_cache", "sin_cache"],
         Kind::Rotary23 => &["X", "cos_cache", "sin_cache"],
@@ -472,6 +476,7 @@ fn lower_node(e: &mut Emitter, n: &NodeProto, kind: Kind, types: &ValueTable) ->
         Kind::LayerNormPre17 => lower_layer_norm_pre17(e, n, types),
         Kind::FastGelu => lower_fast_gelu(e, n, types),
         Kind::Gelu | Kind::BiasGelu => lower_gelu(e, n, types),
+        Kind::QuickGelu => lower_quick_gelu(e, n, types),
         Kind::RotaryMs | Kind::Rotary23 => lower_rotary(e, n, kind, types),
     }
 }
@@ -751,6 +756,16 @@ fn lower_gelu(e: &mut Emitter, n: &NodeProto, types: &ValueTable) -> Lowering {
     let s = e.op("Mul", &[&x, &r], vec![], "scaled");
     let erf = e.op("Erf", &[&s], vec![], "erf");
     half_x_times_one_plus(e, dt, &x, &erf, &n.output[0]);
+    Ok(())
+}
+
+fn lower_quick_gelu(e: &mut Emitter, n: &NodeProto, types: &ValueTable) -> Lowering {
+    let x = &n.input[0];
+    let dt = float_type(types, x)?;
+    let alpha = e.scalar(dt, attrs::float(n, "alpha", 1.702) as f64, "alpha");
+    let ax = e.op("Mul", &[x, &alpha], vec![], "alpha_x");
+    let gate = e.op("Sigmoid", &[&ax], vec![], "gate");
+    e.op_into("Mul", &[x, &gate], vec![], &n.output[0]);
     Ok(())
 }
 

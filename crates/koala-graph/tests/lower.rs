@@ -46,6 +46,7 @@ const STANDARD: &[&str] = &[
     "ReduceMean",
     "Erf",
     "Tanh",
+    "Sigmoid",
     "Gather",
     "Slice",
     "Concat",
@@ -607,6 +608,22 @@ fn gelu_and_bias_gelu_match_ort() {
     let r = check(&c);
     assert_eq!(r.rewritten["com.microsoft::Gelu"], 1);
     assert_eq!(r.rewritten["com.microsoft::BiasGelu"], 1);
+}
+
+#[test]
+fn quick_gelu_matches_ort_with_default_and_given_alpha() {
+    let mut c = Case::new(17, 33);
+    let x = c.input("x", &[2, 3, 32], -5.0, 5.0);
+    c.node(MS_DOMAIN, "QuickGelu", &[&x], &["y"], vec![]);
+    c.node(
+        MS_DOMAIN,
+        "QuickGelu",
+        &[&x],
+        &["z"],
+        vec![a_float("alpha", 1.5)],
+    );
+    c.outputs(&["y", "z"]);
+    assert_eq!(check(&c).rewritten["com.microsoft::QuickGelu"], 2);
 }
 
 /// The lowered node's output keeps its name, so the consumer after it runs
