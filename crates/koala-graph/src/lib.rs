@@ -6,6 +6,7 @@ pub mod attrs;
 pub mod backward;
 pub mod facts;
 pub mod loss;
+pub mod lower;
 pub mod model;
 pub mod probe;
 pub mod proto;
