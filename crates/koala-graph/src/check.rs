@@ -105,7 +105,11 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
     if spec.train_constants {
         trainable::promote_constants(&mut work);
     }
-    let selected = trainable::select(&work, spec)?;
+    // What training will differentiate: the graph after lowering ORT-domain
+    // fusions to standard ops.
+    let lowered = crate::lower::lower(&mut work)?;
+    let mut selected = trainable::select(&work, spec)?;
+    selected.retain(|w| !lowered.fixed_tables.contains(w));
     let sizes: Vec<(String, usize)> = selected
         .iter()
         .map(|n| {
@@ -136,6 +140,28 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         problems.push(Problem { severity: Severity::Error, message: "no trainable float initializers selected".into(), suggestion: "check --train/--freeze patterns; use --train-constants if the weights live in Constant nodes".into() });
     }
     inputs_problems(model, &mut problems);
+    if !lowered.rewritten.is_empty() {
+        let ops: Vec<String> = lowered
+            .rewritten
+            .iter()
+            .map(|(op, n)| format!("{op} ×{n}"))
+            .collect();
+        problems.push(Problem {
+            severity: Severity::Note,
+            message: format!("ONNX Runtime fusions lowered to standard ops for training: {}", ops.join(", ")),
+            suggestion: "nothing to do: the exported model keeps the original fused ops".into(),
+        });
+    }
+    let merged_decoder = model.graph().input.iter().any(|i| i.name == "use_cache_branch");
+    if crate::lm_signature::is_language_model(model) || merged_decoder {
+        if let Err(e) = crate::lm_signature::detect(model) {
+            problems.push(Problem {
+                severity: Severity::Error,
+                message: format!("{e:#}"),
+                suggestion: "see the message for the export to use".into(),
+            });
+        }
+    }
     for c in crate::tied::find(&work) {
         problems.push(Problem {
             severity: Severity::Note,

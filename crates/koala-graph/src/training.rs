@@ -121,7 +121,15 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     } else {
         Vec::new()
     };
+    // Lower, then differentiate: ORT-domain fusions (RMSNorm, SkipLayerNorm,
+    // FastGelu, RotaryEmbedding…) become standard ops that have rules. The
+    // export keeps the user's original graph.
+    // Ops it cannot lower stay; if one lies between a weight and the loss,
+    // the backward pass names it (ORT still runs those off the path).
+    let lowered = crate::lower::lower(&mut model)?;
     let mut selected = trainable::select(&model, &spec.trainable)?;
+    // Rotary cos/sin tables are constants of the architecture, not weights.
+    selected.retain(|w| !lowered.fixed_tables.contains(w));
     // Copies of a tied weight train as one tensor when both are selected.
     let tied: Vec<TiedCopy> = tied::find(&model)
         .into_iter()

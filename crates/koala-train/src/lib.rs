@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod generate;
 pub mod image_size;
 pub mod metrics;
 pub mod optim_setup;
