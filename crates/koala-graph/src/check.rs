@@ -148,11 +148,18 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
             .collect();
         problems.push(Problem {
             severity: Severity::Note,
-            message: format!("ONNX Runtime fusions lowered to standard ops for training: {}", ops.join(", ")),
+            message: format!(
+                "ONNX Runtime fusions lowered to standard ops for training: {}",
+                ops.join(", ")
+            ),
             suggestion: "nothing to do: the exported model keeps the original fused ops".into(),
         });
     }
-    let merged_decoder = model.graph().input.iter().any(|i| i.name == "use_cache_branch");
+    let merged_decoder = model
+        .graph()
+        .input
+        .iter()
+        .any(|i| i.name == "use_cache_branch");
     if crate::lm_signature::is_language_model(model) || merged_decoder {
         if let Err(e) = crate::lm_signature::detect(model) {
             problems.push(Problem {
