@@ -15,7 +15,8 @@
 //! Spec: https://onnx.ai/onnx/operators/onnx__LayerNormalization.html.
 //! Opsets: 17 (the only version); `stash_type` (the precision of μ and r) is
 //! ignored: the recomputation runs in X's type, which is what stash_type=1
-//! means for f32 models.
+//! means for f32 models (ORT 1.31 implements only stash_type=1, so an f64
+//! model's Mean/InvStdDev are f32 and their gradients are cast to f64).
 //! Decomposed forms (ReduceMean/Sub/Pow/Add/Sqrt/Div, RMSNorm's
 //! Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul) need no rule here: they go
 //! through the per-op rules.
@@ -55,6 +56,24 @@ fn stats(ctx: &mut GradCtx, x: &str, axes: &[i64], eps: f64) -> Result<Stats> {
     Ok(Stats { r, xhat, n })
 }
 
+/// `g` cast to `like`'s element type: Mean and InvStdDev have the stash
+/// type (f32 by default) even when X is f64.
+fn as_type_of(ctx: &mut GradCtx, g: Option<String>, like: &str) -> Result<Option<String>> {
+    let Some(g) = g else { return Ok(None) };
+    let dt = ctx.dtype(like)?;
+    if ctx.dtype(&g)? == dt {
+        return Ok(Some(g));
+    }
+    let shape = ctx.shape(&g)?;
+    Ok(Some(ctx.emit_shaped(
+        "Cast",
+        &[&g],
+        vec![crate::attrs::a_int("to", dt as i64)],
+        dt,
+        shape,
+    )))
+}
+
 /// LayerNormalization(X, Scale, B?) → Y, Mean?, InvStdDev?.
 pub fn layer_norm(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
     let x = r.input(0).to_string();
@@ -64,8 +83,8 @@ pub fn layer_norm(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>
     let eps = attrs::float(r.node, "epsilon", 1e-5) as f64;
     let st = stats(ctx, &x, &axes, eps)?;
     let dy = r.dy.first().cloned().flatten();
-    let dmean = r.dy.get(1).cloned().flatten();
-    let dinv = r.dy.get(2).cloned().flatten();
+    let dmean = as_type_of(ctx, r.dy.get(1).cloned().flatten(), &x)?;
+    let dinv = as_type_of(ctx, r.dy.get(2).cloned().flatten(), &x)?;
     let mut out = r.none();
     let mut dx_parts: Vec<String> = Vec::new();
     if let Some(dy) = &dy {

@@ -12,7 +12,9 @@
 //! https://onnx.ai/onnx/operators/onnx__Max.html,
 //! https://onnx.ai/onnx/operators/onnx__Min.html.
 //! Opsets: Where 9/16 (16 adds bfloat16), Max/Min 8/12/13 (types only);
-//! every version has multidirectional broadcasting, so one rule serves all.
+//! every version has multidirectional broadcasting, so one rule serves all;
+//! the Max/Min rule compares floats with Equal, which accepts floats from
+//! opset 11 on (the table says 11).
 //!
 //! Tests: `crates/koala-graph/tests/fd_where.rs`.
 
