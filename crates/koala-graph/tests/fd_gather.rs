@@ -156,12 +156,12 @@ fn embedding_gradient_forms_timings() {
         EmbeddingGrad::ScatterElements,
         EmbeddingGrad::OneHotMatMul,
     ];
-    println!("| table | ids | ScatterND add ms | ScatterElements add ms | one-hot MatMul ms |");
-    println!("|---|---|---|---|---|");
+    println!("| table | ids | baseline: zeros [V, D] ms | ScatterND add ms | ScatterElements add ms | one-hot MatMul ms |");
+    println!("|---|---|---|---|---|---|");
     for (v, d, b, t) in cases {
         let n = b * t;
         let mut row = format!("| {v}×{d} | {b}×{t} |");
-        for form in forms {
+        for form in std::iter::once(None).chain(forms.map(Some)) {
             let mut facts = Facts::default();
             let f = |dt, shape: Vec<usize>| ValueFact {
                 dtype: dt,
@@ -178,15 +178,27 @@ fn embedding_gradient_forms_timings() {
                 output: vec!["e".into()],
                 ..Default::default()
             };
-            let options = BackwardOptions {
-                embedding_grad: form,
-                ..Default::default()
-            };
             let mut ctx = GradCtx::new(&mut facts, 18);
-            let g = differentiate(&mut ctx, &[gather], &["table".into()], "e", "dy", &options)
-                .expect("gradient")[0]
-                .clone()
-                .expect("table gradient");
+            let g = match form {
+                Some(form) => {
+                    let options = BackwardOptions {
+                        embedding_grad: form,
+                        ..Default::default()
+                    };
+                    differentiate(&mut ctx, &[gather], &["table".into()], "e", "dy", &options)
+                        .expect("gradient")[0]
+                        .clone()
+                        .expect("table gradient")
+                }
+                // Baseline: a dense [V, D] output that reads dY (zeros plus
+                // ΣdY, and the copy back to Rust): the floor every form pays.
+                None => {
+                    let z = ctx.const_of(&[0.0], &[], DataType::Float).expect("zero");
+                    let e = ctx.expand(&z, &[v, d]).expect("expand");
+                    let dy_sum = ctx.reduce_sum("dy", &[0, 1], true).expect("sum");
+                    ctx.binary("Add", &e, &dy_sum).expect("add")
+                }
+            };
             let vi = koala_graph::training::value_info;
             let model = ModelProto {
                 ir_version: 8,

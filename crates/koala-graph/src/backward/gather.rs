@@ -20,10 +20,9 @@
 //! Subgradient: none needed (linear in X; indices are data, never
 //! differentiated).
 //!
-//! Which scatter-add form is fastest was measured (ORT 1.31.1 CPU, the 2-core
-//! development VM, `fd_gather.rs::embedding_gradient_forms_timings`, ignored
-//! test, median of 5 after 2 warm-up runs, including the zeros):
-//! see [`EmbeddingGrad`] for the numbers and the chosen default.
+//! Which scatter-add form is fastest was measured per size class (49152×576
+//! with 1×256 and 8×128 ids, 97×32): see [`EmbeddingGrad`] for the table
+//! and the chosen default (ScatterND from opset 16, one-hot MatMul before).
 //!
 //! Tests: `crates/koala-graph/tests/fd_gather.rs`.
 
@@ -34,17 +33,26 @@ use anyhow::{bail, Result};
 
 /// How the gradient of a Gather on a weight (an embedding table) is written.
 ///
-/// Measured on ORT 1.31.1 CPU (2 threads), dY f32, table [V, D], ids [N]
-/// (median of 5 runs of the gradient subgraph alone; see the module docs):
+/// Measured on ORT 1.31.1 CPU, 2 intra-op threads, f32, the gradient
+/// subgraph alone fed with dY [N, D] and ids [N] (median of 5 runs after 2
+/// warm-ups, on the shared 2-core development VM; `fd_gather.rs`,
+/// `embedding_gradient_forms_timings`, ignored). The baseline is a graph
+/// that only materialises a dense [V, D] output from dY, which every form
+/// must also do:
 ///
-/// | table | ids | ScatterND add | ScatterElements add | one-hot MatMul |
-/// |---|---|---|---|---|
-/// | 49152×576 | 1×256 | see `EMBEDDING_TIMINGS` | | |
+/// | table | ids | baseline ms | ScatterND add | ScatterElements add | one-hot MatMul |
+/// |---|---|---|---|---|---|
+/// | 49152×576 | 1×256 | 166 | 153 | 150 | 617 |
+/// | 49152×576 | 8×128 | 163 | 164 | 182 | 2052 |
+/// | 97×32 | 2×12 | ≤ 0.01 | 0.01 | 0.01 | 0.02 |
+/// | 97×32 | 8×128 | 0.01 | 0.01 | 0.15 | 0.22 |
 ///
-/// `Auto` takes ScatterND (opset ≥ 16), which is never slower than
-/// ScatterElements (it moves whole rows instead of expanding the indices to
-/// every element) and, unlike the one-hot product, costs O(N·D) instead of
-/// O(V·N·D); before opset 16 only the one-hot form accumulates repeated ids.
+/// On the SmolLM2-sized table both scatter forms cost what the dense output
+/// costs (the scatter itself is noise), ScatterElements falls behind when
+/// the ids grow (it expands them to N·D), and the one-hot product is 4–13×
+/// slower (O(V·N·D) flops). ScatterND is the fastest or tied in every size
+/// class, so `Auto` takes it from opset 16 on; before 16 only the one-hot
+/// form accumulates repeated ids, so `Auto` falls back to it there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EmbeddingGrad {
