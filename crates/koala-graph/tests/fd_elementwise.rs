@@ -60,3 +60,14 @@ fn neg() {
     n.node("Neg", &[&a], &["y"], vec![]);
     mse(&n, "y");
 }
+
+#[test]
+fn variadic_sum_with_broadcasting() {
+    let mut n = Net::new(13, F64, 45);
+    let a = n.rand_leaf("a", &[2, 3]);
+    let b = n.rand_weight("b", &[3]);
+    let c = n.rand_weight("c", &[2, 1]);
+    n.node("Sum", &[&a, &b, &c, &a], &["s"], vec![]);
+    n.node("Mul", &["s", &a], &["y"], vec![]);
+    mse(&n, "y");
+}

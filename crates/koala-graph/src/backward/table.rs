@@ -63,6 +63,7 @@ pub const RULES: &[RuleEntry] = &[
     r("Mul", elementwise::mul, 7, "elementwise", "broadcasting"),
     r("Div", elementwise::div, 7, "elementwise", "broadcasting"),
     r("Neg", elementwise::neg, 6, "elementwise", ""),
+    r("Sum", elementwise::sum, 8, "elementwise", "variadic, broadcasting"),
     r("Where", where_::where_, 9, "where_", "the condition is data"),
     r("Max", where_::max, 11, "where_", "ties share the gradient equally"),
     r("Min", where_::min, 11, "where_", "ties share the gradient equally"),
