@@ -85,6 +85,7 @@ fn bench(
                 backward: BackwardOptions {
                     conv_weight_grad,
                     keep_batchnorm,
+                    ..BackwardOptions::default()
                 },
                 probe_threads: threads,
                 ..TrainingSpec::default()

@@ -319,6 +319,7 @@ fn run(cli: Cli) -> Result<u8> {
                         }
                     },
                     keep_batchnorm: a.keep_batchnorm,
+                    ..Default::default()
                 },
             };
             let report = koala::graph::gradcheck::run(&a.reference, &opts)?;

@@ -2,7 +2,7 @@
 //! listing every problem at once, each naming the node/op/value with a
 //! suggestion. Static: it needs no ONNX Runtime and no data.
 
-use crate::backward::{self, rule_for};
+use crate::backward::{self, is_non_differentiable, rule_for};
 use crate::model::{node_label, Model};
 use crate::tensor;
 use crate::trainable::{self, TrainableSpec};
@@ -59,29 +59,6 @@ impl CheckReport {
         self.problems.iter().all(|p| p.severity != Severity::Error)
     }
 }
-
-/// Ops whose outputs are integers or booleans: gradients never flow through.
-const NON_DIFFERENTIABLE: &[&str] = &[
-    "Shape",
-    "Size",
-    "ArgMax",
-    "ArgMin",
-    "NonZero",
-    "Equal",
-    "Greater",
-    "Less",
-    "GreaterOrEqual",
-    "LessOrEqual",
-    "Not",
-    "And",
-    "Or",
-    "Xor",
-    "IsNaN",
-    "IsInf",
-    "ConstantOfShape",
-    "Range",
-    "TopK",
-];
 
 /// Checks a model against a trainable selection.
 pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
@@ -250,7 +227,7 @@ fn integer_values(model: &Model) -> HashSet<String> {
         .map(|t| t.name.clone())
         .collect();
     for n in &g.node {
-        let int_out = if NON_DIFFERENTIABLE.contains(&n.op_type.as_str()) {
+        let int_out = if is_non_differentiable(n) {
             true
         } else if n.op_type == "Cast" {
             let to = crate::attrs::int(n, "to", 1) as i32;
@@ -286,6 +263,7 @@ fn integer_values(model: &Model) -> HashSet<String> {
 fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>) {
     let g = model.graph();
     let ints = integer_values(model);
+    let opset = model.opset();
     let live = backward::grad_reachable(&g.node, selected, |v| !ints.contains(v));
     let mut on_path: HashSet<usize> = HashSet::new();
     for o in &g.output {
@@ -294,11 +272,11 @@ fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>
     for (i, n) in g.node.iter().enumerate() {
         let custom = !(n.domain.is_empty() || n.domain == "ai.onnx");
         let control = matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
-        let needs_rule = on_path.contains(&i) && !NON_DIFFERENTIABLE.contains(&n.op_type.as_str());
-        if needs_rule && rule_for(n).is_none() {
+        let needs_rule = on_path.contains(&i) && !is_non_differentiable(n);
+        if needs_rule && rule_for(n, opset).is_none() {
             problems.push(Problem {
                 severity: Severity::Error,
-                message: backward::missing_rule_message(i, n).split("; it lies").next().unwrap_or_default().to_string() + " and lies between a trainable weight and the output",
+                message: backward::missing_rule_message(i, n, opset).split("; it lies").next().unwrap_or_default().to_string() + " and lies between a trainable weight and the output",
                 suggestion: "freeze the weights before it (--freeze '<regex>') so no gradient passes through it, or re-export the model without this op".into(),
             });
         } else if control || custom {

@@ -4,6 +4,14 @@
 //! Subgradients follow PyTorch (the reference): Relu'(0) = 0; Clip passes the
 //! gradient only strictly inside (min, max); HardSwish's derivative is
 //! x/3 + 1/2 on [−3, 3].
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Relu.html, …/onnx__LeakyRelu.html,
+//! …/onnx__Clip.html, …/onnx__Sigmoid.html, …/onnx__HardSigmoid.html,
+//! …/onnx__HardSwish.html, …/onnx__Tanh.html.
+//! Opsets: Clip's bounds are attributes before 11 and inputs from 11 (both
+//! read); HardSwish exists from 14; the others changed only their types.
+//!
+//! Tests: `crates/koala-graph/tests/fd_activation.rs`.
 
 use super::{GradCtx, RuleInput};
 use crate::attrs;

@@ -3,6 +3,12 @@
 //! Fine-tuning keeps the running mean and variance fixed (the default of
 //! every exporter in eval mode), so BN is an affine map per channel:
 //! y = scale·(x − mean)/√(var + ε) + bias. Scale and bias are trainable.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__BatchNormalization.html.
+//! Opsets: 9/14/15 (14 adds training_mode, which must be off: training-mode
+//! BN is refused; 15 lets scale/bias types differ from X).
+//!
+//! Tests: `crates/koala-graph/tests/fd_batchnorm.rs`.
 
 use super::{GradCtx, RuleInput};
 use crate::attrs;

@@ -1,5 +1,14 @@
 //! Gradients of Concat (split dY back into the pieces) and Split (concatenate
 //! the pieces' gradients, zeros for outputs that received none).
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Concat.html,
+//! https://onnx.ai/onnx/operators/onnx__Split.html.
+//! Opsets: Split's sizes are an attribute before 13, an input from 13, and
+//! may be replaced by `num_outputs` from 18 (the rule reads only the output
+//! shapes, so every form works); the Split the Concat rule emits uses the
+//! model opset's form. Negative axes are normalised.
+//!
+//! Tests: `crates/koala-graph/tests/fd_concat_split.rs`.
 
 use super::{norm_axis, GradCtx, RuleInput};
 use crate::attrs::{self, a_int, a_ints};

@@ -7,6 +7,12 @@
 //! becomes the channel axis, forward strides become dilations) or, for
 //! depthwise convs, as one shifted slice of X per kernel tap times dY.
 //! dB = ReduceSum(dY) over batch and space.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Conv.html,
+//! https://onnx.ai/onnx/operators/onnx__ConvTranspose.html.
+//! Opsets: 1/11 (11 only clarified auto_pad and default attributes).
+//!
+//! Tests: `crates/koala-graph/tests/fd_conv.rs`.
 
 use super::{ConvWeightGrad, GradCtx, RuleInput};
 use crate::attrs::{self, a_int, a_ints};

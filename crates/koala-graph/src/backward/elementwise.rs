@@ -1,7 +1,14 @@
-//! Gradients of broadcasting arithmetic: Add, Sub, Mul, Div, Neg.
+//! Gradients of broadcasting arithmetic: Add, Sub, Mul, Div, Neg, Sum.
 //!
 //! Each operand's gradient is the output gradient (times the other operand's
 //! local derivative) summed back over the axes it was broadcast along.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Add.html, …/onnx__Sub.html,
+//! …/onnx__Mul.html, …/onnx__Div.html, …/onnx__Neg.html, …/onnx__Sum.html.
+//! Opsets: multidirectional broadcasting from 7 (Sum from 8); later versions
+//! changed only the type lists.
+//!
+//! Tests: `crates/koala-graph/tests/fd_elementwise.rs`.
 
 use super::{GradCtx, RuleInput};
 use anyhow::Result;
@@ -81,6 +88,19 @@ pub fn div(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
         let neg = negate(ctx, &prod)?;
         let t = ctx.shape(&b)?;
         out[1] = Some(ctx.unbroadcast(&neg, &t)?);
+    }
+    Ok(out)
+}
+
+/// Y = X₁ + … + Xₙ (variadic, broadcasting): dXᵢ = unbroadcast(dY).
+pub fn sum(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let mut out = r.none();
+    for (i, slot) in out.iter_mut().enumerate() {
+        if r.need(i) {
+            let t = ctx.shape(r.input(i))?;
+            *slot = Some(ctx.unbroadcast(&dy, &t)?);
+        }
     }
     Ok(out)
 }

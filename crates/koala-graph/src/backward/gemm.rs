@@ -2,6 +2,11 @@
 //!
 //! Each gradient is itself one Gemm with the transpose flags chosen so no
 //! explicit Transpose node is needed.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Gemm.html.
+//! Opsets: C is optional from 11 and unidirectionally broadcast from 7.
+//!
+//! Tests: `crates/koala-graph/tests/fd_gemm.rs`.
 
 use super::{GradCtx, RuleInput};
 use crate::attrs::{self, a_float, a_int};

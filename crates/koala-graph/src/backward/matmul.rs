@@ -4,6 +4,12 @@
 //! batch axes. The common "activations [.., M, K] times a 2-D weight [K, N]"
 //! case folds the batch axes into M and uses one Gemm for dB instead of a
 //! batched MatMul followed by a ReduceSum.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__MatMul.html.
+//! Opsets: 1/9/13 (types only). Attention shapes ([B,H,T,D]×[B,H,D,T],
+//! GQA [B,1,T,D] broadcast over heads) are covered by the broadcast path.
+//!
+//! Tests: `crates/koala-graph/tests/fd_matmul.rs`.
 
 use super::{GradCtx, RuleInput};
 use crate::attrs::a_int;

@@ -13,16 +13,28 @@ mod batchnorm;
 mod concat_split;
 mod conv;
 mod ctx;
+mod einsum;
 mod elementwise;
+mod gather;
 mod gemm;
+mod layernorm;
+mod math;
 mod matmul;
 mod pool;
 mod reduce;
 mod shape_ops;
 mod slice_pad;
 mod softmax;
+mod table;
+mod tile_expand;
+mod where_;
 
 pub use ctx::{broadcast_shape, norm_axis, GradCtx};
+pub use gather::EmbeddingGrad;
+pub use table::{
+    is_non_differentiable, rule_entry, rule_for, supported_op_names, supported_ops_markdown,
+    NonDifferentiable, RuleEntry, NON_DIFFERENTIABLE, RULES,
+};
 
 use crate::model::node_label;
 use crate::proto::{DataType, NodeProto};
@@ -98,92 +110,15 @@ pub struct BackwardOptions {
     /// default).
     #[serde(default)]
     pub keep_batchnorm: bool,
+    /// Formulation of the gradient of a Gather on a weight (embeddings).
+    #[serde(default)]
+    pub embedding_grad: EmbeddingGrad,
 }
-
-/// The rule for an op, if koala has one. Ops in non-default domains have none.
-pub fn rule_for(node: &NodeProto) -> Option<Rule> {
-    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-        return None;
-    }
-    Some(match node.op_type.as_str() {
-        "Conv" => conv::conv,
-        "ConvTranspose" => conv::conv_transpose,
-        "Gemm" => gemm::gemm,
-        "MatMul" => matmul::matmul,
-        "Add" => elementwise::add,
-        "Sub" => elementwise::sub,
-        "Mul" => elementwise::mul,
-        "Div" => elementwise::div,
-        "Neg" => elementwise::neg,
-        "Relu" => activation::relu,
-        "LeakyRelu" => activation::leaky_relu,
-        "Clip" => activation::clip,
-        "Sigmoid" => activation::sigmoid,
-        "HardSigmoid" => activation::hard_sigmoid,
-        "HardSwish" => activation::hard_swish,
-        "Tanh" => activation::tanh,
-        "Softmax" => softmax::softmax,
-        "LogSoftmax" => softmax::log_softmax,
-        "BatchNormalization" => batchnorm::batch_norm,
-        "MaxPool" => pool::max_pool,
-        "AveragePool" => pool::average_pool,
-        "GlobalAveragePool" => pool::global_average_pool,
-        "ReduceMean" => reduce::reduce_mean,
-        "ReduceSum" => reduce::reduce_sum,
-        "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => shape_ops::reshape_like,
-        "Transpose" => shape_ops::transpose,
-        "Identity" | "Dropout" => shape_ops::identity,
-        "Cast" => shape_ops::cast,
-        "Concat" => concat_split::concat,
-        "Split" => concat_split::split,
-        "Slice" => slice_pad::slice,
-        "Pad" => slice_pad::pad,
-        _ => return None,
-    })
-}
-
-/// Ops with a rule (for messages and `koala check`).
-pub const SUPPORTED_OPS: &[&str] = &[
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Clip",
-    "Concat",
-    "Conv",
-    "ConvTranspose",
-    "Div",
-    "Dropout",
-    "Flatten",
-    "Gemm",
-    "GlobalAveragePool",
-    "HardSigmoid",
-    "HardSwish",
-    "Identity",
-    "LeakyRelu",
-    "LogSoftmax",
-    "MatMul",
-    "MaxPool",
-    "Mul",
-    "Neg",
-    "Pad",
-    "ReduceMean",
-    "ReduceSum",
-    "Relu",
-    "Reshape",
-    "Sigmoid",
-    "Slice",
-    "Softmax",
-    "Split",
-    "Squeeze",
-    "Sub",
-    "Tanh",
-    "Transpose",
-    "Unsqueeze",
-];
 
 /// Values that depend on a trainable weight through float computations.
-/// Integer outputs (Shape, ArgMax, …) stop the propagation: no gradient
-/// flows through shape arithmetic.
+/// Integer outputs (Shape, ArgMax, …) and the ops of
+/// [`NON_DIFFERENTIABLE`] (Floor, comparisons, …) stop the propagation: no
+/// gradient flows through shape arithmetic or piecewise-constant functions.
 pub fn grad_reachable(
     nodes: &[NodeProto],
     trainable: &[String],
@@ -191,6 +126,9 @@ pub fn grad_reachable(
 ) -> HashSet<String> {
     let mut live: HashSet<String> = trainable.iter().cloned().collect();
     for n in nodes {
+        if is_non_differentiable(n) {
+            continue;
+        }
         if reads(n).into_iter().any(|i| live.contains(i)) {
             live.extend(
                 n.output
@@ -269,7 +207,8 @@ pub fn differentiate(
             continue;
         }
         let needs: Vec<bool> = node.input.iter().map(|i| live.contains(i)).collect();
-        let rule = rule_for(node).with_context(|| missing_rule_message(idx, node))?;
+        let rule = rule_for(node, ctx.opset())
+            .with_context(|| missing_rule_message(idx, node, ctx.opset()))?;
         ctx.set_scope(if node.name.is_empty() {
             &node.op_type
         } else {
@@ -313,8 +252,17 @@ fn take_sum(
 }
 
 /// The error text for an op without a gradient rule.
-pub fn missing_rule_message(idx: usize, node: &NodeProto) -> String {
-    let what = if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+pub fn missing_rule_message(idx: usize, node: &NodeProto, opset: i64) -> String {
+    let other_opsets = RULES.iter().find(|e| e.op == node.op_type);
+    let what = if let (Some(e), true) = (
+        other_opsets,
+        node.domain.is_empty() || node.domain == "ai.onnx",
+    ) {
+        format!(
+            "has a gradient rule in koala only for opsets {}–{}, not {opset}",
+            e.min_opset, e.max_opset
+        )
+    } else if !(node.domain.is_empty() || node.domain == "ai.onnx") {
         format!(
             "is a custom-domain op ('{}'), which koala cannot differentiate",
             node.domain
@@ -327,6 +275,6 @@ pub fn missing_rule_message(idx: usize, node: &NodeProto) -> String {
     format!(
         "{} {what}; it lies between a trainable weight and the loss. Freeze the weights before it (--freeze <regex>) so no gradient has to pass through it, or re-export the model without this op. Supported ops: {}",
         node_label(idx, node),
-        SUPPORTED_OPS.join(", ")
+        supported_op_names().join(", ")
     )
 }

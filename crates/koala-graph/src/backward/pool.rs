@@ -5,6 +5,13 @@
 //! where windows overlap. AveragePool spreads dY/divisor over each window with
 //! a depthwise ConvTranspose of ones; the divisor map is computed here, since
 //! with count_include_pad = 0 it differs at the borders.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__MaxPool.html,
+//! …/onnx__AveragePool.html, …/onnx__GlobalAveragePool.html.
+//! Opsets: MaxPool with overlapping windows needs ScatterElements' reduction
+//! (16) and is a clear error before; ceil_mode from 10, dilations from 10/19.
+//!
+//! Tests: `crates/koala-graph/tests/fd_pool.rs`.
 
 use super::{GradCtx, RuleInput};
 use crate::attrs::{self, a_int, a_ints, a_string};

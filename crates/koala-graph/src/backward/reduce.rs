@@ -3,6 +3,12 @@
 //!
 //! `axes` is an attribute before opset 13 (ReduceSum) / 18 (ReduceMean) and
 //! an input after; both forms are read here.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__ReduceSum.html,
+//! https://onnx.ai/onnx/operators/onnx__ReduceMean.html.
+//! Subgradient: none needed (linear).
+//!
+//! Tests: `crates/koala-graph/tests/fd_reduce.rs`.
 
 use super::{norm_axis, GradCtx, RuleInput};
 use crate::attrs;

@@ -1,6 +1,15 @@
 //! Gradients of pure data-movement ops: Flatten, Reshape, Squeeze,
 //! Unsqueeze (a reshape back), Transpose (the inverse permutation),
-//! Identity and Dropout in inference mode (pass-through).
+//! Identity and Dropout in inference mode (pass-through), Cast between float
+//! types (cast back), Trilu (the same triangle of dY).
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__<Op>.html for Reshape,
+//! Flatten, Squeeze, Unsqueeze, Transpose, Identity, Dropout, Cast, Trilu.
+//! Opsets: Squeeze/Unsqueeze take axes as an input from 13 (the rule reads
+//! only shapes, so both forms work); Dropout has a training_mode input from
+//! 12 (must be a known false); Trilu exists from 14.
+//!
+//! Tests: `crates/koala-graph/tests/fd_shape_ops.rs`.
 
 use super::{GradCtx, RuleInput};
 use crate::attrs;
@@ -67,4 +76,26 @@ pub fn cast(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
         dt,
         shape,
     ))])
+}
+
+/// Trilu(X, k?, upper): Y keeps one triangle of X (the rest is 0), so
+/// dX = Trilu(dY, k, upper) with the same k and upper.
+pub fn trilu(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let shape = ctx.shape(&dy)?;
+    let dt = ctx.dtype(&dy)?;
+    let upper = attrs::int(r.node, "upper", 1);
+    let mut inputs = vec![dy.as_str()];
+    if !r.input(1).is_empty() {
+        inputs.push(r.input(1));
+    }
+    let mut out = r.none();
+    out[0] = Some(ctx.emit_shaped(
+        "Trilu",
+        &inputs,
+        vec![attrs::a_int("upper", upper)],
+        dt,
+        shape,
+    ));
+    Ok(out)
 }

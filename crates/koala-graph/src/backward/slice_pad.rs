@@ -1,5 +1,13 @@
 //! Gradients of Slice (scatter dY into zeros at the sliced positions) and
 //! constant-mode Pad (slice the padding off dY).
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Slice.html,
+//! https://onnx.ai/onnx/operators/onnx__Pad.html.
+//! Opsets: Slice parameters are attributes before 10 and inputs from 10
+//! (steps from 10; negative starts, axes and steps handled); Pad's pads are an
+//! input from 11 and it gains `axes` at 18.
+//!
+//! Tests: `crates/koala-graph/tests/fd_slice_pad.rs`.
 
 use super::{norm_axis, GradCtx, RuleInput};
 use crate::attrs;

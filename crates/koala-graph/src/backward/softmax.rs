@@ -3,6 +3,13 @@
 //! Softmax: dX = Y ⊙ (dY − Σ_axis dY ⊙ Y). LogSoftmax: dX = dY − e^Y ⊙ Σ_axis dY.
 //! Before opset 13 both ops flatten the input to 2-D at `axis`; the same
 //! formulas then hold over all trailing axes at once.
+//! Masked scores (−inf from `Where(mask, −inf, s)` or an additive mask) have
+//! Y = 0, so their gradient is exactly 0 with no NaN.
+//!
+//! Spec: https://onnx.ai/onnx/operators/onnx__Softmax.html,
+//! https://onnx.ai/onnx/operators/onnx__LogSoftmax.html.
+//!
+//! Tests: `crates/koala-graph/tests/fd_softmax.rs` (masked: `fd_where.rs`).
 
 use super::{norm_axis, GradCtx, RuleInput};
 use crate::attrs;

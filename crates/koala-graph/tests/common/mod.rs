@@ -26,6 +26,39 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
+/// The element types test nets compute in.
+pub const F64: DataType = DataType::Double;
+/// f32 (for ops whose ORT kernels have no f64 version).
+pub const F32: DataType = DataType::Float;
+
+/// Checks `net` with MSE against random targets and the default step.
+pub fn mse(net: &Net, output: &str) {
+    check(net, output, &Check::mse(net.dt));
+}
+
+/// `op(X)` → `y` with X a leaf holding `values`.
+pub fn unary_case(
+    net: &mut Net,
+    op: &str,
+    shape: &[usize],
+    values: Vec<f64>,
+    attrs: Vec<AttributeProto>,
+) {
+    let x = net.leaf("x", shape, values);
+    net.node(op, &[&x], &["y"], attrs);
+}
+
+/// The error text of building `n`'s training graph (output `y`, MSE), which
+/// must fail.
+pub fn mse_build_error(n: &Net) -> String {
+    let e = koala_graph::build(
+        &n.model("y"),
+        &n.spec(koala_graph::LossSpec::MeanSquaredError),
+    )
+    .expect_err("build must refuse the model");
+    format!("{e:#}")
+}
+
 /// Grid every random value lies on (see the module docs).
 const GRID: f64 = 1.0 / (1u64 << 20) as f64;
 
@@ -37,11 +70,20 @@ pub struct Tensor {
     pub values: Vec<f64>,
 }
 
+/// A named int64 tensor (indices fed as a data input).
+#[derive(Clone, Debug)]
+pub struct IntTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<i64>,
+}
+
 /// A tiny ONNX model under construction.
 pub struct Net {
     pub opset: i64,
     pub dt: DataType,
     inputs: Vec<Tensor>,
+    int_inputs: Vec<IntTensor>,
     weights: Vec<Tensor>,
     other_inits: Vec<TensorProto>,
     nodes: Vec<NodeProto>,
@@ -56,6 +98,7 @@ impl Net {
             opset,
             dt,
             inputs: Vec::new(),
+            int_inputs: Vec::new(),
             weights: Vec::new(),
             other_inits: Vec::new(),
             nodes: Vec::new(),
@@ -112,6 +155,26 @@ impl Net {
     pub fn input(&mut self, name: &str, shape: &[usize]) -> String {
         let values = self.uniform(shape.iter().product(), -1.0, 1.0);
         self.inputs.push(Tensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            values,
+        });
+        name.into()
+    }
+
+    /// An int64 data input with random values in [lo, hi) (token ids,
+    /// Gather indices; negative `lo` gives negative indices).
+    pub fn int_input(&mut self, name: &str, shape: &[usize], lo: i64, hi: i64) -> String {
+        let values = (0..shape.iter().product::<usize>())
+            .map(|_| self.rng.random_range(lo..hi))
+            .collect();
+        self.int_input_values(name, shape, values)
+    }
+
+    /// An int64 data input with the given values.
+    pub fn int_input_values(&mut self, name: &str, shape: &[usize], values: Vec<i64>) -> String {
+        assert_eq!(values.len(), shape.iter().product::<usize>(), "{name}");
+        self.int_inputs.push(IntTensor {
             name: name.into(),
             shape: shape.to_vec(),
             values,
@@ -247,6 +310,9 @@ impl Net {
                     .inputs
                     .iter()
                     .map(|i| koala_graph::training::value_info(&i.name, self.dt, &i.shape))
+                    .chain(self.int_inputs.iter().map(|i| {
+                        koala_graph::training::value_info(&i.name, DataType::Int64, &i.shape)
+                    }))
                     .collect(),
                 output: vec![ValueInfoProto {
                     name: output.into(),
@@ -273,6 +339,11 @@ impl Net {
                 .inputs
                 .iter()
                 .map(|i| (i.name.clone(), i.shape.clone()))
+                .chain(
+                    self.int_inputs
+                        .iter()
+                        .map(|i| (i.name.clone(), i.shape.clone())),
+                )
                 .collect(),
             loss,
             ..Default::default()
@@ -631,6 +702,7 @@ pub struct Run {
     session: Session,
     dt: DataType,
     data: Vec<Tensor>,
+    int_data: Vec<IntTensor>,
     labels: Labels,
     pub targets: Vec<f64>,
     label_shape: Vec<usize>,
@@ -664,6 +736,7 @@ impl Run {
             session,
             dt: net.dt,
             data: net.inputs.clone(),
+            int_data: net.int_inputs.clone(),
             labels: labels.clone(),
             targets,
             label_shape: graph.label_shape.clone(),
@@ -704,6 +777,9 @@ impl Run {
                     TensorView::f32(&bufs32[i], shape)
                 },
             ));
+        }
+        for t in &self.int_data {
+            views.push((&t.name, TensorView::i64(&t.values, &t.shape)));
         }
         match &self.labels {
             Labels::RandomTargets => views.push((
