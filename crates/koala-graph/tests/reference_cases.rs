@@ -39,3 +39,50 @@ fn mobilenet_v2_matches_pytorch() {
     );
     assert!(report.pass(), "{report}");
 }
+
+/// GPT-2-style decoder exported by torch.onnx (LayerNormalization-17, exact
+/// GELU through Erf, causal mask through Trilu/Not/Where, learned positions)
+/// with the causal-LM loss: all 37 tensors within 1e-3, the two k biases
+/// (exactly zero gradient, softmax is invariant to them) by the zero rule.
+#[test]
+fn tiny_gpt_matches_pytorch() {
+    let report = gradcheck::run(&case("tiny_gpt"), &GradcheckOptions::default()).unwrap();
+    println!("{report}");
+    assert_eq!(
+        report.tensors.len(),
+        37,
+        "tiny_gpt has 37 trainable tensors"
+    );
+    assert!(report.pass(), "{report}");
+    let zero: Vec<&str> = report
+        .tensors
+        .iter()
+        .filter(|t| t.zero_rule)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(zero, ["blocks.0.attn.k.bias", "blocks.1.attn.k.bias"]);
+}
+
+/// Llama-style decoder made by the project's generator
+/// (`gen/gen_llama.py`): RoPE with rotate-half, RMSNorm decomposed as
+/// PyTorch exports it (Pow, ReduceMean, Add, Sqrt, Div), GQA by
+/// Expand/Reshape, SiLU-gated MLP, a tied embedding (its reference gradient
+/// is the sum of the Gather and MatMul uses): every tensor within 1e-3.
+#[test]
+fn tiny_llama_matches_pytorch() {
+    let report = gradcheck::run(&case("tiny_llama"), &GradcheckOptions::default()).unwrap();
+    println!("{report}");
+    assert_eq!(
+        report.tensors.len(),
+        20,
+        "tiny_llama has 20 trainable tensors"
+    );
+    assert!(report.pass(), "{report}");
+    assert!(
+        report
+            .tensors
+            .iter()
+            .all(|t| t.error <= 1e-3 && !t.zero_rule),
+        "{report}"
+    );
+}
