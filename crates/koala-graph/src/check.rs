@@ -184,6 +184,25 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
 
 fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
     let g = model.graph();
+    if let Ok(sig) = crate::lm_signature::detect(model) {
+        // A language model's dynamic axes are the expected batch/sequence
+        // (and past-length) axes: one note, not one per input.
+        problems.push(Problem {
+            severity: Severity::Note,
+            message: format!(
+                "causal language model: token ids in '{}'{}{}",
+                sig.input_ids,
+                if sig.attention_mask.is_some() { ", with attention_mask and position_ids" } else { "" },
+                if sig.past.is_empty() {
+                    String::new()
+                } else {
+                    format!(", KV cache of {} past_key_values inputs (fed empty for training)", sig.past.len())
+                }
+            ),
+            suggestion: "train it with `koala finetune --task causal-lm` (detected from input_ids); the batch and sequence axes are fixed by --batch-size and --block-size".into(),
+        });
+        return;
+    }
     for i in g
         .input
         .iter()
