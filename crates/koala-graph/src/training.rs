@@ -153,7 +153,18 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         crate::fold::fold_batchnorm_into_conv(&mut model);
     }
     let data_inputs = data_inputs(&model, &spec.input_shapes)?;
-    let mut facts: Facts = probe::probe(&model, &spec.input_shapes, spec.probe_threads.max(1))?;
+    let mut facts: Facts = match probe::probe(&model, &spec.input_shapes, spec.probe_threads.max(1))
+    {
+        Ok(f) => f,
+        // ORT cannot even run a custom op it does not know: name the node
+        // and the remedy rather than pass on ORT's registry message.
+        Err(e) if !lowered.left.is_empty() => bail!(
+            "{}: {} (ONNX Runtime: {e:#})",
+            model.display_name(),
+            crate::lower::unsupported_message(&lowered.left)
+        ),
+        Err(e) => return Err(e),
+    };
     if facts.get(&output).is_none() {
         bail!("the model has no value named '{output}' to put the loss on");
     }

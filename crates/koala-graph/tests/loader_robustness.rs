@@ -183,12 +183,26 @@ fn an_op_without_a_rule_is_named_in_the_error() {
 fn a_custom_domain_op_is_named_in_the_error() {
     let mut n = Net::new(17, DataType::Float, 2);
     matmul_front(&mut n);
-    n.custom_node("com.microsoft", "Gelu", &["h"], &["y"]);
+    // (com.microsoft::Gelu is lowered to standard ops now; an op of a
+    // vendor's own domain cannot be.)
+    n.custom_node("com.example.vendor", "FancyAct", &["h"], &["y"]);
     let e = build_error(&n);
     assert!(
-        e.contains("(com.microsoft::Gelu)") && e.contains("custom-domain"),
+        e.contains("(com.example.vendor::FancyAct)")
+            && e.contains("domain 'com.example.vendor'")
+            && e.contains("re-export"),
         "{e}"
     );
+}
+
+#[test]
+fn an_ort_fusion_on_the_path_is_lowered_and_trains() {
+    let mut n = Net::new(17, DataType::Float, 2);
+    matmul_front(&mut n);
+    n.custom_node("com.microsoft", "Gelu", &["h"], &["y"]);
+    let g = koala_graph::build(&n.model("y"), &n.spec(LossSpec::MeanSquaredError))
+        .expect("com.microsoft::Gelu is lowered to Erf/Mul/Add, which have rules");
+    assert!(g.trainable.iter().any(|t| t.name == "w"));
 }
 
 /// A branch graph computing `op(h)` from the outer value `h`.
