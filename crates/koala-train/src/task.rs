@@ -233,10 +233,16 @@ pub fn create(cfg: &TrainConfig, model: &Model) -> Result<Box<dyn Task>> {
         // data source yielding (input_ids, labels, attention_mask) i64 batches, the causal-LM
         // `LossSpec`, metrics loss / perplexity / token accuracy / tokens per second and
         // `BestMetric { name: "loss", direction: Lower }`.
-        TaskKind::CausalLm => bail!(
-            "{} looks like a causal language model (int64 'input_ids' input), and the causal-LM task is not wired into the training loop yet; pass --task image-classification if this is an image model",
-            model.display_name()
-        ),
+        TaskKind::CausalLm => {
+            let why = match cfg.task {
+                Some(_) => "--task causal-lm was given".to_string(),
+                None => format!(
+                    "{} has an int64 'input_ids' input, so it is taken for a causal language model",
+                    model.display_name()
+                ),
+            };
+            bail!("{why}, and the causal-LM task is not wired into the training loop yet; pass --task image-classification to train an image classifier")
+        }
     }
 }
 
