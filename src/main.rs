@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use koala::train::config::{DataFormat, LossVar, TrainConfig};
+use koala::train::config::{DataFormat, LossVar, TaskKind, TrainConfig};
 use koala::train::schedule::ScheduleKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -186,6 +186,16 @@ struct FinetuneArgs {
     /// Use only the first N training samples.
     #[arg(long)]
     limit_train: Option<usize>,
+    /// The task (default: detected from the model's inputs: an int64 `input_ids` input is a
+    /// causal LM, a float image input an image classifier).
+    #[arg(long, value_enum)]
+    task: Option<TaskArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TaskArg {
+    ImageClassification,
+    CausalLm,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -416,6 +426,12 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
             ScheduleArg::Linear => ScheduleKind::Linear,
             ScheduleArg::Step => ScheduleKind::Step,
         };
+    }
+    if let Some(t) = a.task {
+        c.task = Some(match t {
+            TaskArg::ImageClassification => TaskKind::ImageClassification,
+            TaskArg::CausalLm => TaskKind::CausalLm,
+        });
     }
     c.augment &= !a.no_augment;
     c.no_decay_bias_norm |= a.no_decay_bias_norm;

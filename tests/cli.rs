@@ -788,3 +788,50 @@ fn non_square_image_size() {
     args[si] = "12y20".into();
     assert_fails(&refs(&args), 2, "expected N or HxW");
 }
+
+/// tiny_cnn with its data input renamed `input_ids` and declared int64: what a causal
+/// language model's token-id input looks like to the task detection.
+fn model_with_token_ids(path: &Path) {
+    use koala::graph::proto::{type_proto, DataType};
+    let mut m = Model::load(&tiny_model()).unwrap();
+    let g = m.graph_mut();
+    let old = g.input[0].name.clone();
+    g.input[0].name = "input_ids".into();
+    if let Some(type_proto::Value::TensorType(t)) =
+        g.input[0].r#type.as_mut().unwrap().value.as_mut()
+    {
+        t.elem_type = DataType::Int64 as i32;
+    }
+    for n in &mut g.node {
+        n.input
+            .iter_mut()
+            .filter(|i| **i == old)
+            .for_each(|i| *i = "input_ids".into());
+    }
+    koala::graph::model::write_atomic(path, &m.to_bytes()).unwrap();
+}
+
+/// The task comes from the model's inputs (an int64 `input_ids` input is a causal LM) or from
+/// `--task`; the causal-LM task is not wired into the loop yet and says so, naming the flag.
+#[test]
+fn the_task_is_detected_from_the_inputs_and_causal_lm_is_reported_as_not_wired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lm = tmp.path().join("lm.onnx");
+    model_with_token_ids(&lm);
+    let mut args = tiny_finetune(&["--run-dir", tmp.path().join("a").to_str().unwrap()]);
+    let model_at = value_index(&args, "--model");
+    args[model_at] = lm.display().to_string();
+    assert_fails(&refs(&args), 1, "causal-LM task is not wired");
+    let forced = tiny_finetune(&[
+        "--task",
+        "causal-lm",
+        "--run-dir",
+        tmp.path().join("b").to_str().unwrap(),
+    ]);
+    assert_fails(&refs(&forced), 1, "--task image-classification");
+    assert_fails(
+        &refs(&tiny_finetune(&["--task", "speech"])),
+        2,
+        "image-classification",
+    );
+}

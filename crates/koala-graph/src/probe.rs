@@ -76,29 +76,13 @@ pub fn input_dtype(v: &ValueInfoProto) -> Option<DataType> {
     }
 }
 
+/// koala-graph's `DataType` for an element type ONNX Runtime reports; both follow the ONNX
+/// `TensorProto.DataType` numbering, so the mapping is by number. Types without a number
+/// (float8, 4-bit, non-tensor values) become `Undefined`, which no gradient rule accepts.
 fn dtype_of(e: &ElementType) -> DataType {
-    match e {
-        ElementType::F32 => DataType::Float,
-        ElementType::F64 => DataType::Double,
-        ElementType::I64 => DataType::Int64,
-        ElementType::Other(s) => {
-            let s = s.to_lowercase();
-            match () {
-                _ if s.contains("bool") => DataType::Bool,
-                _ if s.contains("bfloat16") => DataType::Bfloat16,
-                _ if s.contains("float16") || s.contains("f16") => DataType::Float16,
-                _ if s.contains("uint8") || s.contains("u8") => DataType::Uint8,
-                _ if s.contains("int8") || s.contains("i8") => DataType::Int8,
-                _ if s.contains("uint16") => DataType::Uint16,
-                _ if s.contains("int16") => DataType::Int16,
-                _ if s.contains("uint32") => DataType::Uint32,
-                _ if s.contains("int32") || s.contains("i32") => DataType::Int32,
-                _ if s.contains("uint64") => DataType::Uint64,
-                _ if s.contains("string") => DataType::String,
-                _ => DataType::Undefined,
-            }
-        }
-    }
+    e.onnx_data_type()
+        .and_then(|code| DataType::try_from(code).ok())
+        .unwrap_or(DataType::Undefined)
 }
 
 /// Runs the probe and returns facts for every value of the graph.
@@ -258,4 +242,43 @@ fn zero_feeds(model: &Model, inputs: &InputShapes) -> Result<Vec<(String, Vec<us
         out.push((i.name.clone(), shape.clone(), feed));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element type ONNX Runtime names maps to the ONNX data type of the same name
+    /// (ONNX spec `TensorProto.DataType`); the old string matching mapped "uint8" by substring.
+    #[test]
+    fn element_types_map_to_the_onnx_data_type_of_the_same_name() {
+        let cases = [
+            (ElementType::F32, DataType::Float),
+            (ElementType::U8, DataType::Uint8),
+            (ElementType::I8, DataType::Int8),
+            (ElementType::U16, DataType::Uint16),
+            (ElementType::I16, DataType::Int16),
+            (ElementType::I32, DataType::Int32),
+            (ElementType::I64, DataType::Int64),
+            (ElementType::String, DataType::String),
+            (ElementType::Bool, DataType::Bool),
+            (ElementType::F16, DataType::Float16),
+            (ElementType::F64, DataType::Double),
+            (ElementType::U32, DataType::Uint32),
+            (ElementType::U64, DataType::Uint64),
+            (ElementType::Complex64, DataType::Complex64),
+            (ElementType::Complex128, DataType::Complex128),
+            (ElementType::BF16, DataType::Bfloat16),
+            (
+                ElementType::Other("Float8E4M3FN".into()),
+                DataType::Undefined,
+            ),
+        ];
+        let wrong: Vec<String> = cases
+            .iter()
+            .filter(|(e, d)| dtype_of(e) != *d)
+            .map(|(e, d)| format!("{e} → {:?}, want {d:?}", dtype_of(e)))
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }

@@ -196,6 +196,12 @@ impl TrainStep {
             .expect("float32 output")
     }
 
+    /// The int64 labels of the current batch (class indices, next-token ids), or `None` when
+    /// the graph's labels are not int64 (MSE targets).
+    pub fn labels(&self) -> Option<&[i64]> {
+        self.runner.inputs()[self.slots.labels].i64s().ok()
+    }
+
     /// Gradient of trainable tensor `k` from the last run.
     pub fn grad(&self, k: usize) -> &[f32] {
         self.runner
@@ -279,5 +285,102 @@ pub fn batch_dtype(b: &Batch) -> DataType {
     match b {
         Batch::F32(_) => DataType::Float,
         Batch::I64(_) => DataType::Int64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    use crate::training::value_info;
+    use crate::{LossSpec, Model, TrainingSpec};
+
+    /// `logits = Cast(input_ids → float) · W`: a graph whose data input is int64 token ids
+    /// [B, T], as a language model's is (the ids reach the weights through a Cast here, so no
+    /// gradient rule beyond MatMul is needed).
+    fn int64_input_model(b: usize, t: usize, c: usize, w: &[f32]) -> Model {
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: output.into(),
+            ..Default::default()
+        };
+        let mut cast = node("Cast", &["input_ids"], "x");
+        cast.attribute
+            .push(crate::attrs::a_int("to", DataType::Float as i64));
+        let proto = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                name: "ids".into(),
+                node: vec![cast, node("MatMul", &["x", "W"], "logits")],
+                initializer: vec![crate::tensor::from_f32("W", &[t as i64, c as i64], w)],
+                input: vec![value_info("input_ids", DataType::Int64, &[b, t])],
+                output: vec![value_info("logits", DataType::Float, &[b, c])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Model::from_proto(proto).unwrap()
+    }
+
+    #[test]
+    fn int64_token_ids_and_labels_feed_a_training_step() {
+        let (b, t, c) = (2, 3, 4);
+        let w: Vec<f32> = (0..t * c).map(|i| 0.1 * i as f32 - 0.5).collect();
+        let model = int64_input_model(b, t, c, &w);
+        let spec = TrainingSpec {
+            input_shapes: [("input_ids".to_string(), vec![b, t])]
+                .into_iter()
+                .collect(),
+            loss: LossSpec::default(),
+            probe_threads: 1,
+            ..TrainingSpec::default()
+        };
+        let graph = crate::build(&model, &spec).unwrap();
+        assert_eq!(graph.data_inputs[0].2, DataType::Int64);
+        let mut step = TrainStep::new(graph, Some(1)).unwrap();
+        let ids: [i64; 6] = [1, 0, 2, 3, 1, 1];
+        let labels: [i64; 2] = [2, 0];
+        step.set_batch(&[Batch::I64(&ids)], Batch::I64(&labels))
+            .unwrap();
+        step.run().unwrap();
+        assert_eq!(step.labels(), Some(&labels[..]));
+        // Reference in f64: dL/dW = xᵀ (softmax(xW) − onehot(y)) / B for the mean
+        // cross-entropy.
+        let mut want = vec![0.0f64; t * c];
+        for r in 0..b {
+            let x: Vec<f64> = ids[r * t..(r + 1) * t].iter().map(|&v| v as f64).collect();
+            let z: Vec<f64> = (0..c)
+                .map(|j| (0..t).map(|i| x[i] * w[i * c + j] as f64).sum())
+                .collect();
+            let m = z.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            for i in 0..t {
+                for j in 0..c {
+                    let d = e[j] / s - (j as i64 == labels[r]) as i64 as f64;
+                    want[i * c + j] += x[i] * d / b as f64;
+                }
+            }
+        }
+        // f32 arithmetic on values of order 1: a few ulps, far below 1e-5.
+        let bad: Vec<String> = step
+            .grad(0)
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .filter(|(_, (g, w))| (**g as f64 - **w).abs() > 1e-5)
+            .map(|(i, (g, w))| format!("W[{i}]: got {g}, want {w}"))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "tolerance 1e-5 (f32 rounding):\n{}",
+            bad.join("\n")
+        );
     }
 }

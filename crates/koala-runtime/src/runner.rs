@@ -69,11 +69,11 @@ impl HostTensor {
             ElementType::F32 => TensorData::F32(vec![0.0; n]),
             ElementType::F64 => TensorData::F64(vec![0.0; n]),
             ElementType::I64 => TensorData::I64(vec![0; n]),
-            ElementType::Other(ref other) => {
+            ref other => {
                 return Err(Error::TypeMismatch {
                     direction: Direction::Input,
                     name: info.name.clone(),
-                    expected: other.clone(),
+                    expected: other.to_string(),
                     got: "a koala buffer (koala buffers hold f32, f64 or i64)".into(),
                 })
             }

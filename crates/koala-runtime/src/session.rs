@@ -336,7 +336,7 @@ fn owned_output(name: &str, value: &ort::value::DynValue) -> Result<OwnedTensor,
             let (shape, data) = value.try_extract_tensor::<i64>()?;
             (shape, TensorData::I64(data.to_vec()))
         }
-        ElementType::Other(other) => {
+        other => {
             return Err(ort::Error::new(format!(
             "output {name:?} has element type {other}; koala reads only f32, f64 and i64 outputs"
         )))

@@ -8,18 +8,50 @@ use std::fmt;
 
 use ort::sys::ONNXTensorElementDataType as OnnxType;
 
-/// Element type of a tensor. koala's buffers hold `f32`, `f64` or `i64`; a model may declare
-/// others, which [`ElementType::Other`] names.
+/// Element type of a tensor, one variant per ONNX `TensorProto.DataType` that ONNX Runtime
+/// reports (numbering: the ONNX spec, `onnx/onnx.proto`, `TensorProto.DataType`).
+///
+/// koala's buffers ([`TensorView`], [`crate::HostTensor`]) hold `f32`, `f64` or `i64` (see
+/// [`ElementType::is_buffer_type`]); the other variants describe what a model declares (token
+/// ids as int32, attention masks as bool, fp16/bf16 weights) so callers can match on a type
+/// instead of on ONNX Runtime's spelling of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ElementType {
-    /// 32-bit float.
+    /// 32-bit float (ONNX `FLOAT`, 1).
     F32,
-    /// 64-bit float.
-    F64,
-    /// 64-bit signed integer.
+    /// 8-bit unsigned integer (ONNX `UINT8`, 2).
+    U8,
+    /// 8-bit signed integer (ONNX `INT8`, 3).
+    I8,
+    /// 16-bit unsigned integer (ONNX `UINT16`, 4).
+    U16,
+    /// 16-bit signed integer (ONNX `INT16`, 5).
+    I16,
+    /// 32-bit signed integer (ONNX `INT32`, 6).
+    I32,
+    /// 64-bit signed integer (ONNX `INT64`, 7).
     I64,
-    /// Any other ONNX type (named as ONNX Runtime names it), or a non-tensor value.
-    Other(String),
+    /// String (ONNX `STRING`, 8).
+    String,
+    /// Boolean (ONNX `BOOL`, 9).
+    Bool,
+    /// IEEE half precision (ONNX `FLOAT16`, 10).
+    F16,
+    /// 64-bit float (ONNX `DOUBLE`, 11).
+    F64,
+    /// 32-bit unsigned integer (ONNX `UINT32`, 12).
+    U32,
+    /// 64-bit unsigned integer (ONNX `UINT64`, 13).
+    U64,
+    /// Complex of two f32 (ONNX `COMPLEX64`, 14).
+    Complex64,
+    /// Complex of two f64 (ONNX `COMPLEX128`, 15).
+    Complex128,
+    /// Brain float 16 (ONNX `BFLOAT16`, 16).
+    BF16,
+    /// Anything else ONNX Runtime reports (8/4/2-bit floats and integers, named as ORT names
+    /// them), or a value that is not a tensor (sequence, map, optional).
+    Other(std::string::String),
 }
 
 impl ElementType {
@@ -27,10 +59,53 @@ impl ElementType {
         use ort::value::TensorElementType as T;
         match ty {
             T::Float32 => ElementType::F32,
-            T::Float64 => ElementType::F64,
+            T::Uint8 => ElementType::U8,
+            T::Int8 => ElementType::I8,
+            T::Uint16 => ElementType::U16,
+            T::Int16 => ElementType::I16,
+            T::Int32 => ElementType::I32,
             T::Int64 => ElementType::I64,
+            T::String => ElementType::String,
+            T::Bool => ElementType::Bool,
+            T::Float16 => ElementType::F16,
+            T::Float64 => ElementType::F64,
+            T::Uint32 => ElementType::U32,
+            T::Uint64 => ElementType::U64,
+            T::Complex64 => ElementType::Complex64,
+            T::Complex128 => ElementType::Complex128,
+            T::Bfloat16 => ElementType::BF16,
             other => ElementType::Other(other.to_string()),
         }
+    }
+
+    /// The ONNX `TensorProto.DataType` number (e.g. 1 for `FLOAT`, 7 for `INT64`), or `None`
+    /// for [`ElementType::Other`]. koala-graph turns it into its `DataType` with `try_from`.
+    pub fn onnx_data_type(&self) -> Option<i32> {
+        Some(match self {
+            ElementType::F32 => 1,
+            ElementType::U8 => 2,
+            ElementType::I8 => 3,
+            ElementType::U16 => 4,
+            ElementType::I16 => 5,
+            ElementType::I32 => 6,
+            ElementType::I64 => 7,
+            ElementType::String => 8,
+            ElementType::Bool => 9,
+            ElementType::F16 => 10,
+            ElementType::F64 => 11,
+            ElementType::U32 => 12,
+            ElementType::U64 => 13,
+            ElementType::Complex64 => 14,
+            ElementType::Complex128 => 15,
+            ElementType::BF16 => 16,
+            ElementType::Other(_) => return None,
+        })
+    }
+
+    /// Whether koala's buffers can hold this type (`f32`, `f64`, `i64`): the types its
+    /// training graphs use for weights, images, token ids and labels.
+    pub fn is_buffer_type(&self) -> bool {
+        self.onnx().is_some()
     }
 
     /// The ONNX C enum, for the three types koala buffers can hold.
@@ -39,19 +114,33 @@ impl ElementType {
             ElementType::F32 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),
             ElementType::F64 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE),
             ElementType::I64 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64),
-            ElementType::Other(_) => None,
+            _ => None,
         }
     }
 }
 
 impl fmt::Display for ElementType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ElementType::F32 => f.write_str("f32"),
-            ElementType::F64 => f.write_str("f64"),
-            ElementType::I64 => f.write_str("i64"),
-            ElementType::Other(name) => f.write_str(name),
-        }
+        let name = match self {
+            ElementType::F32 => "f32",
+            ElementType::U8 => "u8",
+            ElementType::I8 => "i8",
+            ElementType::U16 => "u16",
+            ElementType::I16 => "i16",
+            ElementType::I32 => "i32",
+            ElementType::I64 => "i64",
+            ElementType::String => "string",
+            ElementType::Bool => "bool",
+            ElementType::F16 => "f16",
+            ElementType::F64 => "f64",
+            ElementType::U32 => "u32",
+            ElementType::U64 => "u64",
+            ElementType::Complex64 => "complex64",
+            ElementType::Complex128 => "complex128",
+            ElementType::BF16 => "bf16",
+            ElementType::Other(name) => name,
+        };
+        f.write_str(name)
     }
 }
 

@@ -5,6 +5,7 @@
 //! into place, so a process killed mid-write leaves the previous
 //! checkpoints intact and never a half-written one under a real name.
 
+use crate::task::BestMetric;
 use anyhow::{bail, Context, Result};
 use koala_optim::{OptimizerState, StatePaths};
 use serde::{Deserialize, Serialize};
@@ -24,8 +25,12 @@ pub struct TrainerState {
     pub cursor_position: usize,
     /// Seconds trained so far.
     pub wall_time: f64,
-    /// Best evaluation accuracy and its step.
+    /// Best value of [`best_metric`](Self::best_metric) and its step.
     pub best: Option<(f64, u64)>,
+    /// The metric `best` holds and its direction (absent in checkpoints written before it was
+    /// recorded: those held top-1 accuracy, higher is better, which is the default).
+    #[serde(default)]
+    pub best_metric: BestMetric,
     /// Consecutive non-finite steps at save time.
     pub bad_steps: u32,
     /// Non-finite steps skipped so far.

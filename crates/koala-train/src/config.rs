@@ -4,6 +4,7 @@
 
 pub use crate::image_size::ImageSize;
 use crate::schedule::ScheduleKind;
+pub use crate::task::TaskKind;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -122,6 +123,9 @@ pub struct TrainConfig {
     pub export: Option<PathBuf>,
     /// Limit the number of training samples (quick experiments).
     pub limit_train: Option<usize>,
+    /// The task (default: detected from the model's inputs; absent in configs written before
+    /// it existed, which were all image classification and detect as such).
+    pub task: Option<TaskKind>,
 }
 
 impl Default for TrainConfig {
@@ -169,6 +173,7 @@ impl Default for TrainConfig {
             checkpoint_every: None,
             export: None,
             limit_train: None,
+            task: None,
         }
     }
 }

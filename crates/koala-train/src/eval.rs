@@ -1,11 +1,18 @@
-//! Evaluation: the inference model with the current weights written in,
-//! run by ONNX Runtime on the evaluation split (loss and top-1 accuracy).
+//! Evaluation: the inference model run by ONNX Runtime on the evaluation
+//! split (loss and top-1 accuracy).
 //!
-//! Evaluating the exported form of the model (rather than the training
-//! graph) checks, at every evaluation, exactly what the user will ship.
+//! During training, [`WeightsAsInputs`] holds one session of the *evaluation
+//! graph*: the inference model with its trainable initializers turned into
+//! graph inputs, so each evaluation binds the current weights as inputs
+//! instead of re-serialising the model and opening a new session (which cost
+//! seconds and a second copy of the model per evaluation). The graph is the
+//! exported form of the model (not the training graph), so evaluations
+//! measure what the user will ship; the export itself is still checked in a
+//! fresh session of the written file.
 
 use anyhow::{bail, Context, Result};
 use koala_data::{Cursor, Loader};
+use koala_graph::proto::DataType;
 use koala_graph::Model;
 use koala_runtime::{Session, SessionOptions, TensorView};
 
@@ -18,6 +25,19 @@ pub struct EvalResult {
     pub accuracy: f64,
     /// Samples evaluated.
     pub samples: usize,
+}
+
+impl EvalResult {
+    /// A metric by name: `loss`, `accuracy`, or `perplexity` (exp of the mean loss, the LM
+    /// convention). The best-checkpoint metric is looked up here.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "loss" => Some(self.loss),
+            "accuracy" => Some(self.accuracy),
+            "perplexity" => Some(self.loss.exp()),
+            _ => None,
+        }
+    }
 }
 
 /// The model's data input name (its first graph input that is not an initializer).
@@ -52,6 +72,17 @@ pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
 
 /// Evaluates an ORT session of the inference model on every batch of `loader`.
 pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> Result<EvalResult> {
+    evaluate_with_inputs(session, input, &[], loader)
+}
+
+/// [`evaluate_session`] with `extra` inputs (the weights of the evaluation graph) fed with
+/// every batch.
+fn evaluate_with_inputs(
+    session: &mut Session,
+    input: &str,
+    extra: &[(&str, TensorView)],
+    loader: &Loader,
+) -> Result<EvalResult> {
     let fixed_batch = fixed_batch_size(session, input);
     let (mut loss, mut correct, mut n) = (0.0, 0usize, 0usize);
     let mut it = loader.iter(Cursor::new(0, 0), 1);
@@ -78,7 +109,10 @@ pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> 
             };
             let mut shape = batch.shape;
             shape[0] = piece;
-            let out = session.run(&[(input, TensorView::f32(&images, &shape))])?;
+            let mut feeds = Vec::with_capacity(1 + extra.len());
+            feeds.push((input, TensorView::f32(&images, &shape)));
+            feeds.extend_from_slice(extra);
+            let out = session.run(&feeds)?;
             let logits = out[0].as_f32().context("the model output is not float32")?;
             let classes = logits.len() / piece;
             for (i, &y) in batch.labels[start..start + real].iter().enumerate() {
@@ -112,7 +146,82 @@ fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
     }
 }
 
-/// Evaluates `model` with `weights` written into it.
+/// One ORT session of the evaluation graph (the model with its trainable initializers as
+/// inputs), made once per run; [`WeightsAsInputs::evaluate`] binds the current weights.
+pub struct WeightsAsInputs {
+    session: Session,
+    input: String,
+    weights: Vec<(String, Vec<usize>)>,
+}
+
+impl WeightsAsInputs {
+    /// Builds the evaluation graph of `model` for the trainable tensors `(name, shape)` and
+    /// opens its session.
+    pub fn new(
+        model: &Model,
+        trainable: &[(String, Vec<usize>)],
+        threads: Option<usize>,
+    ) -> Result<WeightsAsInputs> {
+        let graph = eval_graph(model, trainable)?;
+        let opts = SessionOptions {
+            intra_threads: threads,
+            ..SessionOptions::default()
+        };
+        let session = Session::from_bytes(&graph.to_bytes(), &opts)
+            .context("ONNX Runtime could not load the evaluation graph (the model with its trainable weights as inputs)")?;
+        Ok(WeightsAsInputs {
+            session,
+            input: data_input(model)?,
+            weights: trainable.to_vec(),
+        })
+    }
+
+    /// Evaluates the model with `weights` (one buffer per trainable tensor, in the order given
+    /// to [`new`](Self::new)) on every batch of `loader`.
+    pub fn evaluate(&mut self, weights: &[&[f32]], loader: &Loader) -> Result<EvalResult> {
+        if weights.len() != self.weights.len() {
+            bail!(
+                "the evaluation graph takes {} weight tensors, got {}",
+                self.weights.len(),
+                weights.len()
+            );
+        }
+        let extra: Vec<(&str, TensorView)> = self
+            .weights
+            .iter()
+            .zip(weights)
+            .map(|((name, shape), w)| (name.as_str(), TensorView::f32(w, shape)))
+            .collect();
+        evaluate_with_inputs(&mut self.session, &self.input, &extra, loader)
+    }
+}
+
+/// The model with the named tensors (initializers, or outputs of Constant nodes with
+/// `--train-constants`) removed from the graph and declared as float32 graph inputs of their
+/// shape. Everything else, including the data input's first position, is unchanged.
+pub fn eval_graph(model: &Model, trainable: &[(String, Vec<usize>)]) -> Result<Model> {
+    let mut out = model.clone();
+    let g = out.graph_mut();
+    for (name, shape) in trainable {
+        let before = (g.initializer.len(), g.node.len());
+        g.initializer.retain(|t| &t.name != name);
+        g.node
+            .retain(|n| !(n.op_type == "Constant" && n.output.first() == Some(name)));
+        if (g.initializer.len(), g.node.len()) == before {
+            bail!("the model has no initializer or Constant node named '{name}' to turn into an evaluation input");
+        }
+        // Models from before IR 4 also list initializers among the inputs.
+        g.input.retain(|i| &i.name != name);
+        g.input.push(koala_graph::training::value_info(
+            name,
+            DataType::Float,
+            shape,
+        ));
+    }
+    Ok(out)
+}
+
+/// Evaluates `model` with `weights` written into it (a fresh session; for one-off evaluations).
 pub fn evaluate(
     model: &Model,
     weights: &[(&str, &[f32])],

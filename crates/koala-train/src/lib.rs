@@ -7,14 +7,18 @@ pub mod config;
 pub mod data;
 pub mod eval;
 pub mod generate;
+pub mod grad_pipeline;
+pub mod image_classification;
 pub mod image_size;
 pub mod metrics;
 pub mod optim_setup;
 pub mod plot;
 pub mod progress;
 pub mod schedule;
+pub mod task;
 pub mod tract_check;
 pub mod trainer;
 
 pub use config::TrainConfig;
+pub use task::{BestMetric, Direction, Task, TaskKind};
 pub use trainer::{finetune, resume, RunSummary};

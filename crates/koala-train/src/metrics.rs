@@ -26,6 +26,12 @@ pub struct MetricRecord {
     pub grad_norm: Option<f64>,
     /// Training throughput.
     pub samples_per_sec: Option<f64>,
+    /// Training throughput in loss tokens per second (language models; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_sec: Option<f64>,
+    /// exp(mean loss) (language models; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
     /// Seconds since the run started (summed over resumed segments).
     pub wall_time: f64,
 }

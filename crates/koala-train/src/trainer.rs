@@ -1,24 +1,27 @@
-//! The fine-tuning loop.
+//! The fine-tuning loop, shared by every [`Task`].
 //!
-//! Per optimizer step: `predict` (KOALA-M moves θ before the forward pass),
-//! forward+backward in ONNX Runtime for each micro-batch (gradients averaged
-//! when accumulating), a non-finite check (skip the step; abort after K in a
-//! row), global gradient-norm (and clipping), the scheduled learning rate,
-//! the optimizer step on the weight buffers in place. Evaluation,
-//! checkpoints and metrics at their intervals; export at the end.
+//! [`Run::step_once`] is one optimizer step: `predict` (KOALA-M/V move θ
+//! before the forward pass), for each micro-batch the task feeds a batch and
+//! ONNX Runtime runs forward+backward, then the gradient pipeline
+//! ([`crate::grad_pipeline`]: accumulate, average, global norm, skip
+//! non-finite, clip), the scheduled learning rate and the optimizer step on
+//! the weight buffers in place. After each step the loop calls its hooks:
+//! the logger (progress line, metrics.jsonl), the evaluator and the
+//! checkpointer, each at its interval. Export and its checks at the end.
 
 use crate::checkpoint::{self, TrainerState};
 use crate::config::{LossVar, TrainConfig};
-use crate::data::{open_datasets, Datasets};
-use crate::eval::{self, EvalResult};
+use crate::eval::EvalResult;
+use crate::grad_pipeline::{self, GradBuffer, NonFiniteGuard, Verdict};
 use crate::metrics::{MetricRecord, MetricsWriter};
 use crate::optim_setup;
 use crate::progress::Progress;
 use crate::schedule::Schedule;
+use crate::task::{self, Task, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::Cursor;
-use koala_graph::step::{Batch as GBatch, TrainStep};
-use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
+use koala_graph::step::TrainStep;
+use koala_graph::Model;
 use koala_optim::{Optimizer, OptimizerState, StepContext, TensorSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,13 +74,53 @@ struct Group {
 struct Run {
     cfg: TrainConfig,
     model: Model,
-    data: Datasets,
+    task: Box<dyn Task>,
     step: TrainStep,
     groups: Vec<Group>,
     schedule: Schedule,
     total_steps: u64,
     steps_per_epoch: u64,
     state: TrainerState,
+}
+
+/// What one applied optimizer step reports to the hooks.
+#[derive(Clone, Copy, Debug)]
+struct StepReport {
+    /// Mean loss over the step's micro-batches.
+    loss: f64,
+    /// Global gradient norm before clipping.
+    grad_norm: f64,
+    /// Learning rate used.
+    lr: f64,
+}
+
+/// The state of one training segment (this process's part of a run) that the loop and its
+/// hooks share.
+struct Segment {
+    grads: GradBuffer,
+    guard: NonFiniteGuard,
+    metrics: MetricsWriter,
+    progress: Progress,
+    /// The logging window: summed loss, steps and task counts since the last log line.
+    win_loss: f64,
+    win_steps: u64,
+    win_counts: TrainCounts,
+    eval_every: u64,
+    ckpt_every: u64,
+    start: Instant,
+    wall0: f64,
+    samples_done: usize,
+    tokens_done: usize,
+    skipped_before: u64,
+    t_graph: f64,
+    t_opt: f64,
+    last_eval: Option<EvalResult>,
+}
+
+impl Segment {
+    fn seconds(&self) -> f64 {
+        self.start.elapsed().as_secs_f64().max(1e-9)
+    }
 }
 
 /// Fine-tunes from scratch: writes `config.toml`, runs, exports.
@@ -100,14 +143,9 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     let text = toml::to_string_pretty(&cfg)?;
     koala_graph::model::write_atomic(&cfg.run_dir.join("config.toml"), text.as_bytes())?;
     let _ = std::fs::remove_file(cfg.run_dir.join("metrics.jsonl"));
-    let run = Run::new(cfg)?;
+    let mut run = Run::new(cfg)?;
     let before = run.evaluate()?;
-    run.log_line(&format!(
-        "before training: {} loss {:.4}, top-1 {:.2}%",
-        run.data.eval_split,
-        before.loss,
-        100.0 * before.accuracy
-    ));
+    eprintln!("before training: {}", run.task.describe(&before));
     run.record_eval(&before)?;
     run.train(Some(before))
 }
@@ -126,60 +164,26 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
     let mut run = Run::new(cfg)?;
     run.restore(&dir)?;
     crate::metrics::truncate_after(&run_dir.join("metrics.jsonl"), step)?;
-    run.log_line(&format!("resumed from {} (step {step})", dir.display()));
+    eprintln!("resumed from {} (step {step})", dir.display());
     run.train(None)
 }
 
 impl Run {
     fn new(cfg: TrainConfig) -> Result<Run> {
         let mut model = Model::load(&cfg.model)?;
-        if let Some(n) = cfg.num_classes {
-            let h = koala_graph::head::replace_head(&mut model, n, cfg.seed)?;
-            eprintln!(
-                "replaced head {} ({} → {} classes)",
-                h.node, h.classes.0, h.classes.1
-            );
-        }
-        let data = open_datasets(&cfg)?;
-        let input = eval::data_input(&model)?;
-        check_image_size(&model, &input, &cfg)?;
-        let spec = TrainingSpec {
-            input_shapes: [(
-                input,
-                vec![
-                    cfg.batch_size,
-                    3,
-                    cfg.image_size.height as usize,
-                    cfg.image_size.width as usize,
-                ],
-            )]
-            .into_iter()
-            .collect(),
-            loss: LossSpec::SoftmaxCrossEntropy {
-                label_smoothing: cfg.label_smoothing,
-                ignore_index: None,
-            },
-            trainable: TrainableSpec {
-                include: cfg.train.clone(),
-                exclude: cfg.freeze.clone(),
-                train_constants: cfg.train_constants,
-            },
-            probe_threads: cfg.threads.unwrap_or(2),
-            ..TrainingSpec::default()
-        };
+        let mut task = task::create(&cfg, &model)?;
+        task.prepare_model(&mut model)?;
+        let spec = task.training_spec(&model)?;
         let graph = koala_graph::build(&model, &spec)?;
-        check_classes(
-            &data,
-            graph.model_output_shape.last().copied().unwrap_or(0),
-            cfg.num_classes.is_some(),
-        )?;
+        task.check_graph(&graph)?;
         for u in &graph.unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
         let oc = optim_setup::resolve(&cfg, graph.trainable.len())?;
         let groups = make_groups(&cfg, &oc, &graph.trainable)?;
         let step = TrainStep::new(graph, cfg.threads)?;
-        let steps_per_epoch = (data.train.batches_per_epoch() / cfg.accumulate).max(1) as u64;
+        task.prepare_evaluation(&model, &names_shapes(&step))?;
+        let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
         let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
         let schedule = Schedule {
             kind: cfg.schedule,
@@ -192,12 +196,13 @@ impl Run {
         };
         let state = TrainerState {
             format_version: checkpoint::FORMAT_VERSION,
+            best_metric: task.best_metric(),
             ..TrainerState::default()
         };
         Ok(Run {
             cfg,
             model,
-            data,
+            task,
             step,
             groups,
             schedule,
@@ -207,18 +212,25 @@ impl Run {
         })
     }
 
-    fn names_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        self.step
-            .graph()
-            .trainable
-            .iter()
-            .map(|t| (t.name.clone(), t.shape.clone()))
-            .collect()
-    }
-
     fn restore(&mut self, dir: &Path) -> Result<()> {
-        self.state = checkpoint::read_state(dir)?;
-        let weights = checkpoint::read_weights(dir, &self.names_shapes())?;
+        let state = checkpoint::read_state(dir)?;
+        let wanted = self.task.best_metric();
+        if state.best_metric != wanted {
+            eprintln!(
+                "note: the checkpoint's best model was chosen by {} ({:?}); this run chooses by {} ({:?}) from now on",
+                state.best_metric.name, state.best_metric.direction, wanted.name, wanted.direction
+            );
+        }
+        self.state = TrainerState {
+            best: if state.best_metric == wanted {
+                state.best
+            } else {
+                None
+            },
+            best_metric: wanted,
+            ..state
+        };
+        let weights = checkpoint::read_weights(dir, &names_shapes(&self.step))?;
         for (k, w) in weights.iter().enumerate() {
             self.step.weight_mut(k).copy_from_slice(w);
         }
@@ -232,19 +244,11 @@ impl Run {
     /// (name, current values) of every trainable tensor.
     fn weight_pairs(&self) -> Vec<(&str, &[f32])> {
         let names = self.step.graph().trainable.iter().map(|t| t.name.as_str());
-        names
-            .enumerate()
-            .map(|(k, n)| (n, self.step.weight(k)))
-            .collect()
+        names.zip(weights(&self.step)).collect()
     }
 
-    fn evaluate(&self) -> Result<EvalResult> {
-        let pairs = self.weight_pairs();
-        eval::evaluate(&self.model, &pairs, &self.data.eval, self.cfg.threads)
-    }
-
-    fn log_line(&self, s: &str) {
-        eprintln!("{s}");
+    fn evaluate(&mut self) -> Result<EvalResult> {
+        self.task.evaluate(&weights(&self.step))
     }
 
     fn record_eval(&self, r: &EvalResult) -> Result<()> {
@@ -252,7 +256,7 @@ impl Run {
         w.write(&MetricRecord {
             step: self.state.step,
             epoch: self.state.step as f64 / self.steps_per_epoch as f64,
-            split: self.data.eval_split.into(),
+            split: self.task.eval_split().into(),
             loss: r.loss,
             accuracy: Some(r.accuracy),
             wall_time: self.state.wall_time,
@@ -262,235 +266,273 @@ impl Run {
 
     fn train(mut self, before: Option<EvalResult>) -> Result<RunSummary> {
         let cfg = self.cfg.clone();
-        let mut metrics = MetricsWriter::open(&cfg.run_dir.join("metrics.jsonl"))?;
+        self.task.start_training(Cursor::new(
+            self.state.cursor_epoch,
+            self.state.cursor_position,
+        ));
         let eval_every = cfg.eval_every.unwrap_or(self.steps_per_epoch).max(1);
-        let ckpt_every = cfg.checkpoint_every.unwrap_or(eval_every).max(1);
-        let mut it = self.data.train.iter(
-            Cursor::new(self.state.cursor_epoch, self.state.cursor_position),
-            u64::MAX,
-        );
-        // The loader counts this segment's skips; the state carries earlier ones.
-        let skipped_before = self.state.skipped_samples;
-        let mut progress = Progress::new(self.total_steps, self.state.step);
-        let b = cfg.batch_size;
         // Gradients are read in place from the runner; a separate buffer is
         // only needed to sum micro-batches or to hold clipped gradients.
-        let buffered = cfg.accumulate > 1 || cfg.clip_grad_norm.is_some();
         let n_t = self.step.graph().trainable.len();
-        let mut acc_grads: Vec<Vec<f32>> = if buffered {
-            (0..n_t)
-                .map(|k| vec![0.0; self.step.grad(k).len()])
-                .collect()
-        } else {
-            Vec::new()
+        let lens: Vec<usize> = (0..n_t).map(|k| self.step.grad(k).len()).collect();
+        let mut seg = Segment {
+            grads: GradBuffer::new(lens, cfg.accumulate > 1 || cfg.clip_grad_norm.is_some()),
+            guard: NonFiniteGuard {
+                max_in_a_row: cfg.max_bad_steps,
+            },
+            metrics: MetricsWriter::open(&cfg.run_dir.join("metrics.jsonl"))?,
+            progress: Progress::new(self.total_steps, self.state.step),
+            win_loss: 0.0,
+            win_steps: 0,
+            win_counts: TrainCounts::default(),
+            eval_every,
+            ckpt_every: cfg.checkpoint_every.unwrap_or(eval_every).max(1),
+            start: Instant::now(),
+            wall0: self.state.wall_time,
+            samples_done: 0,
+            tokens_done: 0,
+            // The loader counts this segment's skips; the state carries earlier ones.
+            skipped_before: self.state.skipped_samples,
+            t_graph: 0.0,
+            t_opt: 0.0,
+            last_eval: None,
         };
-        let (mut t_graph, mut t_opt) = (0.0f64, 0.0f64);
-        let (mut win_loss, mut win_correct, mut win_n, mut win_steps) =
-            (0.0f64, 0usize, 0usize, 0u64);
-        let seg_start = Instant::now();
-        let wall0 = self.state.wall_time;
-        let mut samples_done = 0usize;
-        let mut last_eval = None;
-        let mut short_batches = 0usize;
         while self.state.step < self.total_steps {
-            // KOALA-M/V predict before the forward pass.
-            {
-                let mut rest: Vec<Option<&mut [f32]>> =
-                    self.step.params_mut().into_iter().map(Some).collect();
-                for g in &mut self.groups {
-                    let mut params = take_members(&mut rest, &g.members);
-                    g.opt.predict(&mut g.state, &mut params)?;
-                }
-            }
-            let mut loss_sum = 0.0f64;
-            let mut per_sample_sq = 0.0f64;
-            let mut micro = 0usize;
-            while micro < cfg.accumulate {
-                let batch = it.next().context("the data loader stopped unexpectedly")?;
-                if batch.shape[0] != b {
-                    // Skipped (corrupt) samples made this batch short; the
-                    // training graph has a fixed batch size.
-                    short_batches += 1;
-                    it.recycle(batch);
-                    continue;
-                }
-                let t0 = Instant::now();
-                self.step
-                    .set_batch(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels))?;
-                self.step.run()?;
-                t_graph += t0.elapsed().as_secs_f64();
-                let out = &self.step;
-                loss_sum += out.loss() as f64;
-                per_sample_sq += out
-                    .per_sample()
-                    .iter()
-                    .map(|&l| (l as f64) * (l as f64))
-                    .sum::<f64>()
-                    / b as f64;
-                let logits = out.model_output();
-                let classes = logits.len() / b;
-                for (i, &y) in batch.labels.iter().enumerate() {
-                    let (_, ok) = eval::score_row(&logits[i * classes..(i + 1) * classes], y);
-                    win_correct += ok as usize;
-                }
-                win_n += b;
-                if buffered {
-                    for (k, a) in acc_grads.iter_mut().enumerate() {
-                        let g = out.grad(k);
-                        if micro == 0 {
-                            a.copy_from_slice(g);
-                        } else {
-                            a.iter_mut().zip(g).for_each(|(x, &y)| *x += y);
-                        }
-                    }
-                }
-                self.state.cursor_epoch = batch.next.epoch;
-                self.state.cursor_position = batch.next.position;
-                it.recycle(batch);
-                micro += 1;
-            }
-            let k = cfg.accumulate as f64;
-            let loss = loss_sum / k;
-            if cfg.accumulate > 1 {
-                let inv = 1.0 / cfg.accumulate as f32;
-                acc_grads.iter_mut().flatten().for_each(|x| *x *= inv);
-            }
-            let sq = |g: &[f32]| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
-            let gnorm = if buffered {
-                acc_grads.iter().map(|g| sq(g)).sum::<f64>().sqrt()
-            } else {
-                (0..n_t).map(|k| sq(self.step.grad(k))).sum::<f64>().sqrt()
-            };
-            if !loss.is_finite() || !gnorm.is_finite() {
-                self.state.bad_steps += 1;
-                self.state.skipped_steps += 1;
-                progress.note(&format!("step {}: non-finite loss or gradient (loss {loss}, grad norm {gnorm}); step skipped", self.state.step));
-                if self.state.bad_steps >= cfg.max_bad_steps {
-                    bail!("{} consecutive steps had a non-finite loss or gradient; stopping. Lower the learning rate or enable --clip-grad-norm", self.state.bad_steps);
-                }
+            let Some(report) = self.step_once(&mut seg)? else {
                 continue;
-            }
-            self.state.bad_steps = 0;
-            if let Some(c) = cfg.clip_grad_norm {
-                if gnorm > c {
-                    let s = (c / gnorm) as f32;
-                    acc_grads.iter_mut().flatten().for_each(|x| *x *= s);
-                }
-            }
-            let lr = self.schedule.lr(self.state.step);
-            let loss_var = match cfg.loss_var {
-                LossVar::SecondMoment => per_sample_sq / k,
-                LossVar::Square => loss * loss,
             };
-            let ctx = StepContext {
-                loss,
-                loss_var,
-                lr,
-                step: self.state.step + 1,
-            };
+            self.log_hook(&mut seg, &report)?;
+            self.eval_hook(&mut seg)?;
+            self.checkpoint_hook(&seg)?;
+        }
+        seg.progress.finish();
+        self.finish(seg, before)
+    }
+
+    /// One optimizer step: feeds → forward/backward (per micro-batch) → gradient pipeline →
+    /// optimizer. `None` when the step was skipped for a non-finite loss or gradient.
+    fn step_once(&mut self, seg: &mut Segment) -> Result<Option<StepReport>> {
+        self.predict()?;
+        let accumulate = self.cfg.accumulate;
+        let (mut loss_sum, mut per_sample_sq) = (0.0f64, 0.0f64);
+        let (mut samples, mut tokens) = (0usize, 0usize);
+        for micro in 0..accumulate {
+            let fed = self.task.feed(&mut self.step)?;
             let t0 = Instant::now();
-            {
-                let (params, in_place) = self.step.params_and_grads();
-                let mut rest: Vec<Option<&mut [f32]>> = params.into_iter().map(Some).collect();
-                for g in &mut self.groups {
-                    let mut params = take_members(&mut rest, &g.members);
-                    let grads: Vec<Option<&[f32]>> = g
-                        .members
-                        .iter()
-                        .map(|&m| {
-                            Some(if buffered {
-                                acc_grads[m].as_slice()
-                            } else {
-                                in_place[m]
-                            })
-                        })
-                        .collect();
-                    g.opt.step(&mut g.state, &mut params, &grads, &ctx)?;
-                }
+            self.step.run()?;
+            seg.t_graph += t0.elapsed().as_secs_f64();
+            loss_sum += self.step.loss() as f64;
+            let ps = self.step.per_sample();
+            per_sample_sq +=
+                ps.iter().map(|&l| (l as f64) * (l as f64)).sum::<f64>() / ps.len().max(1) as f64;
+            self.task.count(&self.step, &mut seg.win_counts);
+            if seg.grads.is_used() {
+                let n_t = self.step.graph().trainable.len();
+                let step = &self.step;
+                grad_pipeline::accumulate(
+                    &mut seg.grads.grads,
+                    (0..n_t).map(|k| step.grad(k)),
+                    micro == 0,
+                );
             }
-            t_opt += t0.elapsed().as_secs_f64();
-            self.state.step += 1;
-            samples_done += b * cfg.accumulate;
-            win_loss += loss;
-            win_steps += 1;
-            self.state.wall_time = wall0 + seg_start.elapsed().as_secs_f64();
-            let sps = samples_done as f64 / seg_start.elapsed().as_secs_f64().max(1e-9);
-            progress.update(self.state.step, loss, lr, sps);
-            if self.state.step.is_multiple_of(cfg.log_every.max(1))
-                || self.state.step == self.total_steps
-            {
-                metrics.write(&MetricRecord {
-                    step: self.state.step,
-                    epoch: self.state.step as f64 / self.steps_per_epoch as f64,
-                    split: "train".into(),
-                    loss: win_loss / win_steps as f64,
-                    accuracy: Some(win_correct as f64 / win_n.max(1) as f64),
-                    lr: Some(lr),
-                    grad_norm: Some(gnorm),
-                    samples_per_sec: Some(sps),
-                    wall_time: self.state.wall_time,
-                })?;
-                progress.log(&format!(
-                    "step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {:.1} samples/s",
-                    self.state.step,
-                    self.total_steps,
-                    win_loss / win_steps as f64,
-                    100.0 * win_correct as f64 / win_n.max(1) as f64,
-                    lr,
-                    gnorm,
-                    sps
-                ));
-                (win_loss, win_correct, win_n, win_steps) = (0.0, 0, 0, 0);
-            }
-            let last = self.state.step == self.total_steps;
-            if self.state.step.is_multiple_of(eval_every) || last {
-                let r = self.evaluate()?;
-                progress.log(&format!(
-                    "step {}: {} loss {:.4}, top-1 {:.2}%",
-                    self.state.step,
-                    self.data.eval_split,
-                    r.loss,
-                    100.0 * r.accuracy
-                ));
-                self.record_eval(&r)?;
-                if self.state.best.is_none_or(|(a, _)| r.accuracy > a) {
-                    self.state.best = Some((r.accuracy, self.state.step));
-                }
-                last_eval = Some(r);
-            }
-            if self.state.step.is_multiple_of(ckpt_every) || last {
-                self.state.skipped_samples = skipped_before + it.stats().skipped as u64;
-                self.save_checkpoint()?;
-            }
+            self.state.cursor_epoch = fed.next.epoch;
+            self.state.cursor_position = fed.next.position;
+            samples += fed.samples;
+            tokens += fed.tokens;
         }
-        progress.finish();
-        let skipped_samples = (skipped_before + it.stats().skipped as u64) as usize;
-        let time_data_wait = it.stats().wait_time.as_secs_f64();
-        drop(it);
-        if short_batches > 0 {
-            eprintln!("note: {short_batches} training batch(es) were short because of unreadable samples and were not used");
+        let k = accumulate as f64;
+        let loss = loss_sum / k;
+        grad_pipeline::average(&mut seg.grads.grads, accumulate);
+        let grad_norm = if seg.grads.is_used() {
+            grad_pipeline::global_norm(seg.grads.grads.iter().map(Vec::as_slice))
+        } else {
+            let step = &self.step;
+            grad_pipeline::global_norm((0..step.graph().trainable.len()).map(|k| step.grad(k)))
+        };
+        if seg
+            .guard
+            .check(&mut self.state.bad_steps, loss, grad_norm)?
+            == Verdict::Skip
+        {
+            self.state.skipped_steps += 1;
+            seg.progress.note(&format!("step {}: non-finite loss or gradient (loss {loss}, grad norm {grad_norm}); step skipped", self.state.step));
+            return Ok(None);
         }
-        let after = match last_eval {
+        if let Some(c) = self.cfg.clip_grad_norm {
+            grad_pipeline::clip_by_global_norm(&mut seg.grads.grads, grad_norm, c);
+        }
+        let lr = self.schedule.lr(self.state.step);
+        let loss_var = match self.cfg.loss_var {
+            LossVar::SecondMoment => per_sample_sq / k,
+            LossVar::Square => loss * loss,
+        };
+        let ctx = StepContext {
+            loss,
+            loss_var,
+            lr,
+            step: self.state.step + 1,
+        };
+        let t0 = Instant::now();
+        self.optimizer_step(&seg.grads, &ctx)?;
+        seg.t_opt += t0.elapsed().as_secs_f64();
+        self.state.step += 1;
+        seg.samples_done += samples;
+        seg.tokens_done += tokens;
+        self.state.wall_time = seg.wall0 + seg.start.elapsed().as_secs_f64();
+        Ok(Some(StepReport {
+            loss,
+            grad_norm,
+            lr,
+        }))
+    }
+
+    /// KOALA-M/V predict before the forward pass (the others do nothing).
+    fn predict(&mut self) -> Result<()> {
+        let mut rest: Vec<Option<&mut [f32]>> =
+            self.step.params_mut().into_iter().map(Some).collect();
+        for g in &mut self.groups {
+            let mut params = take_members(&mut rest, &g.members);
+            g.opt.predict(&mut g.state, &mut params)?;
+        }
+        Ok(())
+    }
+
+    /// Each group's optimizer updates its weights in place, from the buffered gradients or,
+    /// when there is no buffer, from the runner's gradient outputs.
+    fn optimizer_step(&mut self, buffer: &GradBuffer, ctx: &StepContext) -> Result<()> {
+        let (params, in_place) = self.step.params_and_grads();
+        let mut rest: Vec<Option<&mut [f32]>> = params.into_iter().map(Some).collect();
+        for g in &mut self.groups {
+            let mut params = take_members(&mut rest, &g.members);
+            let grads: Vec<Option<&[f32]>> = g
+                .members
+                .iter()
+                .map(|&m| {
+                    Some(if buffer.is_used() {
+                        buffer.grads[m].as_slice()
+                    } else {
+                        in_place[m]
+                    })
+                })
+                .collect();
+            g.opt.step(&mut g.state, &mut params, &grads, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Logger hook: the progress bar every step, a log line and a metrics.jsonl record every
+    /// `log_every` steps and at the last one.
+    fn log_hook(&self, seg: &mut Segment, r: &StepReport) -> Result<()> {
+        seg.win_loss += r.loss;
+        seg.win_steps += 1;
+        let secs = seg.seconds();
+        let sps = seg.samples_done as f64 / secs;
+        let tps = (seg.tokens_done > 0).then(|| seg.tokens_done as f64 / secs);
+        seg.progress.update(self.state.step, r.loss, r.lr, sps);
+        if !(self.state.step.is_multiple_of(self.cfg.log_every.max(1))
+            || self.state.step == self.total_steps)
+        {
+            return Ok(());
+        }
+        let loss = seg.win_loss / seg.win_steps as f64;
+        let acc = seg.win_counts.accuracy().unwrap_or(0.0);
+        seg.metrics.write(&MetricRecord {
+            step: self.state.step,
+            epoch: self.state.step as f64 / self.steps_per_epoch as f64,
+            split: "train".into(),
+            loss,
+            accuracy: Some(acc),
+            lr: Some(r.lr),
+            grad_norm: Some(r.grad_norm),
+            samples_per_sec: Some(sps),
+            tokens_per_sec: tps,
+            perplexity: None,
+            wall_time: self.state.wall_time,
+        })?;
+        seg.progress.log(&format!(
+            "step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {:.1} samples/s",
+            self.state.step,
+            self.total_steps,
+            loss,
+            100.0 * acc,
+            r.lr,
+            r.grad_norm,
+            sps
+        ));
+        seg.win_loss = 0.0;
+        seg.win_steps = 0;
+        seg.win_counts = TrainCounts::default();
+        Ok(())
+    }
+
+    /// Evaluator hook: every `eval_every` steps and at the last one; keeps the best step by
+    /// the task's metric and direction.
+    fn eval_hook(&mut self, seg: &mut Segment) -> Result<()> {
+        let last = self.state.step == self.total_steps;
+        if !(self.state.step.is_multiple_of(seg.eval_every) || last) {
+            return Ok(());
+        }
+        let r = self.evaluate()?;
+        seg.progress.log(&format!(
+            "step {}: {}",
+            self.state.step,
+            self.task.describe(&r)
+        ));
+        self.record_eval(&r)?;
+        let value = self.state.best_metric.value(&r)?;
+        if self
+            .state
+            .best
+            .is_none_or(|(b, _)| self.state.best_metric.improves(value, b))
+        {
+            self.state.best = Some((value, self.state.step));
+        }
+        seg.last_eval = Some(r);
+        Ok(())
+    }
+
+    /// Checkpointer hook: every `checkpoint_every` steps (default: at each evaluation) and at
+    /// the last one.
+    fn checkpoint_hook(&mut self, seg: &Segment) -> Result<()> {
+        let last = self.state.step == self.total_steps;
+        if self.state.step.is_multiple_of(seg.ckpt_every) || last {
+            self.state.skipped_samples = seg.skipped_before + self.task.data_stats().skipped;
+            self.save_checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// After the last step: the final evaluation, curves, export and its checks, the summary.
+    fn finish(mut self, seg: Segment, before: Option<EvalResult>) -> Result<RunSummary> {
+        let stats = self.task.data_stats();
+        let skipped_samples = (seg.skipped_before + stats.skipped) as usize;
+        if stats.short_batches > 0 {
+            eprintln!("note: {} training batch(es) were short because of unreadable samples and were not used", stats.short_batches);
+        }
+        let after = match seg.last_eval {
             Some(r) => r,
             None => self.evaluate()?,
         };
         self.plot();
-        let (export, export_max_diff, export_tract, export_eval) = self.export()?;
+        let export = self.cfg.export_path();
+        let updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
+        koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
+        let check = self.task.check_export(&export, &mut self.step)?;
         Ok(RunSummary {
-            run_dir: cfg.run_dir.clone(),
+            run_dir: self.cfg.run_dir.clone(),
             before,
             after,
             steps: self.state.step,
             skipped_steps: self.state.skipped_steps,
             skipped_samples,
-            samples_per_sec: samples_done as f64 / seg_start.elapsed().as_secs_f64().max(1e-9),
-            time_graph: t_graph,
-            time_optimizer: t_opt,
-            time_data_wait,
+            samples_per_sec: seg.samples_done as f64 / seg.seconds(),
+            time_graph: seg.t_graph,
+            time_optimizer: seg.t_opt,
+            time_data_wait: stats.wait_time,
             export,
-            export_max_diff,
-            export_tract,
-            export_eval,
+            export_max_diff: check.max_diff,
+            export_tract: check.tract,
+            export_eval: check.eval,
         })
     }
 
@@ -525,72 +567,22 @@ impl Run {
             eprintln!("warning: could not draw curves.png: {e:#}");
         }
     }
-
-    /// Writes the updated ONNX, reloads it in ORT, compares it with the
-    /// training graph's forward on one batch and evaluates it.
-    fn export(&mut self) -> Result<(PathBuf, f64, std::result::Result<f64, String>, EvalResult)> {
-        let path = self.cfg.export_path();
-        let pairs = self.weight_pairs();
-        let updated = koala_graph::export::with_weights(&self.model, pairs)?;
-        koala_graph::export::save(&updated, &path, Some(&self.cfg.model))?;
-        let input = eval::data_input(&self.model)?;
-        // One ORT session of the written file serves the check and the evaluation.
-        let opts = koala_runtime::SessionOptions {
-            intra_threads: self.cfg.threads,
-            ..Default::default()
-        };
-        let mut s = koala_runtime::Session::from_file(&path, &opts)?;
-        let (diff, tract) = verify_export(&path, &mut s, &input, &mut self.step, &self.data)?;
-        let r = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
-        Ok((path, diff, tract, r))
-    }
 }
 
-/// Largest |difference| between the exported file's output (ORT) and the
-/// training graph's model output on the first evaluation batch, and between
-/// tract's and ORT's outputs on the exported file (or why tract failed).
-///
-/// The training graph has a fixed batch size; an evaluation batch that is
-/// shorter (a small split, unreadable samples) is filled up by repeating its
-/// rows, and only its own rows are compared, so the export is always
-/// verified (rows are independent in an inference-mode classifier).
-fn verify_export(
-    path: &Path,
-    exported_session: &mut koala_runtime::Session,
-    input: &str,
-    step: &mut TrainStep,
-    data: &Datasets,
-) -> Result<(f64, std::result::Result<f64, String>)> {
-    let b = step.graph().label_shape[0];
-    let mut it = data.eval.iter(Cursor::new(0, 0), 1);
-    let batch = it
-        .next()
-        .context("the evaluation split has no readable sample to verify the export with")?;
-    let n = batch.shape[0];
-    let per = batch.images.len() / n;
-    let images: Vec<f32> = (0..b)
-        .flat_map(|i| &batch.images[(i % n) * per..(i % n + 1) * per])
-        .copied()
-        .collect();
-    let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
-    step.set_batch(&[GBatch::F32(&images)], GBatch::I64(&labels))?;
-    step.run()?;
-    let out = exported_session.run(&[(
-        input,
-        koala_runtime::TensorView::f32(&batch.images, &batch.shape),
-    )])?;
-    let exported = out[0]
-        .as_f32()
-        .context("exported model output is not float32")?;
-    let per_row = step.model_output().len() / b;
-    if exported.len() != n * per_row {
-        bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
-    }
-    let ours = &step.model_output()[..n * per_row];
-    let tract = crate::tract_check::first_output(path, &batch.shape, &batch.images)
-        .map(|t| crate::tract_check::max_abs_diff(&t, exported))
-        .map_err(|e| format!("{e:#}"));
-    Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
+/// The current values of every trainable tensor, in training-graph order.
+fn weights(step: &TrainStep) -> Vec<&[f32]> {
+    (0..step.graph().trainable.len())
+        .map(|k| step.weight(k))
+        .collect()
+}
+
+/// (name, shape) of every trainable tensor, in training-graph order.
+fn names_shapes(step: &TrainStep) -> Vec<(String, Vec<usize>)> {
+    step.graph()
+        .trainable
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone()))
+        .collect()
 }
 
 /// The parameter buffers of one optimizer group, taken out of `rest` (all
@@ -660,9 +652,7 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
         None => latest.clone(),
     };
     let mut model = Model::load(&cfg.model)?;
-    if let Some(n) = cfg.num_classes {
-        koala_graph::head::replace_head(&mut model, n, cfg.seed)?;
-    }
+    crate::image_classification::prepare_model(&mut model, &cfg, true)?;
     let path = dir.join("weights.safetensors");
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
@@ -687,46 +677,4 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
     )?;
     koala_graph::export::save(&updated, output, Some(&cfg.model))?;
     Ok(output.to_path_buf())
-}
-
-/// A model with a fixed input resolution needs `--image-size` to match it;
-/// say so up front instead of failing inside the graph builder.
-fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()> {
-    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
-        return Ok(());
-    };
-    let dims = koala_graph::training::declared_dims(info);
-    if dims.len() == 4 {
-        if let (Some(h), Some(w)) = (dims[2], dims[3]) {
-            let size = &cfg.image_size;
-            if (h, w) != (i64::from(size.height), i64::from(size.width)) {
-                let want = if h == w {
-                    h.to_string()
-                } else {
-                    format!("{h}x{w}")
-                };
-                bail!("model input '{input}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}");
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The data's classes must fit the model's outputs; say which flag fixes it
-/// before any training (a label past the last output would only fail, less
-/// clearly, inside ONNX Runtime).
-fn check_classes(data: &Datasets, outputs: usize, replaced: bool) -> Result<()> {
-    let classes = data.class_names.len();
-    if classes > outputs {
-        bail!(
-            "the data has {classes} classes but the model {} {outputs} outputs; pass --num-classes {classes}",
-            if replaced { "was given" } else { "has" }
-        );
-    }
-    if classes < outputs && !replaced {
-        eprintln!(
-            "note: the data has {classes} classes and the model {outputs} outputs; labels are used as output indices. Pass --num-classes {classes} to train a fresh {classes}-way head instead"
-        );
-    }
-    Ok(())
 }

@@ -1,0 +1,299 @@
+//! The image-classification task: an NCHW float image input, class logits, softmax
+//! cross-entropy, top-1 accuracy; the best checkpoint has the highest accuracy.
+
+use crate::config::TrainConfig;
+use crate::data::{open_datasets, Datasets};
+use crate::eval::{self, EvalResult, WeightsAsInputs};
+use crate::task::{BestMetric, DataStats, ExportCheck, Fed, Task, TaskKind, TrainCounts};
+use anyhow::{bail, Context, Result};
+use koala_data::{BatchIter, Cursor};
+use koala_graph::step::{Batch as GBatch, TrainStep};
+use koala_graph::training::TrainingGraph;
+use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
+use std::path::Path;
+
+/// Image classification on class folders, a CSV list or IDX files.
+pub struct ImageClassification {
+    cfg: TrainConfig,
+    data: Datasets,
+    train: Option<BatchIter>,
+    /// Batches of the current step not used because unreadable samples made them short.
+    short_batches: usize,
+    eval: Option<WeightsAsInputs>,
+    /// The model's data input (known once evaluation is prepared).
+    input: Option<String>,
+}
+
+impl ImageClassification {
+    /// Opens the training and evaluation data of `cfg`.
+    pub fn new(cfg: &TrainConfig) -> Result<ImageClassification> {
+        Ok(ImageClassification {
+            cfg: cfg.clone(),
+            data: open_datasets(cfg)?,
+            train: None,
+            short_batches: 0,
+            eval: None,
+            input: None,
+        })
+    }
+}
+
+/// Replaces the classifier head when `--num-classes` asks for it (also used by
+/// `koala export`, which must rebuild the model the run trained).
+pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Result<()> {
+    if let Some(n) = cfg.num_classes {
+        let h = koala_graph::head::replace_head(model, n, cfg.seed)?;
+        if !quiet {
+            eprintln!(
+                "replaced head {} ({} → {} classes)",
+                h.node, h.classes.0, h.classes.1
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Task for ImageClassification {
+    fn kind(&self) -> TaskKind {
+        TaskKind::ImageClassification
+    }
+
+    fn prepare_model(&mut self, model: &mut Model) -> Result<()> {
+        prepare_model(model, &self.cfg, false)
+    }
+
+    fn training_spec(&self, model: &Model) -> Result<TrainingSpec> {
+        let cfg = &self.cfg;
+        let input = eval::data_input(model)?;
+        check_image_size(model, &input, cfg)?;
+        let shape = vec![
+            cfg.batch_size,
+            3,
+            cfg.image_size.height as usize,
+            cfg.image_size.width as usize,
+        ];
+        Ok(TrainingSpec {
+            input_shapes: [(input, shape)].into_iter().collect(),
+            loss: LossSpec::SoftmaxCrossEntropy {
+                label_smoothing: cfg.label_smoothing,
+                ignore_index: None,
+            },
+            trainable: TrainableSpec {
+                include: cfg.train.clone(),
+                exclude: cfg.freeze.clone(),
+                train_constants: cfg.train_constants,
+            },
+            probe_threads: cfg.threads.unwrap_or(2),
+            ..TrainingSpec::default()
+        })
+    }
+
+    fn check_graph(&self, graph: &TrainingGraph) -> Result<()> {
+        check_classes(
+            &self.data,
+            graph.model_output_shape.last().copied().unwrap_or(0),
+            self.cfg.num_classes.is_some(),
+        )
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        self.data.train.batches_per_epoch()
+    }
+
+    fn start_training(&mut self, from: Cursor) {
+        self.train = Some(self.data.train.iter(from, u64::MAX));
+    }
+
+    fn feed(&mut self, step: &mut TrainStep) -> Result<Fed> {
+        let it = self
+            .train
+            .as_mut()
+            .context("the training stream was not started")?;
+        let b = self.cfg.batch_size;
+        loop {
+            let batch = it.next().context("the data loader stopped unexpectedly")?;
+            if batch.shape[0] != b {
+                // Skipped (corrupt) samples made this batch short; the training graph has a
+                // fixed batch size.
+                self.short_batches += 1;
+                it.recycle(batch);
+                continue;
+            }
+            step.set_batch(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels))?;
+            let next = batch.next;
+            it.recycle(batch);
+            return Ok(Fed {
+                samples: b,
+                tokens: 0,
+                next,
+            });
+        }
+    }
+
+    fn count(&self, step: &TrainStep, counts: &mut TrainCounts) {
+        let logits = step.model_output();
+        let Some(labels) = step.labels() else {
+            return;
+        };
+        let classes = logits.len() / labels.len().max(1);
+        for (i, &y) in labels.iter().enumerate() {
+            let (_, ok) = eval::score_row(&logits[i * classes..(i + 1) * classes], y);
+            counts.correct += ok as usize;
+        }
+        counts.scored += labels.len();
+    }
+
+    fn data_stats(&self) -> DataStats {
+        let (skipped, wait_time) = self.train.as_ref().map_or((0, 0.0), |it| {
+            (
+                it.stats().skipped as u64,
+                it.stats().wait_time.as_secs_f64(),
+            )
+        });
+        DataStats {
+            skipped,
+            wait_time,
+            short_batches: self.short_batches,
+        }
+    }
+
+    fn prepare_evaluation(
+        &mut self,
+        model: &Model,
+        trainable: &[(String, Vec<usize>)],
+    ) -> Result<()> {
+        self.eval = Some(WeightsAsInputs::new(model, trainable, self.cfg.threads)?);
+        self.input = Some(eval::data_input(model)?);
+        Ok(())
+    }
+
+    fn evaluate(&mut self, weights: &[&[f32]]) -> Result<EvalResult> {
+        self.eval
+            .as_mut()
+            .context("evaluation was not prepared")?
+            .evaluate(weights, &self.data.eval)
+    }
+
+    fn eval_split(&self) -> &'static str {
+        self.data.eval_split
+    }
+
+    fn best_metric(&self) -> BestMetric {
+        BestMetric::default()
+    }
+
+    fn describe(&self, r: &EvalResult) -> String {
+        format!(
+            "{} loss {:.4}, top-1 {:.2}%",
+            self.data.eval_split,
+            r.loss,
+            100.0 * r.accuracy
+        )
+    }
+
+    fn check_export(&mut self, path: &Path, step: &mut TrainStep) -> Result<ExportCheck> {
+        let input = self.input.clone().context("evaluation was not prepared")?;
+        // One ORT session of the written file serves the check and the evaluation.
+        let opts = koala_runtime::SessionOptions {
+            intra_threads: self.cfg.threads,
+            ..Default::default()
+        };
+        let mut s = koala_runtime::Session::from_file(path, &opts)?;
+        let (max_diff, tract) = verify_export(path, &mut s, &input, step, &self.data)?;
+        let eval = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
+        Ok(ExportCheck {
+            max_diff,
+            tract,
+            eval,
+        })
+    }
+}
+
+/// Largest |difference| between the exported file's output (ORT) and the
+/// training graph's model output on the first evaluation batch, and between
+/// tract's and ORT's outputs on the exported file (or why tract failed).
+///
+/// The training graph has a fixed batch size; an evaluation batch that is
+/// shorter (a small split, unreadable samples) is filled up by repeating its
+/// rows, and only its own rows are compared, so the export is always
+/// verified (rows are independent in an inference-mode classifier).
+fn verify_export(
+    path: &Path,
+    exported_session: &mut koala_runtime::Session,
+    input: &str,
+    step: &mut TrainStep,
+    data: &Datasets,
+) -> Result<(f64, std::result::Result<f64, String>)> {
+    let b = step.graph().label_shape[0];
+    let mut it = data.eval.iter(Cursor::new(0, 0), 1);
+    let batch = it
+        .next()
+        .context("the evaluation split has no readable sample to verify the export with")?;
+    let n = batch.shape[0];
+    let per = batch.images.len() / n;
+    let images: Vec<f32> = (0..b)
+        .flat_map(|i| &batch.images[(i % n) * per..(i % n + 1) * per])
+        .copied()
+        .collect();
+    let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
+    step.set_batch(&[GBatch::F32(&images)], GBatch::I64(&labels))?;
+    step.run()?;
+    let out = exported_session.run(&[(
+        input,
+        koala_runtime::TensorView::f32(&batch.images, &batch.shape),
+    )])?;
+    let exported = out[0]
+        .as_f32()
+        .context("exported model output is not float32")?;
+    let per_row = step.model_output().len() / b;
+    if exported.len() != n * per_row {
+        bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
+    }
+    let ours = &step.model_output()[..n * per_row];
+    let tract = crate::tract_check::first_output(path, &batch.shape, &batch.images)
+        .map(|t| crate::tract_check::max_abs_diff(&t, exported))
+        .map_err(|e| format!("{e:#}"));
+    Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
+}
+
+/// A model with a fixed input resolution needs `--image-size` to match it;
+/// say so up front instead of failing inside the graph builder.
+fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()> {
+    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
+        return Ok(());
+    };
+    let dims = koala_graph::training::declared_dims(info);
+    if dims.len() == 4 {
+        if let (Some(h), Some(w)) = (dims[2], dims[3]) {
+            let size = &cfg.image_size;
+            if (h, w) != (i64::from(size.height), i64::from(size.width)) {
+                let want = if h == w {
+                    h.to_string()
+                } else {
+                    format!("{h}x{w}")
+                };
+                bail!("model input '{input}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The data's classes must fit the model's outputs; say which flag fixes it
+/// before any training (a label past the last output would only fail, less
+/// clearly, inside ONNX Runtime).
+fn check_classes(data: &Datasets, outputs: usize, replaced: bool) -> Result<()> {
+    let classes = data.class_names.len();
+    if classes > outputs {
+        bail!(
+            "the data has {classes} classes but the model {} {outputs} outputs; pass --num-classes {classes}",
+            if replaced { "was given" } else { "has" }
+        );
+    }
+    if classes < outputs && !replaced {
+        eprintln!(
+            "note: the data has {classes} classes and the model {outputs} outputs; labels are used as output indices. Pass --num-classes {classes} to train a fresh {classes}-way head instead"
+        );
+    }
+    Ok(())
+}
