@@ -17,13 +17,26 @@ const PROTOBUF_LIMIT: usize = 2_000_000_000;
 const EXTERNAL_MIN_BYTES: usize = 1024;
 
 /// Returns a copy of `model` with `weights` (name → values) written in.
+/// Initializers that duplicate a written tensor (a tied weight the exporter
+/// wrote twice, see `tied.rs`) get its values too, so the file stays tied.
 pub fn with_weights<'a>(
     model: &Model,
     weights: impl IntoIterator<Item = (&'a str, &'a [f32])>,
 ) -> Result<Model> {
+    let weights: Vec<(&str, &[f32])> = weights.into_iter().collect();
+    let copies = crate::tied::find(model);
+    let by_name: std::collections::HashMap<&str, &[f32]> = weights.iter().copied().collect();
+    let tied_values: Vec<(String, Vec<f32>)> =
+        crate::tied::copies_to_write(model, &copies, &by_name)
+            .into_iter()
+            .filter(|(copy, _)| !by_name.contains_key(copy.as_str()))
+            .collect();
     let mut out = model.clone();
     let g = out.graph_mut();
-    for (name, values) in weights {
+    let all = weights
+        .into_iter()
+        .chain(tied_values.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
+    for (name, values) in all {
         if let Some(t) = g.initializer.iter_mut().find(|t| t.name == name) {
             tensor::overwrite_f32(t, values)?;
             continue;

@@ -130,10 +130,11 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     let mut selected = trainable::select(&model, &spec.trainable)?;
     // Rotary cos/sin tables are constants of the architecture, not weights.
     selected.retain(|w| !lowered.fixed_tables.contains(w));
-    // Copies of a tied weight train as one tensor when both are selected.
+    // A copy of a tied weight follows its canonical tensor: trained as one
+    // when the canonical one trains (export writes both, see export.rs).
     let tied: Vec<TiedCopy> = tied::find(&model)
         .into_iter()
-        .filter(|c| selected.contains(&c.canonical) && selected.contains(&c.copy))
+        .filter(|c| selected.contains(&c.canonical))
         .collect();
     tied::tie(&mut model, &tied);
     selected.retain(|w| !tied.iter().any(|c| &c.copy == w));

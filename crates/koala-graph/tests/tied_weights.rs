@@ -166,6 +166,15 @@ fn export_writes_the_trained_tensor_back_to_both_copies() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, "head");
     assert_eq!(out[0].1, transpose(&trained, V, D));
+    // The export writes both initializers from the trained one.
+    let written = koala_graph::export::with_weights(&m, [("emb", trained.as_slice())]).unwrap();
+    let head = written
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name == "head")
+        .unwrap();
+    assert_eq!(tensor::to_f32(head).unwrap(), transpose(&trained, V, D));
 }
 
 #[test]
