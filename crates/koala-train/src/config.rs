@@ -126,6 +126,17 @@ pub struct TrainConfig {
     /// The task (default: detected from the model's inputs; absent in configs written before
     /// it existed, which were all image classification and detect as such).
     pub task: Option<TaskKind>,
+    /// Causal LM: the model's `tokenizer.json` (default: `tokenizer.json` next to the model).
+    pub tokenizer: Option<PathBuf>,
+    /// Causal LM: tokens per training sequence (the graph's sequence length).
+    pub block_size: usize,
+    /// Causal LM: data format: auto, plain, jsonl-text, prompt-completion or chat.
+    pub text_format: String,
+    /// Causal LM: the prompt of the sample completions printed before and after training
+    /// (default: the start of the first evaluation example).
+    pub prompt: Option<String>,
+    /// Causal LM: new tokens in each sample completion (0: no samples).
+    pub sample_tokens: usize,
 }
 
 impl Default for TrainConfig {
@@ -174,6 +185,11 @@ impl Default for TrainConfig {
             export: None,
             limit_train: None,
             task: None,
+            tokenizer: None,
+            block_size: 128,
+            text_format: "auto".into(),
+            prompt: None,
+            sample_tokens: 48,
         }
     }
 }
@@ -193,6 +209,9 @@ impl TrainConfig {
         }
         if self.data.as_os_str().is_empty() {
             bail!("no training data given: pass --data <folder|file.csv>");
+        }
+        if self.block_size < 2 {
+            bail!("--block-size must be at least 2 (one token to read, one to predict)");
         }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
