@@ -272,3 +272,53 @@ fn the_held_out_split_is_deterministic_disjoint_and_seed_dependent() {
     let (_, other) = data.split(0.25, 6).unwrap();
     assert_ne!(other.examples(), val.examples());
 }
+
+/// A copy of the fixture tokenizer whose `tokenizer_config.json` asks for BOS, like Llama's.
+fn llama_style_tokenizer(dir: &tempfile::TempDir) -> TextTokenizer {
+    std::fs::copy(
+        text_fixtures().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"add_bos_token": true, "bos_token": "<|im_start|>", "eos_token": "<|endoftext|>"}"#,
+    )
+    .unwrap();
+    TextTokenizer::open(dir.path()).unwrap()
+}
+
+#[test]
+fn add_bos_token_starts_every_document_and_prompt_with_bos() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = llama_style_tokenizer(&dir);
+    let exp = expected();
+    let data =
+        TextDataset::open(&text_fixtures().join("docs"), &tok, &TextOptions::new(32)).unwrap();
+    let stream: Vec<i64> = ["a.txt", "b.txt", "c.txt"]
+        .iter()
+        .flat_map(|n| [vec![1], ids(&exp["docs"][*n]), vec![0]].concat())
+        .collect();
+    assert_eq!(
+        concatenated(data.examples()),
+        stream,
+        "BOS (1) doc EOS (0) per document"
+    );
+    let data = TextDataset::open(
+        &text_fixtures().join("prompt_completion.jsonl"),
+        &tok,
+        &TextOptions::new(64),
+    )
+    .unwrap();
+    let first = &exp["prompt_completion"][0];
+    let (prompt, completion) = (ids(&first["prompt"]), ids(&first["completion"]));
+    let e = &data.examples()[0];
+    assert_eq!(
+        e.input_ids,
+        [vec![1], prompt.clone(), completion.clone(), vec![0]].concat()
+    );
+    assert_eq!(
+        e.labels[..=prompt.len()],
+        vec![IGNORE_INDEX; prompt.len() + 1]
+    );
+}

@@ -126,3 +126,48 @@ fn an_eos_token_missing_from_the_vocabulary_names_tokenizer_config() {
         ],
     );
 }
+
+#[test]
+fn chat_template_is_read_from_a_named_list_or_chat_template_jinja() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        text_fixtures().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        TextTokenizer::open(dir.path()).unwrap().chat_template(),
+        Some("D")
+    );
+    std::fs::write(dir.path().join("tokenizer_config.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+    assert_eq!(
+        TextTokenizer::open(dir.path()).unwrap().chat_template(),
+        Some("J")
+    );
+}
+
+#[test]
+fn invalid_tokenizer_config_json_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        text_fixtures().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        "{\n\"eos_token\": \n}",
+    )
+    .unwrap();
+    let message = TextTokenizer::open(dir.path()).unwrap_err().to_string();
+    assert_mentions(
+        &message,
+        &["tokenizer_config.json", "invalid JSON at line 3"],
+    );
+}

@@ -91,6 +91,30 @@ impl std::fmt::Display for TextFormat {
     }
 }
 
+impl std::str::FromStr for TextFormat {
+    type Err = DataError;
+
+    /// The kebab-case names used in config files and on the command line: `auto`, `plain`, `jsonl-text`,
+    /// `prompt-completion`, `chat`.
+    fn from_str(name: &str) -> Result<Self> {
+        Ok(match name {
+            "auto" => TextFormat::Auto,
+            "plain" => TextFormat::Plain,
+            "jsonl-text" => TextFormat::JsonlText,
+            "prompt-completion" => TextFormat::PromptCompletion,
+            "chat" => TextFormat::Chat,
+            other => {
+                return Err(DataError::config(
+                    "format",
+                    format!(
+                        "unknown text format `{other}`: use auto, plain, jsonl-text, prompt-completion or chat"
+                    ),
+                ))
+            }
+        })
+    }
+}
+
 /// How to turn a data file into examples.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextOptions {
