@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Errors raised while opening a data source, configuring preprocessing or decoding one sample.
+/// Errors raised while opening a data source or tokenizer, configuring preprocessing or decoding one sample.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or folder could not be read.
@@ -43,6 +43,27 @@ pub enum DataError {
         /// 1-based line number.
         line: usize,
         /// What is wrong with the line.
+        message: String,
+    },
+
+    /// One line of a text data file (JSONL record, or the line of a plain-text document where a bad token
+    /// starts) is invalid.
+    #[error("{path}:{line}: {message}")]
+    Line {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line and what to do about it.
+        message: String,
+    },
+
+    /// A tokenizer (`tokenizer.json`, `tokenizer_config.json`) cannot be loaded or does not fit the model.
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file at fault.
+        path: PathBuf,
+        /// What is wrong and what to do about it.
         message: String,
     },
 
@@ -94,6 +115,23 @@ impl DataError {
     /// A [`DataError::Idx`] for `path`.
     pub(crate) fn idx(path: &Path, message: impl Into<String>) -> Self {
         DataError::Idx {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// A [`DataError::Line`] for line `line` (1-based) of `path`.
+    pub(crate) fn line(path: &Path, line: usize, message: impl Into<String>) -> Self {
+        DataError::Line {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    /// A [`DataError::Tokenizer`] for `path`.
+    pub(crate) fn tokenizer(path: &Path, message: impl Into<String>) -> Self {
+        DataError::Tokenizer {
             path: path.to_path_buf(),
             message: message.into(),
         }

@@ -17,11 +17,24 @@
 //! Sources ([`ImageFiles`] from a class-folder tree or a CSV list, [`IdxSource`], or any [`ImageSource`]) only list samples; a
 //! [`Loader`] decodes them in parallel with a [`Preprocess`] and prefetches batches on a background thread.
 
+pub mod cursor;
+pub mod epoch_plan;
 pub mod error;
+pub mod prefetch;
+mod seeding;
+pub mod text;
 pub mod vision;
 
+pub use cursor::Cursor;
+pub use epoch_plan::EpochPlan;
 pub use error::{DataError, Result};
-pub use vision::batch::{Batch, Cursor, LoaderStats, SkippedSample};
+pub use prefetch::{Collate, Prefetch, Prefetched};
+pub use text::batch::{TextBatch, TextBatchIter, TextLoader, TextLoaderConfig};
+pub use text::dataset::{
+    TextCounts, TextDataset, TextExample, TextFormat, TextOptions, IGNORE_INDEX,
+};
+pub use text::tokenizer::TextTokenizer;
+pub use vision::batch::{Batch, LoaderStats, SkippedSample};
 pub use vision::batch_iter::BatchIter;
 pub use vision::files::ImageFiles;
 pub use vision::idx::{

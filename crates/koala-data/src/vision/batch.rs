@@ -3,24 +3,7 @@
 
 use std::time::Duration;
 
-/// A position in the stream of batches: batch `position` (0-based) of epoch `epoch`.
-///
-/// Batches are fixed slices of each epoch's order, so a cursor fully determines the batches that follow it:
-/// resuming from the cursor saved with a checkpoint reproduces an uninterrupted run exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Cursor {
-    /// Epoch number (0-based).
-    pub epoch: u64,
-    /// Batch index within the epoch (0-based).
-    pub position: usize,
-}
-
-impl Cursor {
-    /// Batch `position` of `epoch`.
-    pub fn new(epoch: u64, position: usize) -> Self {
-        Cursor { epoch, position }
-    }
-}
+pub use crate::cursor::Cursor;
 
 /// One batch of preprocessed images.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,7 @@ use rand_chacha::rand_core::RngCore;
 
 use super::preprocess::{RandomResizedCrop, Resize};
 use super::resample::AxisPlan;
-use super::seeding::{uniform_below, uniform_range};
+use crate::seeding::{uniform_below, uniform_range};
 
 /// A crop box in source pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ fn fallback_center_box(src_w: usize, src_h: usize, params: &RandomResizedCrop) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vision::seeding::{rng_for, Stream};
+    use crate::seeding::{rng_for, Stream};
 
     #[test]
     fn shorter_side_resize_truncates_long_side_like_torchvision() {

@@ -5,13 +5,16 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::batch::{Batch, Cursor, SkippedSample};
+use super::batch::{Batch, SkippedSample};
 use super::batch_iter::BatchIter;
 use super::preprocess::Preprocess;
-use super::seeding::{permutation, rng_for, Stream};
 use super::source::ImageSource;
 use super::transform::Transform;
+use crate::cursor::Cursor;
+use crate::epoch_plan::EpochPlan;
 use crate::error::{DataError, Result};
+use crate::prefetch::Collate;
+use crate::seeding::{rng_for, Stream};
 
 /// Batching, ordering and threading settings of a [`Loader`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +80,7 @@ pub type SkipCallback = Arc<dyn Fn(&SkippedSample) + Send + Sync>;
 /// Produces batches of preprocessed images from an [`ImageSource`].
 ///
 /// **Determinism.** Epoch `e` visits the samples in a permutation drawn from `(seed, e)`; batch `p` is the
-/// slice `p * batch_size ..` of it. The augmentation of sample `i` in epoch `e` is drawn from
+/// slice `p * batch_size ..` of it (the crate's shared [`EpochPlan`]). The augmentation of sample `i` in epoch `e` is drawn from
 /// `(seed, e, i)`. Nothing depends on thread count, prefetch depth or where iteration started, so
 /// [`Loader::iter`] from a saved [`Cursor`] yields exactly what an uninterrupted run would have.
 ///
@@ -89,6 +92,7 @@ pub struct Loader {
     pub(crate) source: Arc<dyn ImageSource>,
     transform: Arc<Transform>,
     pub(crate) config: LoaderConfig,
+    plan: EpochPlan,
     pool: Option<Arc<rayon::ThreadPool>>,
     pub(crate) on_skip: Option<SkipCallback>,
 }
@@ -101,25 +105,13 @@ impl Loader {
         preprocess: Preprocess,
         config: LoaderConfig,
     ) -> Result<Self> {
-        if source.is_empty() {
-            return Err(DataError::config(
-                "source",
-                "the data source holds no samples",
-            ));
-        }
-        if config.batch_size == 0 {
-            return Err(DataError::config("batch_size", "must be at least 1"));
-        }
-        if config.drop_last && source.len() < config.batch_size {
-            return Err(DataError::config(
-                "drop_last",
-                format!(
-                    "the source holds {} samples, fewer than batch_size = {}, so no batch would be produced",
-                    source.len(),
-                    config.batch_size
-                ),
-            ));
-        }
+        let plan = EpochPlan::new(
+            source.len(),
+            config.batch_size,
+            config.seed,
+            config.shuffle,
+            config.drop_last,
+        )?;
         let transform = Arc::new(Transform::new(preprocess)?);
         let pool = match config.threads {
             0 => None,
@@ -140,6 +132,7 @@ impl Loader {
             source,
             transform,
             config,
+            plan,
             pool,
             on_skip: None,
         })
@@ -168,12 +161,7 @@ impl Loader {
 
     /// Batches in one epoch.
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.source.len(), self.config.batch_size);
-        if self.config.drop_last {
-            n / b
-        } else {
-            n.div_ceil(b)
-        }
+        self.plan.batches_per_epoch()
     }
 
     /// Batches from `from` up to the end of epoch `until_epoch - 1`, prepared by a background thread. A cursor
@@ -185,67 +173,6 @@ impl Loader {
     /// All batches of one epoch.
     pub fn epoch(&self, epoch: u64) -> BatchIter {
         self.iter(Cursor::new(epoch, 0), epoch + 1)
-    }
-
-    /// The order in which epoch `epoch` visits the source.
-    pub(crate) fn epoch_order(&self, epoch: u64) -> Vec<usize> {
-        let n = self.source.len();
-        if self.config.shuffle {
-            permutation(n, &mut rng_for(self.config.seed, Stream::Shuffle, epoch, 0))
-        } else {
-            (0..n).collect()
-        }
-    }
-
-    /// The cursor after `cursor`, rolling over to the next epoch.
-    pub(crate) fn advance(&self, cursor: Cursor) -> Cursor {
-        if cursor.position + 1 >= self.batches_per_epoch() {
-            Cursor::new(cursor.epoch + 1, 0)
-        } else {
-            Cursor::new(cursor.epoch, cursor.position + 1)
-        }
-    }
-
-    /// Decodes and preprocesses batch `cursor` of an epoch visiting `order`, into `buffers` (reused if they
-    /// come from [`BatchIter::recycle`]). Returns the batch (`None` if every sample failed) and the skips.
-    pub(crate) fn build_batch(
-        &self,
-        cursor: Cursor,
-        order: &[usize],
-        mut buffers: Buffers,
-    ) -> (Option<Batch>, Vec<SkippedSample>) {
-        let b = self.config.batch_size;
-        let members = &order[cursor.position * b..((cursor.position + 1) * b).min(order.len())];
-        let sample_len = self.transform.preprocess().sample_len();
-        // Every slot is overwritten (or dropped by `compact`), so a recycled buffer of the right length is used
-        // as is: clearing it first would zero-fill megabytes per batch for nothing.
-        buffers.images.resize(members.len() * sample_len, 0.0);
-        let mut decode = || -> Vec<Result<()>> {
-            buffers
-                .images
-                .par_chunks_mut(sample_len)
-                .zip(members.par_iter())
-                .map(|(slot, &index)| self.prepare_sample(cursor.epoch, index, slot))
-                .collect()
-        };
-        let outcomes = match &self.pool {
-            Some(pool) => pool.install(decode),
-            None => decode(),
-        };
-        let skipped = self.compact(cursor, members, outcomes, sample_len, &mut buffers);
-        let n = buffers.labels.len();
-        let batch = (n > 0).then(|| {
-            let [c, h, w] = self.transform.preprocess().chw();
-            Batch {
-                images: buffers.images,
-                labels: buffers.labels,
-                indices: buffers.indices,
-                shape: [n, c, h, w],
-                cursor,
-                next: self.advance(cursor),
-            }
-        });
-        (batch, skipped)
     }
 
     /// Loads sample `index` and writes it, preprocessed, to `slot`.
@@ -297,10 +224,60 @@ impl Loader {
     }
 }
 
+impl Collate for Loader {
+    type Batch = Batch;
+    type Buffers = Buffers;
+    type Skip = SkippedSample;
+
+    fn plan(&self) -> &EpochPlan {
+        &self.plan
+    }
+
+    /// Decodes and preprocesses the images `members` of batch `cursor` into `buffers` (reused if they come
+    /// from [`BatchIter::recycle`]). Returns the batch (`None` if every sample failed) and the skips.
+    fn collate(
+        &self,
+        cursor: Cursor,
+        members: &[usize],
+        mut buffers: Buffers,
+    ) -> (Option<Batch>, Vec<SkippedSample>) {
+        let sample_len = self.transform.preprocess().sample_len();
+        // Every slot is overwritten (or dropped by `compact`), so a recycled buffer of the right length is used
+        // as is: clearing it first would zero-fill megabytes per batch for nothing.
+        buffers.images.resize(members.len() * sample_len, 0.0);
+        let mut decode = || -> Vec<Result<()>> {
+            buffers
+                .images
+                .par_chunks_mut(sample_len)
+                .zip(members.par_iter())
+                .map(|(slot, &index)| self.prepare_sample(cursor.epoch, index, slot))
+                .collect()
+        };
+        let outcomes = match &self.pool {
+            Some(pool) => pool.install(decode),
+            None => decode(),
+        };
+        let skipped = self.compact(cursor, members, outcomes, sample_len, &mut buffers);
+        let n = buffers.labels.len();
+        let batch = (n > 0).then(|| {
+            let [c, h, w] = self.transform.preprocess().chw();
+            Batch {
+                images: buffers.images,
+                labels: buffers.labels,
+                indices: buffers.indices,
+                shape: [n, c, h, w],
+                cursor,
+                next: self.plan.advance(cursor),
+            }
+        });
+        (batch, skipped)
+    }
+}
+
 /// The vectors of a batch, passed back through [`BatchIter::recycle`] so steady-state batching reuses them.
 #[derive(Debug, Default)]
-pub(crate) struct Buffers {
-    pub images: Vec<f32>,
-    pub labels: Vec<i64>,
-    pub indices: Vec<usize>,
+pub struct Buffers {
+    pub(crate) images: Vec<f32>,
+    pub(crate) labels: Vec<i64>,
+    pub(crate) indices: Vec<usize>,
 }

@@ -13,7 +13,6 @@ pub mod open;
 mod pillow_reference_tests;
 pub mod preprocess;
 mod resample;
-mod seeding;
 pub mod source;
 pub mod subset;
 mod transform;

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use image::DynamicImage;
 
-use super::seeding::{permutation, rng_for, Stream};
 use super::source::ImageSource;
 use crate::error::{DataError, Result};
+use crate::seeding::{permutation, rng_for, Stream};
 
 /// A view of some samples of another source, in the order given.
 #[derive(Clone)]

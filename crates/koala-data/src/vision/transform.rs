@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use super::geometry::{crop_plans, eval_plans, random_resized_crop_box};
 use super::preprocess::Preprocess;
 use super::resample::{render, Normalizer, Pixels, Scratch};
-use super::seeding::uniform_f64;
 use crate::error::{DataError, Result};
+use crate::seeding::uniform_f64;
 
 thread_local! {
     /// Filter taps and row buffers, one set per worker thread, so that steady-state preprocessing allocates

@@ -35,3 +35,8 @@ pub fn assert_mentions(message: &str, parts: &[&str]) {
         );
     }
 }
+
+/// The text-data fixtures (tokenizer, data files, Python ground truth), made by `make_fixtures.py` there.
+pub fn text_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")
+}

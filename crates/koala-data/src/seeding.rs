@@ -1,4 +1,4 @@
-//! Deterministic random streams derived from one user seed.
+//! Deterministic random streams derived from one user seed, shared by the image and text pipelines.
 //!
 //! Every random decision (epoch order, per-sample augmentation, split) gets its own ChaCha8 generator keyed by
 //! `(seed, stream, a, b)`. Because the key, not the order of calls, fixes the numbers, a sample's augmentation
@@ -18,6 +18,8 @@ pub(crate) enum Stream {
     Augment = 2,
     /// Train/validation split, keyed by class label.
     Split = 3,
+    /// Held-out split of a text data set (one stream: text examples have no class).
+    TextSplit = 4,
 }
 
 /// The generator for `(seed, stream, a, b)`.
