@@ -47,32 +47,39 @@ fn parse(eq: &str, ranks: &[usize]) -> Result<Equation> {
     }
     let used: Vec<char> = eq.chars().filter(|c| c.is_ascii_alphabetic()).collect();
     let pool: Vec<char> = ('A'..='Z').filter(|c| !used.contains(c)).collect();
-    let mut ell_len = 0;
-    let mut inputs = Vec::new();
+    let mut n_ells = Vec::with_capacity(terms.len());
     for (t, &rank) in terms.iter().zip(ranks) {
         let letters = t.replace("...", "").chars().count();
-        let n_ell = if t.contains("...") {
+        n_ells.push(if t.contains("...") {
             rank.checked_sub(letters).with_context(|| {
                 format!("Einsum term '{t}' has more letters than its operand's rank {rank}")
             })?
         } else {
             0
-        };
-        ell_len = ell_len.max(n_ell);
-        inputs.push(expand_ellipsis(t, n_ell, &pool)?);
+        });
     }
+    let ell_len = n_ells.iter().copied().max().unwrap_or(0);
+    if ell_len > pool.len() {
+        bail!("Einsum '{eq}': too many broadcast dims");
+    }
+    let ell = &pool[..ell_len];
+    let inputs: Vec<Vec<char>> = terms
+        .iter()
+        .zip(&n_ells)
+        .map(|(t, &n)| expand_ellipsis(t, &ell[ell_len - n..]))
+        .collect();
     let output = match rhs {
-        Some(r) => expand_ellipsis(&r, ell_len, &pool)?,
+        Some(r) => expand_ellipsis(&r, ell),
         None => {
             // Implicit output: ellipsis dims, then letters used once, sorted.
             let mut counts: HashMap<char, usize> = HashMap::new();
             for c in inputs.iter().flatten() {
                 *counts.entry(*c).or_default() += 1;
             }
-            let mut out: Vec<char> = pool[..ell_len].to_vec();
+            let mut out: Vec<char> = ell.to_vec();
             let mut once: Vec<char> = counts
                 .iter()
-                .filter(|&(c, &k)| k == 1 && c.is_ascii_lowercase())
+                .filter(|&(c, &k)| k == 1 && !ell.contains(c))
                 .map(|(&c, _)| c)
                 .collect();
             once.sort_unstable();
@@ -83,22 +90,18 @@ fn parse(eq: &str, ranks: &[usize]) -> Result<Equation> {
     Ok(Equation { inputs, output })
 }
 
-/// `t` with `...` replaced by the last `n` of the first `ell` pool letters.
-fn expand_ellipsis(t: &str, n: usize, pool: &[char]) -> Result<Vec<char>> {
-    if !t.contains("...") {
-        return Ok(t.chars().collect());
+/// `t` with `...` replaced by `letters` (right-aligned like numpy: an
+/// operand with fewer broadcast dims gets the trailing ellipsis letters;
+/// `letter_sizes` then checks that the shared dims agree).
+fn expand_ellipsis(t: &str, letters: &[char]) -> Vec<char> {
+    match t.split_once("...") {
+        None => t.chars().collect(),
+        Some((a, b)) => a
+            .chars()
+            .chain(letters.iter().copied())
+            .chain(b.chars())
+            .collect(),
     }
-    if n > pool.len() {
-        bail!("Einsum '{t}': too many broadcast dims");
-    }
-    let (a, b) = t.split_once("...").unwrap();
-    // Right-aligned like numpy: an operand with fewer broadcast dims takes
-    // the trailing letters. Every operand here has the maximum count or
-    // matching dims, which `sizes` verifies.
-    let mut v: Vec<char> = a.chars().collect();
-    v.extend(&pool[..n]);
-    v.extend(b.chars());
-    Ok(v)
 }
 
 fn subscripts(v: &[char]) -> String {

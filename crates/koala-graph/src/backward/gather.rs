@@ -90,7 +90,8 @@ pub fn gather(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
         .chain(0..pre)
         .chain(pre + q..rank_y)
         .collect();
-    let dy_t = if pre > 0 {
+    let identity = perm_y.iter().enumerate().all(|(i, &p)| i == p);
+    let dy_t = if !identity {
         ctx.transpose(&dy, &perm_y)?
     } else {
         dy.clone()
