@@ -50,30 +50,44 @@ fn dims(v: &graph::proto::ValueInfoProto) -> Vec<String> {
         .collect()
 }
 
+/// One evaluation in the task's terms.
+fn eval_text(task: train::task::TaskKind, r: &train::eval::EvalResult) -> String {
+    match task {
+        train::task::TaskKind::CausalLm => format!(
+            "loss {:.4}, perplexity {:.2}, token accuracy {:.2}% ({} tokens)",
+            r.loss,
+            r.loss.exp(),
+            100.0 * r.accuracy,
+            r.samples
+        ),
+        train::task::TaskKind::ImageClassification => format!(
+            "{:.2}% (loss {:.4}, {} samples)",
+            100.0 * r.accuracy,
+            r.loss,
+            r.samples
+        ),
+    }
+}
+
 /// The end-of-run summary printed by `koala finetune`.
 pub fn summary_text(r: &train::RunSummary) -> String {
     let mut s = String::new();
-    let pct = |x: f64| 100.0 * x;
+    let what = match r.task {
+        train::task::TaskKind::CausalLm => "eval",
+        train::task::TaskKind::ImageClassification => "accuracy",
+    };
     if let Some(b) = r.before {
-        let _ = writeln!(
-            s,
-            "accuracy before: {:.2}% (loss {:.4}, {} samples)",
-            pct(b.accuracy),
-            b.loss,
-            b.samples
-        );
+        let _ = writeln!(s, "{what} before: {}", eval_text(r.task, &b));
     }
+    let _ = writeln!(s, "{what} after:  {}", eval_text(r.task, &r.after));
+    let speed = match r.tokens_per_sec {
+        Some(t) => format!("{t:.0} tokens/s ({:.1} sequences/s)", r.samples_per_sec),
+        None => format!("{:.1} samples/s", r.samples_per_sec),
+    };
     let _ = writeln!(
         s,
-        "accuracy after:  {:.2}% (loss {:.4}, {} samples)",
-        pct(r.after.accuracy),
-        r.after.loss,
-        r.after.samples
-    );
-    let _ = writeln!(
-        s,
-        "steps {} ({} skipped as non-finite), {:.1} samples/s, unreadable samples skipped: {}",
-        r.steps, r.skipped_steps, r.samples_per_sec, r.skipped_samples
+        "steps {} ({} skipped as non-finite), {speed}, unreadable samples skipped: {}",
+        r.steps, r.skipped_steps, r.skipped_samples
     );
     let _ = writeln!(
         s,
@@ -82,16 +96,19 @@ pub fn summary_text(r: &train::RunSummary) -> String {
     );
     let _ = writeln!(
         s,
-        "exported {}: reloaded by ONNX Runtime, max |Δ| vs training graph {:.2e}, top-1 {:.2}%",
+        "exported {}: reloaded by ONNX Runtime, max |Δ| vs training graph {:.2e}, {}",
         r.export.display(),
         r.export_max_diff,
-        pct(r.export_eval.accuracy)
+        eval_text(r.task, &r.export_eval)
     );
     let _ = match &r.export_tract {
         Ok(d) => writeln!(
             s,
             "cross-checked with tract (a pure-Rust ONNX runtime): max |Δ| vs ONNX Runtime {d:.2e}"
         ),
+        Err(e) if e.starts_with("not run") => {
+            writeln!(s, "tract (a pure-Rust ONNX runtime) cross-check {e}")
+        }
         Err(e) => writeln!(
             s,
             "warning: tract (a pure-Rust ONNX runtime) could not run the exported file: {e}"

@@ -32,11 +32,16 @@ enum Command {
         after_help = "Examples:\n  koala finetune --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96 --epochs 2\n  koala finetune --config my_run.toml --lr 0.5\n  koala finetune --resume runs/latest"
     )]
     Finetune(Box<FinetuneArgs>),
-    /// Evaluate an ONNX classifier on a data set (loss, top-1 accuracy).
+    /// Evaluate an ONNX classifier (loss, top-1) or language model (perplexity) on a data set.
     #[command(
         after_help = "Example:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small --image-size 96"
     )]
     Eval(EvalArgs),
+    /// Continue a prompt with an ONNX causal language model.
+    #[command(
+        after_help = "Examples:\n  koala generate --model models/tiny_llama_shakespeare/model.onnx --prompt 'HAMLET. To be'\n  koala generate --model runs/lm/model.onnx --tokenizer models/tiny_llama_shakespeare/tokenizer.json --prompt 'LYSANDER.' --temperature 0.8 --top-p 0.9 --seed 1"
+    )]
+    Generate(GenerateArgs),
     /// Write an ONNX model with the weights of a run's checkpoint.
     #[command(after_help = "Example:\n  koala export --run-dir runs/latest --output tuned.onnx")]
     Export(ExportArgs),
@@ -190,6 +195,22 @@ struct FinetuneArgs {
     /// causal LM, a float image input an image classifier).
     #[arg(long, value_enum)]
     task: Option<TaskArg>,
+    /// Causal LM: the model's tokenizer.json (default: tokenizer.json next to the model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Causal LM: tokens per training sequence (default 128).
+    #[arg(long)]
+    block_size: Option<usize>,
+    /// Causal LM: data format: auto (by extension and first line), plain, jsonl-text,
+    /// prompt-completion or chat.
+    #[arg(long)]
+    text_format: Option<String>,
+    /// Causal LM: prompt of the sample completions before and after training.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Causal LM: new tokens in each sample completion (0: none; default 48).
+    #[arg(long)]
+    sample_tokens: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -221,13 +242,57 @@ enum ScheduleArg {
 }
 
 #[derive(Args)]
-struct EvalArgs {
-    /// ONNX classifier.
+struct GenerateArgs {
+    /// ONNX causal language model (with or without a KV cache).
     #[arg(long)]
     model: PathBuf,
-    /// Data (folder, CSV, or IDX folder: its t10k split is used).
+    /// Its tokenizer.json (default: tokenizer.json next to the model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The text to continue.
+    #[arg(long)]
+    prompt: String,
+    /// Tokens to generate at most (stops earlier at the end-of-text token).
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities add up to p.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Add the tokenizer's special tokens (e.g. BOS) to the prompt.
+    #[arg(long)]
+    add_special_tokens: bool,
+    /// Keep going past the end-of-text token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// ONNX Runtime threads.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// ONNX classifier, or causal language model (detected from an `input_ids` input).
+    #[arg(long)]
+    model: PathBuf,
+    /// Data (folder, CSV, or IDX folder: its t10k split is used); for a language model a
+    /// text file, folder of .txt files or JSONL file.
     #[arg(long)]
     data: PathBuf,
+    /// Language model: its tokenizer.json (default: tokenizer.json next to the model).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Language model: tokens per evaluated sequence.
+    #[arg(long, default_value_t = 128)]
+    block_size: usize,
     /// Model input size: N (square) or HxW (e.g. 48x192).
     #[arg(long, default_value = "224")]
     image_size: koala::train::config::ImageSize,
@@ -306,6 +371,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Finetune(a) => finetune(*a),
         Command::Eval(a) => eval(a),
         Command::Export(a) => export(a),
+        Command::Generate(a) => generate(a),
         Command::Check(a) => {
             let model = koala::graph::Model::load(&a.model)?;
             let spec = koala::graph::TrainableSpec {
@@ -433,6 +499,21 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
             TaskArg::CausalLm => TaskKind::CausalLm,
         });
     }
+    if a.tokenizer.is_some() {
+        c.tokenizer = a.tokenizer;
+    }
+    if let Some(v) = a.block_size {
+        c.block_size = v;
+    }
+    if let Some(v) = a.text_format {
+        c.text_format = v;
+    }
+    if a.prompt.is_some() {
+        c.prompt = a.prompt;
+    }
+    if let Some(v) = a.sample_tokens {
+        c.sample_tokens = v;
+    }
     c.augment &= !a.no_augment;
     c.no_decay_bias_norm |= a.no_decay_bias_norm;
     c.train_constants |= a.train_constants;
@@ -444,6 +525,10 @@ fn eval(a: EvalArgs) -> Result<u8> {
     if !a.data.exists() {
         anyhow::bail!("data path '{}' does not exist", a.data.display());
     }
+    let model = koala::graph::Model::load(&a.model)?;
+    if koala::graph::lm_signature::is_language_model(&model) {
+        return eval_lm(&a, &model);
+    }
     let source = koala::data::open_source(&a.data, koala::data::IdxSplit::Test)?;
     let cfg = TrainConfig {
         image_size: a.image_size,
@@ -454,7 +539,6 @@ fn eval(a: EvalArgs) -> Result<u8> {
         koala::train::data::preprocess(&cfg, false),
         koala::data::LoaderConfig::eval(a.batch_size),
     )?;
-    let model = koala::graph::Model::load(&a.model)?;
     let opts = koala::runtime::SessionOptions {
         intra_threads: a.threads,
         ..Default::default()
@@ -472,6 +556,66 @@ fn eval(a: EvalArgs) -> Result<u8> {
         r.loss,
         100.0 * r.accuracy
     );
+    Ok(0)
+}
+
+/// Perplexity of a causal LM on a text file (every sequence, in order).
+fn eval_lm(a: &EvalArgs, model: &koala::graph::Model) -> Result<u8> {
+    use koala::data::text::{
+        TextDataset, TextLoader, TextLoaderConfig, TextOptions, TextTokenizer,
+    };
+    let cfg = TrainConfig {
+        model: a.model.clone(),
+        tokenizer: a.tokenizer.clone(),
+        ..TrainConfig::default()
+    };
+    let tokenizer = TextTokenizer::open(&koala::train::causal_lm::tokenizer_path(&cfg)?)?;
+    let data = TextDataset::open(&a.data, &tokenizer, &TextOptions::new(a.block_size))?;
+    let loader = TextLoader::new(
+        std::sync::Arc::new(data),
+        TextLoaderConfig::eval(a.batch_size),
+    )?;
+    let start = std::time::Instant::now();
+    let mut ev = koala::train::causal_lm::LmEvaluator::plain(model, a.threads)?;
+    let r = ev.evaluate(&[], &loader)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{} tokens of '{}' in blocks of {}: loss {:.4}, perplexity {:.3}, token accuracy {:.2}% ({:.0} tokens/s)",
+        r.samples,
+        a.data.display(),
+        a.block_size,
+        r.loss,
+        r.loss.exp(),
+        100.0 * r.accuracy,
+        r.samples as f64 / secs
+    );
+    Ok(0)
+}
+
+fn generate(a: GenerateArgs) -> Result<u8> {
+    use koala::data::text::TextTokenizer;
+    let model = koala::graph::Model::load(&a.model)?;
+    let cfg = TrainConfig {
+        model: a.model.clone(),
+        tokenizer: a.tokenizer.clone(),
+        ..TrainConfig::default()
+    };
+    let tokenizer = TextTokenizer::open(&koala::train::causal_lm::tokenizer_path(&cfg)?)?;
+    let prompt = tokenizer.encode(&a.prompt, a.add_special_tokens)?;
+    let sampling = koala::train::generate::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let mut g = koala::train::generate::Generator::new(&model, a.threads)?;
+    let stop = if a.ignore_eos {
+        vec![]
+    } else {
+        vec![tokenizer.eos_id()]
+    };
+    let ids = g.generate(&prompt, a.max_new_tokens, &stop, &sampling)?;
+    println!("{}{}", a.prompt, tokenizer.decode(&ids)?);
     Ok(0)
 }
 

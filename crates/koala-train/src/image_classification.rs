@@ -88,7 +88,7 @@ impl Task for ImageClassification {
         })
     }
 
-    fn check_graph(&self, graph: &TrainingGraph) -> Result<()> {
+    fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()> {
         check_classes(
             &self.data,
             graph.model_output_shape.last().copied().unwrap_or(0),

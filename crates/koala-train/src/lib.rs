@@ -2,6 +2,7 @@
 //! checkpoints, resume, export) on top of koala-graph, koala-optim and
 //! koala-data.
 
+pub mod causal_lm;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -180,7 +180,7 @@ pub trait Task {
     fn training_spec(&self, model: &Model) -> Result<TrainingSpec>;
 
     /// Checks the built graph against the data (e.g. classes vs outputs) before training.
-    fn check_graph(&self, graph: &TrainingGraph) -> Result<()>;
+    fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()>;
 
     /// Full batches in one epoch of the training data.
     fn batches_per_epoch(&self) -> usize;
@@ -229,20 +229,7 @@ pub fn create(cfg: &TrainConfig, model: &Model) -> Result<Box<dyn Task>> {
         TaskKind::ImageClassification => Ok(Box::new(
             crate::image_classification::ImageClassification::new(cfg)?,
         )),
-        // The slot for the causal-LM task: a `CausalLm` struct implementing `Task` with a text
-        // data source yielding (input_ids, labels, attention_mask) i64 batches, the causal-LM
-        // `LossSpec`, metrics loss / perplexity / token accuracy / tokens per second and
-        // `BestMetric { name: "loss", direction: Lower }`.
-        TaskKind::CausalLm => {
-            let why = match cfg.task {
-                Some(_) => "--task causal-lm was given".to_string(),
-                None => format!(
-                    "{} has an int64 'input_ids' input, so it is taken for a causal language model",
-                    model.display_name()
-                ),
-            };
-            bail!("{why}, and the causal-LM task is not wired into the training loop yet; pass --task image-classification to train an image classifier")
-        }
+        TaskKind::CausalLm => Ok(Box::new(crate::causal_lm::CausalLm::new(cfg, model)?)),
     }
 }
 

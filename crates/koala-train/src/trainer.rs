@@ -43,6 +43,10 @@ pub struct RunSummary {
     pub skipped_samples: usize,
     /// Training throughput (samples/s) over this process's steps.
     pub samples_per_sec: f64,
+    /// Predicted tokens per second over this process's steps (language models).
+    pub tokens_per_sec: Option<f64>,
+    /// The task that was trained.
+    pub task: crate::task::TaskKind,
     /// Seconds spent inside ONNX Runtime steps.
     pub time_graph: f64,
     /// Seconds spent inside optimizer steps.
@@ -449,15 +453,18 @@ impl Run {
             perplexity: None,
             wall_time: self.state.wall_time,
         })?;
+        let speed = match tps {
+            Some(t) => format!("{t:.0} tokens/s"),
+            None => format!("{sps:.1} samples/s"),
+        };
         seg.progress.log(&format!(
-            "step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {:.1} samples/s",
+            "step {}/{} loss {:.4} acc {:.1}% lr {:.3e} |g| {:.3e} {speed}",
             self.state.step,
             self.total_steps,
             loss,
             100.0 * acc,
             r.lr,
             r.grad_norm,
-            sps
         ));
         seg.win_loss = 0.0;
         seg.win_steps = 0;
@@ -526,6 +533,8 @@ impl Run {
             skipped_steps: self.state.skipped_steps,
             skipped_samples,
             samples_per_sec: seg.samples_done as f64 / seg.seconds(),
+            tokens_per_sec: (seg.tokens_done > 0).then(|| seg.tokens_done as f64 / seg.seconds()),
+            task: self.task.kind(),
             time_graph: seg.t_graph,
             time_optimizer: seg.t_opt,
             time_data_wait: stats.wait_time,

@@ -33,3 +33,7 @@ pub mod dataset;
 mod formats;
 mod packing;
 pub mod tokenizer;
+
+pub use batch::{TextBatch, TextBatchIter, TextLoader, TextLoaderConfig};
+pub use dataset::{TextCounts, TextDataset, TextExample, TextFormat, TextOptions, IGNORE_INDEX};
+pub use tokenizer::TextTokenizer;
