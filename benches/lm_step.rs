@@ -190,6 +190,9 @@ struct ShapeResult {
     forward_ms: f64,
     step_ms: f64,
     loss_batch0: f32,
+    /// L2 norm of each trained tensor's gradient at batch 0, by name
+    /// (compare_lm_step.py checks PyTorch's against them).
+    grad_norms_batch0: Vec<(String, serde_json::Value)>,
     trainable_tensors: usize,
     trainable_params: usize,
 }
@@ -230,6 +233,7 @@ impl ShapeResult {
             "step_ms": self.step_ms,
             "step_tokens_per_s": self.tokens_per_s(self.step_ms),
             "loss_batch0": self.loss_batch0,
+            "grad_l2_batch0": self.grad_norms_batch0.iter().cloned().collect::<serde_json::Map<_, _>>(),
             "trainable_tensors": self.trainable_tensors,
             "trainable_params": self.trainable_params,
         })
@@ -320,6 +324,14 @@ fn bench_shape(
     step.set_batch(&[Batch::I64(x0)], Batch::I64(x0))?;
     step.run()?;
     let trainable = &step.graph().trainable;
+    let grad_norms_batch0 = trainable
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let sq: f64 = step.grad(k).iter().map(|&g| (g as f64) * (g as f64)).sum();
+            (t.name.clone(), serde_json::Value::from(sq.sqrt()))
+        })
+        .collect();
     Ok(ShapeResult {
         batch,
         seq,
@@ -327,6 +339,7 @@ fn bench_shape(
         forward_ms: 1e3 * median_of(&mut t_fwd),
         step_ms: 1e3 * median_of(&mut t_step),
         loss_batch0: step.loss(),
+        grad_norms_batch0,
         trainable_tensors: trainable.len(),
         trainable_params: trainable
             .iter()

@@ -173,12 +173,16 @@ def worker(args):
         for _round in range(2):  # [forward block, step block] twice, as lm_step.rs
             timed(half, forward, t_fwd)
             timed(half, step, t_step)
-        with torch.no_grad():
-            loss0 = float(loss_of(batch(b, t, 0)))
+        model.zero_grad(set_to_none=True)
+        loss0 = loss_of(batch(b, t, 0))
+        loss0.backward()
+        loss0 = float(loss0.detach())
+        grad_l2 = {n: float(params[n].grad.double().norm()) for n in trained}
         fwd_ms, step_ms = 1e3 * statistics.median(t_fwd), 1e3 * statistics.median(t_step)
         results.append({"batch": b, "seq": t, "tokens": b * t, "forward_ms": fwd_ms, "step_ms": step_ms,
                         "forward_tokens_per_s": b * t / (fwd_ms * 1e-3),
-                        "step_tokens_per_s": b * t / (step_ms * 1e-3), "loss_batch0": loss0})
+                        "step_tokens_per_s": b * t / (step_ms * 1e-3), "loss_batch0": loss0,
+                        "grad_l2_batch0": grad_l2})
     # ru_maxrss is in KiB on Linux: the worker's high-water mark (torch's allocator and libraries included)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     with open(args.torch_worker[1], "w") as f:
@@ -196,8 +200,8 @@ def print_table(args, koala, pt):
           f"{pt['trained_params']}); threads {args.threads} (ORT intra-op; torch {pt['torch']}, "
           f"{pt['threads']} intra-op, OMP_WAIT_POLICY={args.omp_wait_policy}); f32; median of {koala['reps']} steps")
     print("| B×T | koala step | PyTorch step | koala / PyTorch | koala tok/s | PyTorch tok/s "
-          "| ORT forward | PyTorch forward | loss batch 0 koala / PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| ORT forward | PyTorch forward | loss batch 0 koala / PyTorch | max rel. diff of gradient L2 norms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     by_shape = {(r["batch"], r["seq"]): r for r in pt["shapes"]}
     missing = [(k["batch"], k["seq"]) for k in koala["shapes"] if (k["batch"], k["seq"]) not in by_shape]
     if missing:
@@ -207,21 +211,32 @@ def print_table(args, koala, pt):
         print(f"| {k['batch']}×{k['seq']} | {k['step_ms']:.2f} ms | {p['step_ms']:.2f} ms | "
               f"{k['step_ms'] / p['step_ms']:.2f}× | {k['step_tokens_per_s']:.0f} | {p['step_tokens_per_s']:.0f} | "
               f"{k['forward_ms']:.2f} ms | {p['forward_ms']:.2f} ms | "
-              f"{k['loss_batch0']:.5f} / {p['loss_batch0']:.5f} |")
+              f"{k['loss_batch0']:.5f} / {p['loss_batch0']:.5f} | {grad_norm_diff(k, p):.1e} |")
     krss = koala.get("peak_rss_mib")
     print(f"peak RSS over all shapes: koala {krss:.1f} MiB (VmHWM of the cargo-bench process, ORT arenas included)"
           if krss is not None else "peak RSS: koala unavailable", end="")
     print(f"; PyTorch {pt['peak_rss_mib']:.1f} MiB (ru_maxrss of a worker running only PyTorch)")
     # Same weights, same batch, same loss definition: f32 forward passes agree to ~1e-5 relative
     # (export check: ORT vs PyTorch logits 9.5e-6 abs); 1e-4 leaves room for the different reduction order.
+    # Gradient norms: the same f32 computation through 4 layers and a 512-way softmax, summed in different
+    # orders; 1e-3 relative is far above that rounding and far below any wrong or missing gradient term.
     bad = [(k["batch"], k["seq"]) for k in koala["shapes"]
            if abs(k["loss_batch0"] - by_shape[(k["batch"], k["seq"])]["loss_batch0"])
-           > 1e-4 * max(1.0, abs(k["loss_batch0"]))]
+           > 1e-4 * max(1.0, abs(k["loss_batch0"])) or grad_norm_diff(k, by_shape[(k["batch"], k["seq"])]) > 1e-3]
     if bad:
-        print(f"WARNING: the batch-0 losses differ by more than 1e-4 relative at {bad}: the two sides do not "
-              "compute the same step")
+        print(f"WARNING: at {bad} the batch-0 losses differ by more than 1e-4 relative or a gradient norm by more "
+              "than 1e-3 relative: the two sides do not compute the same step")
         return 1
     return 0
+
+
+def grad_norm_diff(k, p):
+    """Largest relative difference between koala's and PyTorch's per-tensor gradient L2 norms at batch 0
+    (inf when the two sides trained different tensors)."""
+    kg, pg = k.get("grad_l2_batch0", {}), p["grad_l2_batch0"]
+    if set(kg) != set(pg):
+        return float("inf")
+    return max(abs(kg[n] - pg[n]) / max(pg[n], 1e-12) for n in pg)
 
 
 def main():
