@@ -1,0 +1,398 @@
+//! Causal-LM training-step throughput: koala's training graph (forward +
+//! shifted cross-entropy + backward, run by ONNX Runtime) on the shipped tiny
+//! Llama (`models/tiny_llama_shakespeare`), with ORT running the inference
+//! model alone as the in-run baseline, plus the process's peak RSS.
+//!
+//! Run: `cargo bench --bench lm_step [-- --threads 2 --train REGEX --shapes 8x128,1x256,4x64]`.
+//! `KOALA_BENCH_JSON=path` also writes the numbers as JSON; that is what
+//! `benches/pytorch/compare_lm_step.py` reads to put PyTorch eager beside them.
+//!
+//! Token ids are the bytes of `data/shakespeare/midsummer_nights_dream_gut.txt`
+//! modulo the vocabulary (every byte < 512, so the ids are the bytes): the
+//! step's cost does not depend on which ids it sees, and tokenizer speed is not
+//! what this measures. Batch `k` is the `k`-th run of `B·T` consecutive ids
+//! (rows of `T`), cycled; the labels are the ids themselves (the loss head
+//! shifts them, as Hugging Face's `*ForCausalLM` does).
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use koala::graph::step::{Batch, TrainStep};
+use koala::graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
+use koala::runtime::{Session, SessionOptions, TensorView, TensorViewMut};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The model and text this benchmark runs on (relative to the repository root).
+const MODEL: &str = "models/tiny_llama_shakespeare/model.onnx";
+const TEXT: &str = "data/shakespeare/midsummer_nights_dream_gut.txt";
+
+/// Untimed runs before each timed block (ORT's arenas and the memory-pattern
+/// planner settle during the first runs of a shape).
+const WARMUP: usize = 3;
+
+/// Command line. Every option also reads an environment variable (the flag
+/// wins), because `compare_lm_step.py` and CI set those more easily than
+/// `cargo bench -- …`.
+#[derive(Parser, Debug)]
+#[command(about = "tiny-LM training step (koala) against ORT inference forward")]
+struct Args {
+    /// ONNX Runtime intra-op threads, inter-op is 1 [env KOALA_BENCH_THREADS; default 2].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Train only the weights whose name matches (default: all 38 tensors).
+    /// E.g. `^model\.norm` trains one tensor whose gradient path avoids the
+    /// transformer ops, for trying the harness before every rule exists
+    /// [env KOALA_BENCH_TRAIN].
+    #[arg(long)]
+    train: Option<String>,
+    /// Batch×sequence shapes, comma-separated [env KOALA_BENCH_SHAPES; default 8x128,1x256,4x64].
+    #[arg(long)]
+    shapes: Option<String>,
+    /// Timed runs per shape, split over two rounds [env KOALA_BENCH_REPS; default 30].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Write the numbers as JSON here [env KOALA_BENCH_JSON].
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Passed by `cargo bench` to every bench target; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// The resolved options.
+struct Options {
+    threads: usize,
+    train: Option<String>,
+    shapes: Vec<(usize, usize)>,
+    reps: usize,
+    json: Option<PathBuf>,
+}
+
+impl Options {
+    /// Flag, else environment variable, else default.
+    fn resolve(a: Args) -> Result<Options> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let number = |name: &str, flag: Option<usize>, default: usize| -> Result<usize> {
+            match (flag, env(name)) {
+                (Some(n), _) => Ok(n),
+                (None, Some(v)) => v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{name}={v} is not a positive integer")),
+                (None, None) => Ok(default),
+            }
+        };
+        let shapes = a
+            .shapes
+            .or_else(|| env("KOALA_BENCH_SHAPES"))
+            .unwrap_or_else(|| "8x128,1x256,4x64".to_string());
+        Ok(Options {
+            threads: number("KOALA_BENCH_THREADS", a.threads, 2)?.max(1),
+            train: a.train.or_else(|| env("KOALA_BENCH_TRAIN")),
+            shapes: parse_shapes(&shapes)?,
+            reps: number("KOALA_BENCH_REPS", a.reps, 30)?.div_ceil(2).max(1) * 2,
+            json: a
+                .json
+                .or_else(|| env("KOALA_BENCH_JSON").map(PathBuf::from)),
+        })
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Parses `8x128,1x256` into `[(8, 128), (1, 256)]`.
+fn parse_shapes(s: &str) -> Result<Vec<(usize, usize)>> {
+    s.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let (b, t) = part.split_once('x').with_context(|| {
+                format!("shape '{part}' in --shapes: write BATCHxSEQ, e.g. 8x128")
+            })?;
+            let num = |v: &str| {
+                v.parse::<usize>().ok().filter(|&n| n > 0).with_context(|| {
+                    format!("shape '{part}' in --shapes: '{v}' is not a positive integer")
+                })
+            };
+            Ok((num(b)?, num(t)?))
+        })
+        .collect()
+}
+
+/// The text's bytes as token ids below `vocab`.
+fn token_ids(path: &Path, vocab: usize) -> Result<Vec<i64>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes.iter().map(|&b| (b as usize % vocab) as i64).collect())
+}
+
+/// Batch `k` of `n` ids: the `k`-th (cycled) run of `n` consecutive ids.
+fn batch_of(ids: &[i64], n: usize, k: usize) -> &[i64] {
+    let count = ids.len() / n;
+    let s = (k % count) * n;
+    &ids[s..s + n]
+}
+
+/// The vocabulary size: the last dimension of the model's first output (`logits`).
+fn vocab_size(model: &Model) -> Result<usize> {
+    let out = model
+        .graph()
+        .output
+        .first()
+        .with_context(|| format!("{MODEL} has no outputs"))?;
+    koala::graph::training::declared_dims(out)
+        .last()
+        .copied()
+        .flatten()
+        .map(|v| v as usize)
+        .with_context(|| {
+            format!(
+                "{MODEL}: output '{}' has no fixed last (vocabulary) dimension",
+                out.name
+            )
+        })
+}
+
+fn median_of(t: &mut [f64]) -> f64 {
+    t.sort_by(|a, b| a.total_cmp(b));
+    t[t.len() / 2]
+}
+
+/// Appends the times (seconds) of `reps` calls of `f` to `times`, after
+/// `WARMUP` untimed calls.
+fn time_block(reps: usize, times: &mut Vec<f64>, mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    for i in 0..WARMUP + reps {
+        let s = Instant::now();
+        f()?;
+        if i >= WARMUP {
+            times.push(s.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+/// The process's peak resident set size in MiB: `VmHWM` of
+/// `/proc/self/status` (Linux), the high-water mark of the whole process —
+/// ONNX Runtime's arenas, every session built so far and the graphs included.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Numbers of one `B×T` shape.
+struct ShapeResult {
+    batch: usize,
+    seq: usize,
+    build_s: f64,
+    forward_ms: f64,
+    step_ms: f64,
+    loss_batch0: f32,
+    /// L2 norm of each trained tensor's gradient at batch 0, by name
+    /// (compare_lm_step.py checks PyTorch's against them).
+    grad_norms_batch0: Vec<(String, serde_json::Value)>,
+    trainable_tensors: usize,
+    trainable_params: usize,
+}
+
+impl ShapeResult {
+    fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    fn tokens_per_s(&self, ms: f64) -> f64 {
+        self.tokens() as f64 / (ms * 1e-3)
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "| {}×{} | {} | {:.2} ms ({:.0} tok/s) | {:.2} ms | {:.0} | {:.2}× | {:.4} | {:.1} s |",
+            self.batch,
+            self.seq,
+            self.tokens(),
+            self.forward_ms,
+            self.tokens_per_s(self.forward_ms),
+            self.step_ms,
+            self.tokens_per_s(self.step_ms),
+            self.step_ms / self.forward_ms,
+            self.loss_batch0,
+            self.build_s,
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "batch": self.batch,
+            "seq": self.seq,
+            "tokens": self.tokens(),
+            "graph_build_s": self.build_s,
+            "forward_ms": self.forward_ms,
+            "forward_tokens_per_s": self.tokens_per_s(self.forward_ms),
+            "step_ms": self.step_ms,
+            "step_tokens_per_s": self.tokens_per_s(self.step_ms),
+            "loss_batch0": self.loss_batch0,
+            "grad_l2_batch0": self.grad_norms_batch0.iter().cloned().collect::<serde_json::Map<_, _>>(),
+            "trainable_tensors": self.trainable_tensors,
+            "trainable_params": self.trainable_params,
+        })
+    }
+}
+
+/// Builds koala's causal-LM training graph for `[batch, seq]` inputs.
+fn build_step(model: &Model, args: &Options, batch: usize, seq: usize) -> Result<TrainStep> {
+    let spec = TrainingSpec {
+        input_shapes: [("input_ids".to_string(), vec![batch, seq])]
+            .into_iter()
+            .collect(),
+        loss: LossSpec::CausalLm {
+            ignore_index: koala::graph::loss::IGNORE_INDEX,
+            attention_mask: None,
+        },
+        trainable: TrainableSpec {
+            include: args.train.clone(),
+            ..TrainableSpec::default()
+        },
+        probe_threads: args.threads,
+        omit_model_output: true,
+        ..TrainingSpec::default()
+    };
+    let graph = koala::graph::build(model, &spec).with_context(|| {
+        format!(
+            "building the training graph of {MODEL} at {batch}×{seq} (while gradient rules are missing, \
+             train a subset whose path avoids them, e.g. --train '^model\\.norm'; `koala check` lists them)"
+        )
+    })?;
+    TrainStep::new(graph, Some(args.threads))
+}
+
+/// Times the ORT inference forward and koala's training step at one shape.
+fn bench_shape(
+    model: &Model,
+    args: &Options,
+    ids: &[i64],
+    vocab: usize,
+    (batch, seq): (usize, usize),
+) -> Result<ShapeResult> {
+    let n = batch * seq;
+    if ids.len() < n {
+        bail!(
+            "{TEXT} has {} tokens, fewer than one {batch}×{seq} batch",
+            ids.len()
+        );
+    }
+    let opts = SessionOptions {
+        intra_threads: Some(args.threads),
+        ..SessionOptions::default()
+    };
+    let mut fwd = Session::from_file(&root().join(MODEL), &opts)?;
+    let in_name = fwd.inputs()[0].name.clone();
+    let out_name = fwd.outputs()[0].name.clone();
+    let (in_shape, out_shape) = ([batch, seq], [batch, seq, vocab]);
+    let mut logits = vec![0f32; n * vocab];
+
+    let t0 = Instant::now();
+    let mut step = build_step(model, args, batch, seq)?;
+    let build_s = t0.elapsed().as_secs_f64();
+
+    // Two rounds of [forward block, step block], so that slow phases of a
+    // shared machine hit both alike; batches cycle as in training.
+    let (mut t_fwd, mut t_step) = (Vec::new(), Vec::new());
+    let (mut kf, mut ks) = (0, 0);
+    let half = args.reps / 2;
+    for _round in 0..2 {
+        time_block(half, &mut t_fwd, || {
+            let x = batch_of(ids, n, kf);
+            kf += 1;
+            fwd.run_into(
+                &[(&in_name, TensorView::i64(x, &in_shape))],
+                &mut [(&out_name, TensorViewMut::f32(&mut logits, &out_shape))],
+            )?;
+            Ok(())
+        })?;
+        time_block(half, &mut t_step, || {
+            let x = batch_of(ids, n, ks);
+            ks += 1;
+            step.set_batch(&[Batch::I64(x)], Batch::I64(x))?;
+            step.run()
+        })?;
+    }
+    // The weights never change (no optimizer), so this is the loss of the
+    // model as shipped: compare_lm_step.py checks PyTorch gets the same.
+    let x0 = batch_of(ids, n, 0);
+    step.set_batch(&[Batch::I64(x0)], Batch::I64(x0))?;
+    step.run()?;
+    let trainable = &step.graph().trainable;
+    let grad_norms_batch0 = trainable
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let sq: f64 = step.grad(k).iter().map(|&g| (g as f64) * (g as f64)).sum();
+            (t.name.clone(), serde_json::Value::from(sq.sqrt()))
+        })
+        .collect();
+    Ok(ShapeResult {
+        batch,
+        seq,
+        build_s,
+        forward_ms: 1e3 * median_of(&mut t_fwd),
+        step_ms: 1e3 * median_of(&mut t_step),
+        loss_batch0: step.loss(),
+        grad_norms_batch0,
+        trainable_tensors: trainable.len(),
+        trainable_params: trainable
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>())
+            .sum(),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = Options::resolve(Args::parse())?;
+    let model = Model::load(&root().join(MODEL))?;
+    let vocab = vocab_size(&model)?;
+    let ids = token_ids(&root().join(TEXT), vocab)?;
+    println!(
+        "{MODEL}; ORT intra-op threads: {}; trained: {}; median of {} runs per shape after {WARMUP} warm-up runs per block",
+        args.threads,
+        args.train.as_deref().unwrap_or("all weights"),
+        args.reps,
+    );
+    println!("| B×T | tokens | ORT inference forward | koala fwd+loss+bwd step | koala tokens/s | step / forward | loss (batch 0) | graph build |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut results = Vec::new();
+    for &shape in &args.shapes {
+        let r = bench_shape(&model, &args, &ids, vocab, shape)?;
+        println!("{}", r.row());
+        results.push(r);
+    }
+    let peak = peak_rss_mib();
+    match peak {
+        Some(mib) => println!(
+            "peak RSS (VmHWM, the process's high-water mark over all shapes, ORT's arenas included): {mib:.1} MiB"
+        ),
+        None => println!("peak RSS: unavailable (no /proc/self/status)"),
+    }
+    if let Some(r) = results.first() {
+        println!(
+            "trained: {} tensors, {} parameters",
+            r.trainable_tensors, r.trainable_params
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "model": MODEL,
+            "text": TEXT,
+            "threads": args.threads,
+            "train": args.train,
+            "warmup": WARMUP,
+            "reps": args.reps,
+            "peak_rss_mib": peak,
+            "shapes": results.iter().map(ShapeResult::json).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing KOALA_BENCH_JSON={}", path.display()))?;
+    }
+    Ok(())
+}
