@@ -814,14 +814,15 @@ fn model_with_token_ids(path: &Path) {
 /// The task comes from the model's inputs (an int64 `input_ids` input is a causal LM) or from
 /// `--task`; the causal-LM task is not wired into the loop yet and says so, naming the flag.
 #[test]
-fn the_task_is_detected_from_the_inputs_and_causal_lm_is_reported_as_not_wired() {
+fn the_task_is_detected_from_the_inputs_and_a_forced_task_must_fit_the_model() {
     let tmp = tempfile::tempdir().unwrap();
     let lm = tmp.path().join("lm.onnx");
     model_with_token_ids(&lm);
     let mut args = tiny_finetune(&["--run-dir", tmp.path().join("a").to_str().unwrap()]);
     let model_at = value_index(&args, "--model");
     args[model_at] = lm.display().to_string();
-    assert_fails(&refs(&args), 1, "causal-LM task is not wired");
+    // Detected as a causal LM: it needs the model's tokenizer.
+    assert_fails(&refs(&args), 1, "--tokenizer");
     let forced = tiny_finetune(&[
         "--task",
         "causal-lm",

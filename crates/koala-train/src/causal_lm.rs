@@ -83,7 +83,9 @@ fn embedding_rows(model: &Model) -> Option<usize> {
 impl CausalLm {
     /// Opens the tokenizer and the text data of `cfg` for `model`.
     pub fn new(cfg: &TrainConfig, model: &Model) -> Result<CausalLm> {
-        let sig = lm_signature::detect(model)?;
+        let sig = lm_signature::detect(model).context(
+            "the causal-LM task needs a language model (for an image classifier pass --task image-classification)",
+        )?;
         let tokenizer = TextTokenizer::open(&tokenizer_path(cfg)?)?;
         let rows = embedding_rows(model);
         if let Some(rows) = rows {
