@@ -12,6 +12,15 @@ fn case(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Runs gradcheck on a case, which must pass with `tensors` trainable tensors.
+fn passing_case(name: &str, tensors: usize) -> gradcheck::Report {
+    let report = gradcheck::run(&case(name), &GradcheckOptions::default()).unwrap();
+    println!("{report}");
+    assert_eq!(report.tensors.len(), tensors, "{name}: trainable tensors");
+    assert!(report.pass(), "{report}");
+    report
+}
+
 #[test]
 fn tiny_cnn_matches_pytorch() {
     let report = gradcheck::run(&case("tiny_cnn"), &GradcheckOptions::default()).unwrap();
@@ -46,14 +55,7 @@ fn mobilenet_v2_matches_pytorch() {
 /// (exactly zero gradient, softmax is invariant to them) by the zero rule.
 #[test]
 fn tiny_gpt_matches_pytorch() {
-    let report = gradcheck::run(&case("tiny_gpt"), &GradcheckOptions::default()).unwrap();
-    println!("{report}");
-    assert_eq!(
-        report.tensors.len(),
-        37,
-        "tiny_gpt has 37 trainable tensors"
-    );
-    assert!(report.pass(), "{report}");
+    let report = passing_case("tiny_gpt", 37);
     let zero: Vec<&str> = report
         .tensors
         .iter()
@@ -70,14 +72,7 @@ fn tiny_gpt_matches_pytorch() {
 /// is the sum of the Gather and MatMul uses): every tensor within 1e-3.
 #[test]
 fn tiny_llama_matches_pytorch() {
-    let report = gradcheck::run(&case("tiny_llama"), &GradcheckOptions::default()).unwrap();
-    println!("{report}");
-    assert_eq!(
-        report.tensors.len(),
-        20,
-        "tiny_llama has 20 trainable tensors"
-    );
-    assert!(report.pass(), "{report}");
+    let report = passing_case("tiny_llama", 20);
     assert!(
         report
             .tensors

@@ -196,6 +196,18 @@ impl CausalLm {
         koala_graph::model::write_atomic(&path, all.as_bytes())
     }
 
+    /// Writes `b` into the training graph's data inputs and labels.
+    fn set_batch(&self, step: &mut TrainStep, b: &TextBatch) -> Result<()> {
+        let names: Vec<String> = step
+            .graph()
+            .data_inputs
+            .iter()
+            .map(|d| d.0.clone())
+            .collect();
+        let feeds = self.data_feeds(&names, b)?;
+        step.set_batch(&feeds, GBatch::I64(&b.labels))
+    }
+
     /// The feeds of the model's data inputs for one batch, in `names` order.
     fn data_feeds<'a>(&'a self, names: &[String], b: &'a TextBatch) -> Result<Vec<GBatch<'a>>> {
         names
@@ -298,20 +310,12 @@ impl Task for CausalLm {
             .context("the training stream was not started")?
             .next()
             .context("the text loader stopped unexpectedly")?;
-        let names: Vec<String> = step
-            .graph()
-            .data_inputs
-            .iter()
-            .map(|d| d.0.clone())
-            .collect();
-        let feeds = self.data_feeds(&names, &batch)?;
-        step.set_batch(&feeds, GBatch::I64(&batch.labels))?;
+        self.set_batch(step, &batch)?;
         let fed = Fed {
             samples: batch.batch,
             tokens: predicted(&batch),
             next: batch.next,
         };
-        drop(feeds);
         if let Some(s) = &self.stream {
             s.recycle(batch);
         }
@@ -401,14 +405,7 @@ impl Task for CausalLm {
             .next()
             .context("the evaluation split is empty: nothing to verify the export with")?;
         let (file_loss, file_logits) = written.batch_logits_loss(&batch, &[])?;
-        let names: Vec<String> = step
-            .graph()
-            .data_inputs
-            .iter()
-            .map(|d| d.0.clone())
-            .collect();
-        let feeds = self.data_feeds(&names, &batch)?;
-        step.set_batch(&feeds, GBatch::I64(&batch.labels))?;
+        self.set_batch(step, &batch)?;
         step.run()?;
         let graph_loss = step.loss() as f64;
         if (file_loss - graph_loss).abs() > 1e-4 * graph_loss.abs().max(1.0) {
