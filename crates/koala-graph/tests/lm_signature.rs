@@ -151,3 +151,79 @@ fn unknown_inputs_and_unfixed_past_dims_are_named() {
     let e = format!("{:#}", lm_signature::detect(&m).unwrap_err());
     assert!(e.contains("no 'input_ids' input"), "{e}");
 }
+
+/// Training through Optimum's signature (attention mask, position ids and a
+/// length-0 past) gives the same loss and gradients as the plain
+/// `input_ids → logits` export of the same weights (both made by
+/// `gen/gen_llama.py`; the plain one matches PyTorch, see reference_cases).
+/// Same computation up to the exporter's op order: 1e-5 relative.
+#[test]
+fn the_optimum_export_trains_like_the_plain_export_with_an_empty_past() {
+    use koala_graph::loss::{LossSpec, IGNORE_INDEX};
+    use koala_graph::step::{Batch, TrainStep};
+    use koala_graph::TrainingSpec;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let (b, t) = (2, 8);
+    let ids: Vec<i64> = (0..(b * t) as i64).map(|i| (i * 37 + 11) % 113).collect();
+    let run = |file: &str| {
+        let m = Model::load(&root.join(file)).unwrap();
+        let sig = lm_signature::detect(&m).unwrap();
+        let spec = TrainingSpec {
+            input_shapes: sig.input_shapes(b, t),
+            loss: LossSpec::CausalLm {
+                ignore_index: IGNORE_INDEX,
+                attention_mask: sig.attention_mask.clone(),
+            },
+            omit_model_output: true,
+            ..TrainingSpec::default()
+        };
+        let graph = koala_graph::build(&m, &spec).unwrap();
+        let names: Vec<String> = graph.data_inputs.iter().map(|d| d.0.clone()).collect();
+        let mut step = TrainStep::new(graph, Some(1)).unwrap();
+        let mask = vec![1i64; b * t];
+        let pos = LmSignature::position_ids_for(b, t);
+        let feeds: Vec<Batch> = names
+            .iter()
+            .map(|n| match n.as_str() {
+                "input_ids" => Batch::I64(&ids),
+                "attention_mask" => Batch::I64(&mask),
+                "position_ids" => Batch::I64(&pos),
+                _ => Batch::F32(&[]),
+            })
+            .collect();
+        step.set_batch(&feeds, Batch::I64(&ids)).unwrap();
+        step.run().unwrap();
+        let mut grads: Vec<(String, Vec<f32>)> = (0..step.graph().trainable.len())
+            .map(|k| {
+                (
+                    step.graph().trainable[k].name.clone(),
+                    step.grad(k).to_vec(),
+                )
+            })
+            .collect();
+        grads.sort_by(|a, b| a.0.cmp(&b.0));
+        (step.loss(), grads)
+    };
+    let (l_plain, g_plain) = run("reference/tiny_llama/model.onnx");
+    let (l_opt, g_opt) = run("lm/tiny_llama_optimum.onnx");
+    assert!(
+        (l_plain - l_opt).abs() <= 1e-5 * l_plain.abs(),
+        "loss {l_plain} vs {l_opt}"
+    );
+    assert_eq!(g_plain.len(), g_opt.len());
+    for ((n, a), (m, c)) in g_plain.iter().zip(&g_opt) {
+        assert_eq!(n, m);
+        let norm = a.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let diff = a
+            .iter()
+            .zip(c)
+            .map(|(x, y)| ((x - y) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff <= 1e-5 * norm,
+            "{n}: rel L2 {:.2e} > 1e-5",
+            diff / norm
+        );
+    }
+}
