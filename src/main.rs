@@ -8,6 +8,15 @@ use koala::train::schedule::ScheduleKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `println!` that stays quiet when stdout is closed early (`koala … | head`):
+/// a reader that stops reading is not an error, and must not panic koala.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
 /// Exit code when a check or gradcheck finds problems.
 const EXIT_FINDINGS: u8 = 3;
 /// Exit code for errors (bad input, failed run).
@@ -380,7 +389,7 @@ fn run(cli: Cli) -> Result<u8> {
                 train_constants: a.train_constants,
             };
             let report = koala::graph::check::check(&model, &spec)?;
-            println!("{report}");
+            out!("{report}");
             Ok(if report.ok() { 0 } else { EXIT_FINDINGS })
         }
         Command::Gradcheck(a) => {
@@ -399,17 +408,17 @@ fn run(cli: Cli) -> Result<u8> {
                 },
             };
             let report = koala::graph::gradcheck::run(&a.reference, &opts)?;
-            println!("{report}");
+            out!("{report}");
             Ok(if report.pass() { 0 } else { EXIT_FINDINGS })
         }
         Command::Plot { runs, output } => {
             plot(&runs, &output)?;
-            println!("wrote {}", output.display());
+            out!("wrote {}", output.display());
             Ok(0)
         }
         Command::Inspect { model } => {
             let m = koala::graph::Model::load(&model)?;
-            println!("{}", koala::inspect(&m));
+            out!("{}", koala::inspect(&m));
             Ok(0)
         }
     }
@@ -426,7 +435,7 @@ fn finetune(a: FinetuneArgs) -> Result<u8> {
         apply(&mut cfg, a);
         koala::train::finetune(cfg)?
     };
-    println!("{}", koala::summary_text(&summary));
+    out!("{}", koala::summary_text(&summary));
     Ok(0)
 }
 
@@ -549,7 +558,7 @@ fn eval(a: EvalArgs) -> Result<u8> {
         &koala::train::eval::data_input(&model)?,
         &loader,
     )?;
-    println!(
+    out!(
         "{} samples of '{}': loss {:.4}, top-1 {:.2}%",
         r.samples,
         a.data.display(),
@@ -570,6 +579,9 @@ fn eval_lm(a: &EvalArgs, model: &koala::graph::Model) -> Result<u8> {
         ..TrainConfig::default()
     };
     let tokenizer = TextTokenizer::open(&koala::train::causal_lm::tokenizer_path(&cfg)?)?;
+    if let Some(rows) = koala::train::causal_lm::embedding_rows(model) {
+        tokenizer.check_vocab(rows)?;
+    }
     let data = TextDataset::open(&a.data, &tokenizer, &TextOptions::new(a.block_size))?;
     let loader = TextLoader::new(
         std::sync::Arc::new(data),
@@ -579,7 +591,7 @@ fn eval_lm(a: &EvalArgs, model: &koala::graph::Model) -> Result<u8> {
     let mut ev = koala::train::causal_lm::LmEvaluator::plain(model, a.threads)?;
     let r = ev.evaluate(&[], &loader)?;
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    out!(
         "{} tokens of '{}' in blocks of {}: loss {:.4}, perplexity {:.3}, token accuracy {:.2}% ({:.0} tokens/s)",
         r.samples,
         a.data.display(),
@@ -601,6 +613,9 @@ fn generate(a: GenerateArgs) -> Result<u8> {
         ..TrainConfig::default()
     };
     let tokenizer = TextTokenizer::open(&koala::train::causal_lm::tokenizer_path(&cfg)?)?;
+    if let Some(rows) = koala::train::causal_lm::embedding_rows(&model) {
+        tokenizer.check_vocab(rows)?;
+    }
     let prompt = tokenizer.encode(&a.prompt, a.add_special_tokens)?;
     let sampling = koala::train::generate::Sampling {
         temperature: a.temperature,
@@ -608,21 +623,22 @@ fn generate(a: GenerateArgs) -> Result<u8> {
         top_p: a.top_p,
         seed: a.seed,
     };
-    let mut g = koala::train::generate::Generator::new(&model, a.threads)?;
+    let mut g = koala::train::generate::Generator::new(&model, a.threads)?
+        .with_vocab_limit(tokenizer.vocab_size());
     let stop = if a.ignore_eos {
         vec![]
     } else {
         vec![tokenizer.eos_id()]
     };
     let ids = g.generate(&prompt, a.max_new_tokens, &stop, &sampling)?;
-    println!("{}{}", a.prompt, tokenizer.decode(&ids)?);
+    out!("{}{}", a.prompt, tokenizer.decode(&ids)?);
     Ok(0)
 }
 
 fn export(a: ExportArgs) -> Result<u8> {
     let path = koala::train::trainer::export_checkpoint(&a.run_dir, a.step, &a.output)
         .context("export failed")?;
-    println!("wrote {}", path.display());
+    out!("wrote {}", path.display());
     Ok(0)
 }
 

@@ -133,13 +133,12 @@ fn a_causal_lm_fine_tunes_exports_and_the_file_reproduces_the_training_graph() {
         samples.contains("before training") && samples.contains("after training"),
         "{samples}"
     );
-    let tok = root().join("models/tiny_llama_shakespeare/tokenizer.json");
+    // The tokenizer was copied beside the export: no --tokenizer needed.
+    assert!(run_dir.join("tokenizer.json").exists());
     let gen = ok(&[
         "generate",
         "--model",
         exported.to_str().unwrap(),
-        "--tokenizer",
-        tok.to_str().unwrap(),
         "--prompt",
         "LYSANDER.",
         "--max-new-tokens",
@@ -205,6 +204,63 @@ fn bad_text_data_and_a_mismatched_tokenizer_are_named() {
             play.to_str().unwrap(),
             "--run-dir",
             r,
+        ],
+        &["tokenizer.json", "113"],
+    );
+    // Too little text for one batch, and no evaluation text.
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Enter LYSANDER and HERMIA.\n").unwrap();
+    let (s, t) = (short.to_str().unwrap(), tok.to_str().unwrap());
+    assert_fails(
+        &[
+            "finetune",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            s,
+            "--eval-data",
+            s,
+            "--run-dir",
+            r,
+        ],
+        &["short.txt", "fewer than one batch", "--batch-size"],
+    );
+    assert_fails(
+        &[
+            "finetune",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            play.to_str().unwrap(),
+            "--val-fraction",
+            "0",
+            "--run-dir",
+            r,
+        ],
+        &["--val-fraction 0", "--eval-data"],
+    );
+    // eval and generate check the tokenizer against the embedding too.
+    assert_fails(
+        &[
+            "eval",
+            "--model",
+            small.to_str().unwrap(),
+            "--tokenizer",
+            t,
+            "--data",
+            s,
+        ],
+        &["tokenizer.json", "113"],
+    );
+    assert_fails(
+        &[
+            "generate",
+            "--model",
+            small.to_str().unwrap(),
+            "--tokenizer",
+            t,
+            "--prompt",
+            "HERMIA.",
         ],
         &["tokenizer.json", "113"],
     );

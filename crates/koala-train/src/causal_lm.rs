@@ -68,7 +68,7 @@ pub fn tokenizer_path(cfg: &TrainConfig) -> Result<PathBuf> {
 }
 
 /// Rows of the model's token embedding (the vocabulary the model can read).
-fn embedding_rows(model: &Model) -> Option<usize> {
+pub fn embedding_rows(model: &Model) -> Option<usize> {
     let g = model.graph();
     let gather = g.node.iter().find(|n| {
         n.op_type == "Gather" && n.input.get(1).map(|s| s.as_str()) == Some(lm_signature::INPUT_IDS)
@@ -83,9 +83,13 @@ fn embedding_rows(model: &Model) -> Option<usize> {
 impl CausalLm {
     /// Opens the tokenizer and the text data of `cfg` for `model`.
     pub fn new(cfg: &TrainConfig, model: &Model) -> Result<CausalLm> {
-        let sig = lm_signature::detect(model).context(
-            "the causal-LM task needs a language model (for an image classifier pass --task image-classification)",
-        )?;
+        let sig = match lm_signature::detect(model) {
+            Ok(sig) => sig,
+            Err(e) if !lm_signature::is_language_model(model) => {
+                return Err(e.context("the causal-LM task needs a language model (for an image classifier pass --task image-classification)"))
+            }
+            Err(e) => return Err(e),
+        };
         let tokenizer = TextTokenizer::open(&tokenizer_path(cfg)?)?;
         let rows = embedding_rows(model);
         if let Some(rows) = rows {
@@ -99,6 +103,9 @@ impl CausalLm {
         let all = TextDataset::open(&cfg.data, &tokenizer, &options)?;
         let (train, eval, eval_split) = match &cfg.eval_data {
             Some(e) => (all, TextDataset::open(e, &tokenizer, &options)?, "eval"),
+            None if cfg.val_fraction <= 0.0 => bail!(
+                "--val-fraction 0 leaves no text to evaluate on: pass --eval-data <file>, or a fraction above 0"
+            ),
             None => {
                 let (t, v) = all.split(cfg.val_fraction, cfg.seed)?;
                 (t, v, "val")
@@ -108,9 +115,26 @@ impl CausalLm {
             Some(n) => limit(train, n)?,
             None => train,
         };
+        if train.len() < cfg.batch_size {
+            bail!(
+                "{} gives {} training sequences of {} tokens, fewer than one batch of {}: use more text, a smaller --block-size or a smaller --batch-size",
+                cfg.data.display(),
+                train.len(),
+                cfg.block_size,
+                cfg.batch_size
+            );
+        }
         let c = train.counts();
+        let cut = if c.truncated > 0 {
+            format!(
+                ", {} examples longer than --block-size cut at the right",
+                c.truncated
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "text: {} training sequences of {} tokens ({} tokens, {} predicted), {} {eval_split} sequences",
+            "text: {} training sequences of {} tokens ({} tokens, {} predicted{cut}), {} {eval_split} sequences",
             c.examples,
             cfg.block_size,
             c.tokens,
@@ -162,7 +186,8 @@ impl CausalLm {
             }
         };
         let prompt = self.tokenizer.decode(&prompt_ids)?;
-        let mut g = Generator::new(model, self.cfg.threads)?;
+        let mut g =
+            Generator::new(model, self.cfg.threads)?.with_vocab_limit(self.tokenizer.vocab_size());
         let sampling = Sampling {
             temperature: 0.7,
             top_p: Some(0.9),
@@ -194,6 +219,26 @@ impl CausalLm {
         }
         all.push_str(&text);
         koala_graph::model::write_atomic(&path, all.as_bytes())
+    }
+
+    /// Copies `tokenizer.json` (and `tokenizer_config.json`) next to the
+    /// exported model, so `koala generate`/`eval` find it without
+    /// `--tokenizer`; never overwrites a file that is there.
+    fn copy_tokenizer_beside(&self, export: &Path) -> Result<()> {
+        let dir = export.parent().unwrap_or(Path::new("."));
+        let files = [Some(self.tokenizer.path()), self.tokenizer.config_path()];
+        for src in files.into_iter().flatten() {
+            let Some(name) = src.file_name() else {
+                continue;
+            };
+            let dst = dir.join(name);
+            if !dst.exists() {
+                let bytes =
+                    std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+                koala_graph::model::write_atomic(&dst, &bytes)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes `b` into the training graph's data inputs and labels.
@@ -395,6 +440,7 @@ impl Task for CausalLm {
 
     fn check_export(&mut self, path: &Path, step: &mut TrainStep) -> Result<ExportCheck> {
         let exported = Model::load(path)?;
+        self.copy_tokenizer_beside(path)?;
         let mut written = LmEvaluator::plain(&exported, self.cfg.threads)?;
         // The first evaluation batch through the written file and through the
         // training graph (final weights): the same loss, and the file's logits

@@ -154,6 +154,9 @@ pub struct Generator {
     logits: String,
     /// For each past input, the output that holds its next value.
     present: Vec<String>,
+    /// Only ids below this are sampled (the tokenizer's vocabulary, which
+    /// can be smaller than the embedding: HF models pad it).
+    vocab_limit: Option<usize>,
 }
 
 impl Generator {
@@ -202,7 +205,15 @@ impl Generator {
             sig,
             logits,
             present,
+            vocab_limit: None,
         })
+    }
+
+    /// Samples only ids below `n` (the tokenizer's vocabulary size), so every
+    /// generated id can be decoded.
+    pub fn with_vocab_limit(mut self, n: usize) -> Generator {
+        self.vocab_limit = Some(n);
+        self
     }
 
     /// Does the model carry a KV cache?
@@ -257,7 +268,8 @@ impl Generator {
             .shape
             .last()
             .context("logits have no vocabulary axis")?;
-        let last = logits[logits.len() - v..].to_vec();
+        let keep = self.vocab_limit.map_or(v, |n| n.min(v));
+        let last = logits[logits.len() - v..][..keep].to_vec();
         let mut next = Vec::with_capacity(self.present.len());
         for name in &self.present {
             let k = out

@@ -74,3 +74,22 @@ fn generation_stops_at_a_stop_id_and_sampling_is_seeded() {
     let e = g.generate(&[], 4, &[], &Sampling::default()).unwrap_err();
     assert!(format!("{e:#}").contains("prompt is empty"), "{e:#}");
 }
+
+#[test]
+fn ids_beyond_the_tokenizer_vocabulary_are_never_sampled() {
+    // HF models often pad the embedding beyond the tokenizer; a sampled id
+    // the tokenizer cannot decode would end generation with an error.
+    let (prompt, _) = reference();
+    let model =
+        Model::load(&root().join("tests/fixtures/reference/tiny_llama/model.onnx")).unwrap();
+    let mut g = Generator::new(&model, Some(1))
+        .unwrap()
+        .with_vocab_limit(50);
+    let s = Sampling {
+        temperature: 2.0,
+        seed: 5,
+        ..Sampling::default()
+    };
+    let ids = g.generate(&prompt, 40, &[], &s).unwrap();
+    assert!(ids.iter().all(|&i| i < 50), "{ids:?}");
+}

@@ -361,7 +361,7 @@ impl Line<'_> {
         match record.get(key) {
             Some(Value::String(s)) => Ok(s),
             None => Err(self.error(format!(
-                "missing field `{key}` (the file is read as {format}, from its first line or the --format \
+                "missing field `{key}` (the file is read as {format}, from its first line or the --text-format \
                  given)"
             ))),
             Some(other) => Err(self.error(format!(
@@ -393,7 +393,7 @@ impl Line<'_> {
             Some(Value::Array(list)) => list,
             None => {
                 return Err(self.error(format!(
-                    "missing field `messages` (the file is read as {}, from its first line or the --format given)",
+                    "missing field `messages` (the file is read as {}, from its first line or the --text-format given)",
                     TextFormat::Chat
                 )))
             }
