@@ -278,3 +278,29 @@ fn bad_text_data_and_a_mismatched_tokenizer_are_named() {
         &["--tokenizer"],
     );
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_does_not_make_koala_panic() {
+    // `koala generate … | head -1`: stdout closes before koala writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args([
+            "generate",
+            "--model",
+            model().to_str().unwrap(),
+            "--prompt",
+            "HERMIA.",
+            "--max-new-tokens",
+            "4",
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}
