@@ -570,18 +570,9 @@ fn eval(a: EvalArgs) -> Result<u8> {
 
 /// Perplexity of a causal LM on a text file (every sequence, in order).
 fn eval_lm(a: &EvalArgs, model: &koala::graph::Model) -> Result<u8> {
-    use koala::data::text::{
-        TextDataset, TextLoader, TextLoaderConfig, TextOptions, TextTokenizer,
-    };
-    let cfg = TrainConfig {
-        model: a.model.clone(),
-        tokenizer: a.tokenizer.clone(),
-        ..TrainConfig::default()
-    };
-    let tokenizer = TextTokenizer::open(&koala::train::causal_lm::tokenizer_path(&cfg)?)?;
-    if let Some(rows) = koala::train::causal_lm::embedding_rows(model) {
-        tokenizer.check_vocab(rows)?;
-    }
+    use koala::data::text::{TextDataset, TextLoader, TextLoaderConfig, TextOptions};
+    let tokenizer =
+        koala::train::causal_lm::open_tokenizer(&a.model, a.tokenizer.as_deref(), model)?;
     let data = TextDataset::open(&a.data, &tokenizer, &TextOptions::new(a.block_size))?;
     let loader = TextLoader::new(
         std::sync::Arc::new(data),
@@ -605,17 +596,9 @@ fn eval_lm(a: &EvalArgs, model: &koala::graph::Model) -> Result<u8> {
 }
 
 fn generate(a: GenerateArgs) -> Result<u8> {
-    use koala::data::text::TextTokenizer;
     let model = koala::graph::Model::load(&a.model)?;
-    let cfg = TrainConfig {
-        model: a.model.clone(),
-        tokenizer: a.tokenizer.clone(),
-        ..TrainConfig::default()
-    };
-    let tokenizer = TextTokenizer::open(&koala::train::causal_lm::tokenizer_path(&cfg)?)?;
-    if let Some(rows) = koala::train::causal_lm::embedding_rows(&model) {
-        tokenizer.check_vocab(rows)?;
-    }
+    let tokenizer =
+        koala::train::causal_lm::open_tokenizer(&a.model, a.tokenizer.as_deref(), &model)?;
     let prompt = tokenizer.encode(&a.prompt, a.add_special_tokens)?;
     let sampling = koala::train::generate::Sampling {
         temperature: a.temperature,

@@ -63,9 +63,12 @@ fn data_inputs(model: &Model) -> Vec<&crate::proto::ValueInfoProto> {
         .collect()
 }
 
-/// Is this model a causal LM by its inputs (an `input_ids` input)?
+/// Is this model a causal LM by its inputs: an int64 `input_ids` input (the
+/// Hugging Face name of token ids)?
 pub fn is_language_model(model: &Model) -> bool {
-    data_inputs(model).iter().any(|i| i.name == INPUT_IDS)
+    data_inputs(model)
+        .iter()
+        .any(|i| i.name == INPUT_IDS && probe::input_dtype(i) == Some(DataType::Int64))
 }
 
 /// Reads the LM signature of `model`, or explains why it cannot be trained.

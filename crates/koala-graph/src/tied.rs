@@ -54,12 +54,12 @@ fn candidate(t: &TensorProto) -> Option<(Vec<usize>, Vec<u32>)> {
     Some((dims, values.iter().map(|v| v.to_bits()).collect()))
 }
 
-fn transposed(dims: &[usize], bits: &[u32]) -> Vec<u32> {
-    let (r, c) = (dims[0], dims[1]);
-    let mut out = vec![0; bits.len()];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = bits[i * c + j];
+/// A row-major `[rows, cols]` matrix transposed to `[cols, rows]`.
+fn transpose<T: Copy + Default>(x: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
+    for i in 0..rows {
+        for j in 0..cols {
+            out[j * rows + i] = x[i * cols + j];
         }
     }
     out
@@ -83,7 +83,7 @@ pub fn find(model: &Model) -> Vec<TiedCopy> {
             continue;
         }
         let tdims = vec![dims[1], dims[0]];
-        let tbits = transposed(&dims, &bits);
+        let tbits = transpose(&bits, dims[0], dims[1]);
         if let Some(c) = seen.get(&(tdims, tbits)) {
             out.push(TiedCopy {
                 canonical: c.clone(),
@@ -170,14 +170,7 @@ pub fn copies_to_write(
                 return Some((c.copy.clone(), values.to_vec()));
             }
             let dims = dims_of(&c.canonical)?;
-            let (r, k) = (dims[0], dims[1]);
-            let mut out = vec![0.0; values.len()];
-            for i in 0..r {
-                for j in 0..k {
-                    out[j * r + i] = values[i * k + j];
-                }
-            }
-            Some((c.copy.clone(), out))
+            Some((c.copy.clone(), transpose(values, dims[0], dims[1])))
         })
         .collect()
 }

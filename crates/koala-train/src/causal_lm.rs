@@ -13,7 +13,7 @@
 
 use crate::config::TrainConfig;
 use crate::eval::{self, EvalResult};
-use crate::generate::{Generator, Sampling};
+use crate::generate::{lm_feeds, Generator, Sampling};
 use crate::task::{
     BestMetric, DataStats, Direction, ExportCheck, Fed, Task, TaskKind, TrainCounts,
 };
@@ -29,7 +29,7 @@ use koala_graph::tied::{self, TiedCopy};
 use koala_graph::training::TrainingGraph;
 use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
 use koala_runtime::{Session, SessionOptions, TensorView};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Fine-tuning a causal language model on text.
@@ -47,24 +47,37 @@ pub struct CausalLm {
     positions: Vec<i64>,
 }
 
-/// The tokenizer for a model: `--tokenizer`, else `tokenizer.json` beside it.
-pub fn tokenizer_path(cfg: &TrainConfig) -> Result<PathBuf> {
-    if let Some(t) = &cfg.tokenizer {
-        return Ok(t.clone());
+/// Opens the tokenizer of the model at `model_path` (`given`, else
+/// `tokenizer.json` beside the model) and checks that every id it can
+/// produce has a row in the model's embedding. Used by training, `eval` and
+/// `generate`, so all three refuse a mismatched tokenizer the same way.
+pub fn open_tokenizer(
+    model_path: &Path,
+    given: Option<&Path>,
+    model: &Model,
+) -> Result<TextTokenizer> {
+    let path = match given {
+        Some(t) => t.to_path_buf(),
+        None => {
+            let beside = model_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("tokenizer.json");
+            if !beside.exists() {
+                bail!(
+                    "no tokenizer for {}: pass --tokenizer <tokenizer.json> (the Hugging Face tokenizer file of the model; koala looked for {})",
+                    model_path.display(),
+                    beside.display()
+                );
+            }
+            beside
+        }
+    };
+    let tokenizer = TextTokenizer::open(&path)?;
+    if let Some(rows) = embedding_rows(model) {
+        tokenizer.check_vocab(rows)?;
     }
-    let beside = cfg
-        .model
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("tokenizer.json");
-    if beside.exists() {
-        return Ok(beside);
-    }
-    bail!(
-        "no tokenizer for {}: pass --tokenizer <tokenizer.json> (the Hugging Face tokenizer file of the model; koala looked for {})",
-        cfg.model.display(),
-        beside.display()
-    )
+    Ok(tokenizer)
 }
 
 /// Rows of the model's token embedding (the vocabulary the model can read).
@@ -90,13 +103,9 @@ impl CausalLm {
             }
             Err(e) => return Err(e),
         };
-        let tokenizer = TextTokenizer::open(&tokenizer_path(cfg)?)?;
-        let rows = embedding_rows(model);
-        if let Some(rows) = rows {
-            tokenizer.check_vocab(rows)?;
-        }
+        let tokenizer = open_tokenizer(&cfg.model, cfg.tokenizer.as_deref(), model)?;
         let options = TextOptions {
-            vocab_limit: rows,
+            vocab_limit: embedding_rows(model),
             format: cfg.text_format.parse()?,
             ..TextOptions::new(cfg.block_size)
         };
@@ -546,19 +555,17 @@ impl LmEvaluator {
             .iter()
             .map(|p| [b.batch, p.heads, 0, p.head_dim])
             .collect();
-        let mut feeds: Vec<(&str, TensorView)> = vec![(
-            self.sig.input_ids.as_str(),
+        let empty_past: Vec<TensorView> = past_shapes
+            .iter()
+            .map(|s| TensorView::f32(&[], s))
+            .collect();
+        let mut feeds = lm_feeds(
+            &self.sig,
             TensorView::i64(&b.input_ids, &shape),
-        )];
-        if let Some(m) = &self.sig.attention_mask {
-            feeds.push((m.as_str(), TensorView::i64(&b.attention_mask, &shape)));
-        }
-        if let Some(p) = &self.sig.position_ids {
-            feeds.push((p.as_str(), TensorView::i64(&positions, &shape)));
-        }
-        for (p, s) in self.sig.past.iter().zip(&past_shapes) {
-            feeds.push((p.name.as_str(), TensorView::f32(&[], s)));
-        }
+            TensorView::i64(&b.attention_mask, &shape),
+            TensorView::i64(&positions, &shape),
+            &empty_past,
+        );
         for ((name, s), w) in self.weights.iter().zip(weights) {
             feeds.push((name.as_str(), TensorView::f32(w, s)));
         }

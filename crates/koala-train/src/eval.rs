@@ -59,14 +59,7 @@ pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
             .map(|&z| (z as f64 - max).exp())
             .sum::<f64>()
             .ln();
-    let arg = row
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &z)| if z > b.1 { (i, z) } else { b },
-        )
-        .0;
+    let arg = crate::generate::argmax(row);
     (lse - row[label as usize] as f64, arg as i64 == label)
 }
 

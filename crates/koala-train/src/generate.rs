@@ -147,6 +147,32 @@ pub fn argmax(x: &[f32]) -> usize {
         .0
 }
 
+/// The session feeds of an LM's inputs: the token ids and, when the model
+/// has those inputs, the attention mask, the position ids and one tensor per
+/// `past_key_values.*` input (in the signature's order).
+pub fn lm_feeds<'a>(
+    sig: &'a LmSignature,
+    ids: TensorView<'a>,
+    mask: TensorView<'a>,
+    positions: TensorView<'a>,
+    past: &[TensorView<'a>],
+) -> Vec<(&'a str, TensorView<'a>)> {
+    let mut feeds = vec![(sig.input_ids.as_str(), ids)];
+    if let Some(m) = &sig.attention_mask {
+        feeds.push((m.as_str(), mask));
+    }
+    if let Some(p) = &sig.position_ids {
+        feeds.push((p.as_str(), positions));
+    }
+    feeds.extend(
+        sig.past
+            .iter()
+            .zip(past)
+            .map(|(p, v)| (p.name.as_str(), *v)),
+    );
+    feeds
+}
+
 /// An ONNX causal LM loaded for generation.
 pub struct Generator {
     session: Session,
@@ -246,18 +272,21 @@ impl Generator {
                 None => [1, p.heads, 0, p.head_dim],
             })
             .collect();
-        let mut feeds: Vec<(&str, TensorView)> =
-            vec![(self.sig.input_ids.as_str(), TensorView::i64(ids, &id_shape))];
-        if let Some(m) = &self.sig.attention_mask {
-            feeds.push((m.as_str(), TensorView::i64(&mask, &mask_shape)));
-        }
-        if let Some(p) = &self.sig.position_ids {
-            feeds.push((p.as_str(), TensorView::i64(&positions, &id_shape)));
-        }
-        for (k, p) in self.sig.past.iter().enumerate() {
-            let data = past.get(k).and_then(|x| x.as_f32()).unwrap_or(&empty);
-            feeds.push((p.name.as_str(), TensorView::f32(data, &past_shapes[k])));
-        }
+        let past_views: Vec<TensorView> = past_shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let data = past.get(k).and_then(|x| x.as_f32()).unwrap_or(&empty);
+                TensorView::f32(data, s)
+            })
+            .collect();
+        let feeds = lm_feeds(
+            &self.sig,
+            TensorView::i64(ids, &id_shape),
+            TensorView::i64(&mask, &mask_shape),
+            TensorView::i64(&positions, &id_shape),
+            &past_views,
+        );
         let mut out = self.session.run(&feeds)?;
         let li = out
             .iter()

@@ -44,14 +44,7 @@ impl std::fmt::Display for TaskKind {
 /// The task a model's inputs ask for: an int64 `input_ids` input (the HF name of token ids)
 /// means a causal LM, anything else an image classifier. `--task` overrides it.
 pub fn detect(model: &Model) -> TaskKind {
-    let g = model.graph();
-    let int64 = koala_graph::proto::DataType::Int64;
-    let token_ids = g.input.iter().any(|i| {
-        i.name == "input_ids"
-            && !g.initializer.iter().any(|t| t.name == i.name)
-            && koala_graph::probe::input_dtype(i) == Some(int64)
-    });
-    if token_ids {
+    if koala_graph::lm_signature::is_language_model(model) {
         TaskKind::CausalLm
     } else {
         TaskKind::ImageClassification
