@@ -54,11 +54,13 @@ enum Command {
     /// Write an ONNX model with the weights of a run's checkpoint.
     #[command(after_help = "Example:\n  koala export --run-dir runs/latest --output tuned.onnx")]
     Export(ExportArgs),
-    /// Report whether a model can be fine-tuned (ops, parameters, problems).
+    /// Report whether a model can be fine-tuned (ops, parameters, problems): the same pre-flight
+    /// as `finetune` (head replacement, training-graph build, ONNX Runtime load), so it accepts
+    /// the same options and fails exactly when finetune would refuse the model.
     #[command(
-        after_help = "Example:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'"
+        after_help = "Examples:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'\n  koala check --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96\n  koala check --resume runs/latest"
     )]
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Compare koala's gradients with a PyTorch reference case directory.
     #[command(
         after_help = "Example:\n  koala gradcheck --reference tests/fixtures/reference/tiny_cnn"
@@ -328,17 +330,13 @@ struct ExportArgs {
 
 #[derive(Args)]
 struct CheckArgs {
-    /// The ONNX file.
-    model: PathBuf,
-    /// Train only weights whose name matches.
-    #[arg(long)]
-    train: Option<String>,
-    /// Freeze weights whose name matches.
-    #[arg(long)]
-    freeze: Option<String>,
-    /// Make float tensors held in Constant nodes trainable.
-    #[arg(long)]
-    train_constants: bool,
+    /// The ONNX file (or --model / --config / --resume RUN_DIR).
+    #[arg(value_name = "MODEL")]
+    model_file: Option<PathBuf>,
+    /// Every `finetune` option: `koala check` runs finetune's pre-flight for that command line
+    /// (with --data it also opens the data and checks it against the model).
+    #[command(flatten)]
+    run: FinetuneArgs,
 }
 
 #[derive(Args)]
@@ -381,17 +379,7 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Eval(a) => eval(a),
         Command::Export(a) => export(a),
         Command::Generate(a) => generate(a),
-        Command::Check(a) => {
-            let model = koala::graph::Model::load(&a.model)?;
-            let spec = koala::graph::TrainableSpec {
-                include: a.train,
-                exclude: a.freeze,
-                train_constants: a.train_constants,
-            };
-            let report = koala::graph::check::check(&model, &spec)?;
-            out!("{report}");
-            Ok(if report.ok() { 0 } else { EXIT_FINDINGS })
-        }
+        Command::Check(a) => check(*a),
         Command::Gradcheck(a) => {
             let opts = koala::graph::gradcheck::GradcheckOptions {
                 threads: a.threads,
@@ -528,6 +516,43 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
     c.train_constants |= a.train_constants;
 }
 
+/// `koala check`: finetune's pre-flight for the same options. Without --image-size or
+/// --batch-size (and no config file), a model's fixed input size and batch are used.
+fn check(a: CheckArgs) -> Result<u8> {
+    let mut cfg = if let Some(dir) = &a.run.resume {
+        TrainConfig::from_toml_file(&dir.join("config.toml"))
+            .with_context(|| format!("'{}' is not a koala run directory", dir.display()))?
+    } else if let Some(p) = &a.run.config {
+        TrainConfig::from_toml_file(p)?
+    } else {
+        TrainConfig::default()
+    };
+    let from_file = a.run.resume.is_some() || a.run.config.is_some();
+    let with_data = from_file || a.run.data.is_some();
+    let (size_given, batch_given) = (a.run.image_size.is_some(), a.run.batch_size.is_some());
+    let model_file = a.model_file.clone();
+    if a.run.resume.is_none() {
+        apply(&mut cfg, a.run);
+    }
+    if let Some(m) = model_file {
+        cfg.model = m;
+    }
+    if cfg.model.as_os_str().is_empty() {
+        anyhow::bail!("koala check needs a model: koala check <MODEL> (or --model, --config, --resume RUN_DIR)");
+    }
+    if !from_file {
+        let model = koala::graph::Model::load(&cfg.model)?;
+        for note in
+            koala::train::preflight::sizes_from_model(&model, &mut cfg, size_given, batch_given)
+        {
+            out!("note: {note}");
+        }
+    }
+    let report = koala::train::preflight::check(&cfg, with_data)?;
+    out!("{report}");
+    Ok(if report.ok() { 0 } else { EXIT_FINDINGS })
+}
+
 fn eval(a: EvalArgs) -> Result<u8> {
     // Every sample of the data (for an IDX folder: its t10k split), in order,
     // without augmentation.
@@ -535,6 +560,7 @@ fn eval(a: EvalArgs) -> Result<u8> {
         anyhow::bail!("data path '{}' does not exist", a.data.display());
     }
     let model = koala::graph::Model::load(&a.model)?;
+    koala::train::preflight::refuse_training_mode(&model)?;
     if koala::graph::lm_signature::is_language_model(&model) {
         return eval_lm(&a, &model);
     }
@@ -552,7 +578,13 @@ fn eval(a: EvalArgs) -> Result<u8> {
         intra_threads: a.threads,
         ..Default::default()
     };
-    let mut s = koala::runtime::Session::from_file(&a.model, &opts)?;
+    let mut s = koala::runtime::Session::from_file(&a.model, &opts).with_context(|| {
+        format!(
+            "ONNX Runtime cannot load '{}' for evaluation (`koala check {}` reports what koala finds in it)",
+            a.model.display(),
+            a.model.display()
+        )
+    })?;
     let r = koala::train::eval::evaluate_session(
         &mut s,
         &koala::train::eval::data_input(&model)?,
@@ -597,6 +629,7 @@ fn eval_lm(a: &EvalArgs, model: &koala::graph::Model) -> Result<u8> {
 
 fn generate(a: GenerateArgs) -> Result<u8> {
     let model = koala::graph::Model::load(&a.model)?;
+    koala::train::preflight::refuse_training_mode(&model)?;
     let tokenizer =
         koala::train::causal_lm::open_tokenizer(&a.model, a.tokenizer.as_deref(), &model)?;
     let prompt = tokenizer.encode(&a.prompt, a.add_special_tokens)?;

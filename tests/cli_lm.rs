@@ -9,26 +9,18 @@
 //! held out (written to a temporary file), so the held-out text is never
 //! seen in training.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::cli::{koala, root, text};
 
 fn model() -> PathBuf {
     root().join("models/tiny_llama_shakespeare/model.onnx")
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_koala"))
-        .args(args)
-        .output()
-        .expect("cannot start the koala binary")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    koala(args)
 }
 
 fn ok(args: &[&str]) -> String {

@@ -1,1 +1,3 @@
+#![allow(dead_code)]
+pub mod cli;
 pub mod fd_case;

@@ -1,6 +1,8 @@
 //! `koala check`: a report on whether (and how) a model can be fine-tuned,
 //! listing every problem at once, each naming the node/op/value with a
-//! suggestion. Static: it needs no ONNX Runtime and no data.
+//! suggestion. Static: it needs no ONNX Runtime and no data. `koala check` runs it as part of
+//! the fine-tuning pre-flight (koala-train's `preflight`), which then builds and loads the
+//! training graph, so check and finetune refuse the same models.
 
 use crate::backward::{self, is_non_differentiable, rule_for};
 use crate::model::{node_label, Model};
@@ -114,9 +116,10 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         });
     }
     if selected.is_empty() {
-        problems.push(Problem { severity: Severity::Error, message: "no trainable float initializers selected".into(), suggestion: "check --train/--freeze patterns; use --train-constants if the weights live in Constant nodes".into() });
+        problems.push(nothing_selected(model, &work, spec));
     }
     inputs_problems(model, &mut problems);
+    problems.extend(training_mode_problems(model));
     if !lowered.rewritten.is_empty() {
         let ops: Vec<String> = lowered
             .rewritten
@@ -180,6 +183,107 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         inputs,
         problems,
     })
+}
+
+/// Why nothing trains, in the user's terms: the patterns they gave, or weights that live in
+/// Constant nodes (`--train-constants`), or a model without float weights.
+fn nothing_selected(model: &Model, work: &Model, spec: &TrainableSpec) -> Problem {
+    let constants = model
+        .graph()
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Constant")
+        .filter(|n| {
+            n.attribute.iter().any(|a| {
+                a.t.as_ref()
+                    .is_some_and(|t| tensor::to_f32(t).is_ok() && tensor::numel(&t.dims) > 1)
+            })
+        })
+        .count();
+    let patterns: Vec<String> = [("--train", &spec.include), ("--freeze", &spec.exclude)]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_ref().map(|p| format!("{flag} '{p}'")))
+        .collect();
+    if !patterns.is_empty() {
+        let names: Vec<&str> = work
+            .graph()
+            .initializer
+            .iter()
+            .filter(|t| tensor::to_f32(t).is_ok())
+            .map(|t| t.name.as_str())
+            .take(6)
+            .collect();
+        return Problem {
+            severity: Severity::Error,
+            message: format!("{} leave no weight to train", patterns.join(" and ")),
+            suggestion: if names.is_empty() {
+                "the model has no float initializers; use --train-constants if its weights live in Constant nodes".into()
+            } else {
+                format!(
+                    "the patterns are regexes matched against initializer names such as {}",
+                    names.join(", ")
+                )
+            },
+        };
+    }
+    if constants > 0 && !spec.train_constants {
+        return Problem {
+            severity: Severity::Error,
+            message: format!("the model has no float initializers: its weights live in {constants} float Constant nodes"),
+            suggestion: "pass --train-constants to train them (the export writes them back into the Constant nodes)".into(),
+        };
+    }
+    Problem {
+        severity: Severity::Error,
+        message: "the model has no float weights to train".into(),
+        suggestion: "koala trains float initializers (and, with --train-constants, float Constant nodes); this model has neither".into(),
+    }
+}
+
+/// Nodes exported in *training* mode: BatchNormalization with `training_mode=1` normalises
+/// with each batch's own statistics (so every result depends on the batch size), and Dropout
+/// with a true (or unknown) `training_mode` input drops random values. koala fine-tunes and
+/// evaluates in inference mode (PyTorch's `model.eval()`), so `check`, `finetune` and `eval`
+/// refuse them with the same words instead of a shape-inference message from ONNX Runtime or a
+/// silently random evaluation.
+pub fn training_mode_problems(model: &Model) -> Vec<Problem> {
+    let g = model.graph();
+    let remedy = "re-export the model in inference mode (PyTorch: call model.eval() before torch.onnx.export, or pass training=torch.onnx.TrainingMode.EVAL)";
+    let mut out = Vec::new();
+    for (i, n) in g.node.iter().enumerate() {
+        let why = match n.op_type.as_str() {
+            "BatchNormalization" if crate::attrs::int(n, "training_mode", 0) != 0 => {
+                "has training_mode=1: it normalises with each batch's statistics, so every result would depend on the batch size"
+            }
+            "Dropout" => match n.input.get(2).filter(|t| !t.is_empty()) {
+                None => continue,
+                Some(t) => match constant_bool(model, t) {
+                    Some(false) => continue,
+                    Some(true) => "has a training_mode input that is true: it drops random values at every run",
+                    None => "has a training_mode input that is not a constant, so it may drop random values",
+                },
+            },
+            _ => continue,
+        };
+        out.push(Problem {
+            severity: Severity::Error,
+            message: format!("{} {why}", node_label(i, n)),
+            suggestion: remedy.into(),
+        });
+    }
+    out
+}
+
+/// The value of a scalar boolean initializer or Constant node.
+fn constant_bool(model: &Model, name: &str) -> Option<bool> {
+    let g = model.graph();
+    let t = g.initializer.iter().find(|t| t.name == name).or_else(|| {
+        g.node
+            .iter()
+            .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))
+            .and_then(|n| n.attribute.iter().find_map(|a| a.t.as_ref()))
+    })?;
+    tensor::to_i64(t).ok()?.first().map(|&v| v != 0)
 }
 
 fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
@@ -296,7 +400,11 @@ fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>
             problems.push(Problem {
                 severity: Severity::Error,
                 message: backward::missing_rule_message(i, n, opset).split("; it lies").next().unwrap_or_default().to_string() + " and lies between a trainable weight and the output",
-                suggestion: "freeze the weights before it (--freeze '<regex>') so no gradient passes through it, or re-export the model without this op".into(),
+                suggestion: if ort_has_domain(&n.domain) {
+                    "freeze the weights before it (--freeze '<regex>') so no gradient passes through it, or re-export the model without this op".into()
+                } else {
+                    crate::lower::REEXPORT.into()
+                },
             });
         } else if control || custom {
             problems.push(Problem {
@@ -314,6 +422,15 @@ fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>
             });
         }
     }
+}
+
+/// Whether stock ONNX Runtime ships kernels for a domain (a node of any other domain cannot
+/// run at all, so freezing the weights before it does not help).
+fn ort_has_domain(domain: &str) -> bool {
+    matches!(
+        domain,
+        "" | "ai.onnx" | "ai.onnx.ml" | "com.microsoft" | "com.microsoft.nchwc"
+    )
 }
 
 impl fmt::Display for CheckReport {
@@ -348,18 +465,25 @@ impl fmt::Display for CheckReport {
                 } else {
                     "note"
                 };
-                writeln!(f, "{tag}: {}\n  → {}", p.message, p.suggestion)?;
+                writeln!(f, "{tag}: {}", p.message)?;
+                if !p.suggestion.is_empty() {
+                    writeln!(f, "  → {}", p.suggestion)?;
+                }
             }
             let errors = self
                 .problems
                 .iter()
                 .filter(|p| p.severity == Severity::Error)
                 .count();
-            write!(
-                f,
-                "{errors} error(s), {} note(s)",
-                self.problems.len() - errors
-            )
+            let notes = self.problems.len() - errors;
+            if errors == 0 {
+                write!(
+                    f,
+                    "no problems: this model can be fine-tuned ({notes} note(s))"
+                )
+            } else {
+                write!(f, "{errors} error(s), {notes} note(s)")
+            }
         }
     }
 }

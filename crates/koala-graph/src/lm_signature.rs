@@ -84,6 +84,15 @@ pub fn detect(model: &Model) -> Result<LmSignature> {
     if !has(INPUT_IDS) {
         bail!("{name} has no '{INPUT_IDS}' input, so it is not a causal language model koala can train (inputs: {})", inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", "));
     }
+    let ids = inputs
+        .iter()
+        .find(|i| i.name == INPUT_IDS)
+        .expect("checked above");
+    let rank = declared_dims(ids).len();
+    // No declared shape (rank 0 here) is left to the probe.
+    if rank != 0 && rank != 2 {
+        bail!("{name}'s input '{INPUT_IDS}' has rank {rank}, but a causal language model takes token ids as [batch, sequence]; if this model is not a language model, pass --task image-classification");
+    }
     let mut past = Vec::new();
     for i in &inputs {
         let n = i.name.as_str();

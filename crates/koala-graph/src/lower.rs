@@ -104,6 +104,12 @@ pub const REMEDY: &str = "re-export the model without ONNX Runtime fusions or qu
 `optimum-cli export onnx` without `--optimize`/`-O1..-O4` (and without `onnxruntime.transformers.optimizer`), \
 or `torch.onnx.export`; or freeze the weights before this node (--freeze '<regex>') if it only runs in the forward pass";
 
+/// The remedy when ONNX Runtime itself has no kernel for the op: freezing cannot help, since
+/// the forward pass cannot run either.
+pub const REEXPORT: &str = "re-export the model with standard ONNX ops only, e.g. \
+`optimum-cli export onnx` without `--optimize`/`-O1..-O4`, or `torch.onnx.export` (freezing weights \
+does not help: ONNX Runtime cannot run this op even in the forward pass)";
+
 /// ORT-only ops registered in the default domain (ORT's schemas minus the
 /// ONNX standard, ORT 1.32), besides the ones lowered here.
 const ORT_PRIVATE_DEFAULT_DOMAIN: &[&str] = &[
@@ -204,13 +210,20 @@ impl UnsupportedOp {
     }
 }
 
-impl fmt::Display for UnsupportedOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let domain = if self.domain.is_empty() {
-            "the default domain (an ONNX Runtime–only op)".to_string()
+impl UnsupportedOp {
+    /// "domain 'x'", or `default` for the default domain.
+    fn domain_phrase(&self, default: &str) -> String {
+        if self.domain.is_empty() {
+            default.to_string()
         } else {
             format!("domain '{}'", self.domain)
-        };
+        }
+    }
+}
+
+impl fmt::Display for UnsupportedOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domain = self.domain_phrase("the default domain (an ONNX Runtime–only op)");
         write!(
             f,
             "{}: op '{}' of {domain} cannot be lowered to standard ONNX ops ({}); {}",
@@ -291,6 +304,23 @@ fn rotary_caches(n: &NodeProto) -> impl Iterator<Item = String> + '_ {
 /// Empty after a successful [`lower`] of a model with only lowerable ORT ops.
 pub fn unsupported_custom_ops(model: &Model) -> Vec<UnsupportedOp> {
     plan(model).unsupported
+}
+
+/// The list for the case where ONNX Runtime cannot load the model at all (an op of a domain
+/// it does not know): one line per node, then [`REEXPORT`].
+pub fn unrunnable_message(ops: &[UnsupportedOp]) -> String {
+    let lines: Vec<String> = ops
+        .iter()
+        .map(|o| {
+            let domain = o.domain_phrase("the default domain");
+            format!(
+                "{}: op '{}' of {domain} has no ONNX Runtime kernel and no koala lowering",
+                o.label(),
+                o.op_type
+            )
+        })
+        .collect();
+    format!("{}; {REEXPORT}", lines.join("\n"))
 }
 
 /// `Display` of the whole list, one line per node, for an error.

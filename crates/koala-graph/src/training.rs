@@ -162,7 +162,7 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         Err(e) if !lowered.left.is_empty() => bail!(
             "{}: {} (ONNX Runtime: {e:#})",
             model.display_name(),
-            crate::lower::unsupported_message(&lowered.left)
+            crate::lower::unrunnable_message(&lowered.left)
         ),
         Err(e) => return Err(e),
     };

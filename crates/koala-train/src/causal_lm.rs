@@ -47,6 +47,40 @@ pub struct CausalLm {
     positions: Vec<i64>,
 }
 
+/// The model's language-model signature; a model that is not one (forced with `--task
+/// causal-lm`) gets the flag that fits it.
+fn signature(model: &Model) -> Result<LmSignature> {
+    match lm_signature::detect(model) {
+        Ok(sig) => Ok(sig),
+        Err(e) if !lm_signature::is_language_model(model) => Err(e.context(
+            "the causal-LM task needs a language model (for an image classifier pass --task image-classification)",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The training specification for `cfg` on `model`: token ids (and mask, positions, an empty
+/// KV cache) at `--batch-size` × `--block-size`, the causal-LM loss inside the graph, the
+/// trainable selection. Needs no data, so `koala check` runs it too ([`crate::preflight`]).
+pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
+    let sig = signature(model)?;
+    Ok(TrainingSpec {
+        input_shapes: sig.input_shapes(cfg.batch_size, cfg.block_size),
+        loss: LossSpec::CausalLm {
+            ignore_index: IGNORE_INDEX,
+            attention_mask: sig.attention_mask.clone(),
+        },
+        trainable: TrainableSpec {
+            include: cfg.train.clone(),
+            exclude: cfg.freeze.clone(),
+            train_constants: cfg.train_constants,
+        },
+        probe_threads: cfg.threads.unwrap_or(2),
+        omit_model_output: true,
+        ..TrainingSpec::default()
+    })
+}
+
 /// Opens the tokenizer of the model at `model_path` (`given`, else
 /// `tokenizer.json` beside the model) and checks that every id it can
 /// produce has a row in the model's embedding. Used by training, `eval` and
@@ -96,13 +130,7 @@ pub fn embedding_rows(model: &Model) -> Option<usize> {
 impl CausalLm {
     /// Opens the tokenizer and the text data of `cfg` for `model`.
     pub fn new(cfg: &TrainConfig, model: &Model) -> Result<CausalLm> {
-        let sig = match lm_signature::detect(model) {
-            Ok(sig) => sig,
-            Err(e) if !lm_signature::is_language_model(model) => {
-                return Err(e.context("the causal-LM task needs a language model (for an image classifier pass --task image-classification)"))
-            }
-            Err(e) => return Err(e),
-        };
+        let sig = signature(model)?;
         let tokenizer = open_tokenizer(&cfg.model, cfg.tokenizer.as_deref(), model)?;
         let options = TextOptions {
             vocab_limit: embedding_rows(model),
@@ -305,30 +333,6 @@ fn predicted(b: &TextBatch) -> usize {
 impl Task for CausalLm {
     fn kind(&self) -> TaskKind {
         TaskKind::CausalLm
-    }
-
-    fn prepare_model(&mut self, _model: &mut Model) -> Result<()> {
-        Ok(())
-    }
-
-    fn training_spec(&self, _model: &Model) -> Result<TrainingSpec> {
-        Ok(TrainingSpec {
-            input_shapes: self
-                .sig
-                .input_shapes(self.cfg.batch_size, self.cfg.block_size),
-            loss: LossSpec::CausalLm {
-                ignore_index: IGNORE_INDEX,
-                attention_mask: self.sig.attention_mask.clone(),
-            },
-            trainable: TrainableSpec {
-                include: self.cfg.train.clone(),
-                exclude: self.cfg.freeze.clone(),
-                train_constants: self.cfg.train_constants,
-            },
-            probe_threads: self.cfg.threads.unwrap_or(2),
-            omit_model_output: true,
-            ..TrainingSpec::default()
-        })
     }
 
     fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()> {

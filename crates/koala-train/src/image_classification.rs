@@ -53,39 +53,37 @@ pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Resul
     Ok(())
 }
 
+/// The training specification for `cfg` on the prepared `model`: the image input at
+/// `--batch-size` × 3 × `--image-size`, softmax cross-entropy on the logits, the trainable
+/// selection. Needs no data, so `koala check` runs it too ([`crate::preflight`]).
+pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
+    let input = eval::data_input(model)?;
+    check_image_size(model, &input, cfg)?;
+    let shape = vec![
+        cfg.batch_size,
+        3,
+        cfg.image_size.height as usize,
+        cfg.image_size.width as usize,
+    ];
+    Ok(TrainingSpec {
+        input_shapes: [(input, shape)].into_iter().collect(),
+        loss: LossSpec::SoftmaxCrossEntropy {
+            label_smoothing: cfg.label_smoothing,
+            ignore_index: None,
+        },
+        trainable: TrainableSpec {
+            include: cfg.train.clone(),
+            exclude: cfg.freeze.clone(),
+            train_constants: cfg.train_constants,
+        },
+        probe_threads: cfg.threads.unwrap_or(2),
+        ..TrainingSpec::default()
+    })
+}
+
 impl Task for ImageClassification {
     fn kind(&self) -> TaskKind {
         TaskKind::ImageClassification
-    }
-
-    fn prepare_model(&mut self, model: &mut Model) -> Result<()> {
-        prepare_model(model, &self.cfg, false)
-    }
-
-    fn training_spec(&self, model: &Model) -> Result<TrainingSpec> {
-        let cfg = &self.cfg;
-        let input = eval::data_input(model)?;
-        check_image_size(model, &input, cfg)?;
-        let shape = vec![
-            cfg.batch_size,
-            3,
-            cfg.image_size.height as usize,
-            cfg.image_size.width as usize,
-        ];
-        Ok(TrainingSpec {
-            input_shapes: [(input, shape)].into_iter().collect(),
-            loss: LossSpec::SoftmaxCrossEntropy {
-                label_smoothing: cfg.label_smoothing,
-                ignore_index: None,
-            },
-            trainable: TrainableSpec {
-                include: cfg.train.clone(),
-                exclude: cfg.freeze.clone(),
-                train_constants: cfg.train_constants,
-            },
-            probe_threads: cfg.threads.unwrap_or(2),
-            ..TrainingSpec::default()
-        })
     }
 
     fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()> {

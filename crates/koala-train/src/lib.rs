@@ -14,6 +14,7 @@ pub mod image_size;
 pub mod metrics;
 pub mod optim_setup;
 pub mod plot;
+pub mod preflight;
 pub mod progress;
 pub mod schedule;
 pub mod task;

@@ -3,8 +3,9 @@
 //! "Language models": one loop, several tasks; the split follows HF `Trainer`'s
 //! `compute_metrics` / `metric_for_best_model` + `greater_is_better`).
 //!
-//! A [`Task`] owns model preparation (a new head, later LoRA), the [`TrainingSpec`] (inputs,
-//! loss, trainable set), the data and how a batch is fed to the training graph, the metrics
+//! Model preparation (a new head, later LoRA) and the [`koala_graph::TrainingSpec`] (inputs,
+//! loss, trainable set) need no data: they live in [`crate::preflight`], which `koala check`
+//! runs too. A [`Task`] owns the data and how a batch is fed to the training graph, the metrics
 //! read from a step's outputs, evaluation, the best-checkpoint metric and its direction, and
 //! the check of the exported file.
 //!
@@ -18,7 +19,7 @@ use anyhow::{bail, Result};
 use koala_data::Cursor;
 use koala_graph::step::TrainStep;
 use koala_graph::training::TrainingGraph;
-use koala_graph::{Model, TrainingSpec};
+use koala_graph::Model;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -156,21 +157,13 @@ pub struct DataStats {
 
 /// A fine-tuning task: everything the shared loop does not know.
 ///
-/// The loop calls, in order: [`prepare_model`](Task::prepare_model),
-/// [`training_spec`](Task::training_spec), [`check_graph`](Task::check_graph) (after
-/// `koala_graph::build`), [`prepare_evaluation`](Task::prepare_evaluation), then per step
+/// The loop calls, after [`crate::preflight::run`] built the training graph:
+/// [`check_graph`](Task::check_graph), [`prepare_evaluation`](Task::prepare_evaluation), then per step
 /// [`feed`](Task::feed) for each micro-batch followed by [`count`](Task::count), and at its
 /// intervals [`evaluate`](Task::evaluate); [`check_export`](Task::check_export) at the end.
 pub trait Task {
     /// Which task this is.
     fn kind(&self) -> TaskKind;
-
-    /// Changes the loaded model before the training graph is built (replace the classifier
-    /// head, add LoRA adapters). The export writes this model with the trained weights.
-    fn prepare_model(&mut self, model: &mut Model) -> Result<()>;
-
-    /// Data input shapes, loss head and trainable selection for `koala_graph::build`.
-    fn training_spec(&self, model: &Model) -> Result<TrainingSpec>;
 
     /// Checks the built graph against the data (e.g. classes vs outputs) before training.
     fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()>;

@@ -17,7 +17,7 @@ use crate::metrics::{MetricRecord, MetricsWriter};
 use crate::optim_setup;
 use crate::progress::Progress;
 use crate::schedule::Schedule;
-use crate::task::{self, Task, TrainCounts};
+use crate::task::{self, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::Cursor;
 use koala_graph::step::TrainStep;
@@ -174,18 +174,22 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
 
 impl Run {
     fn new(cfg: TrainConfig) -> Result<Run> {
-        let mut model = Model::load(&cfg.model)?;
+        let model = Model::load(&cfg.model)?;
+        let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
+        // The same pre-flight as `koala check`: it refuses here exactly when check reports an
+        // error, before any data is read.
+        let pf = crate::preflight::run(&cfg, model, kind, false)?;
+        let Some(step) = pf.step else {
+            bail!("{}", pf.errors());
+        };
+        let model = pf.model;
         let mut task = task::create(&cfg, &model)?;
-        task.prepare_model(&mut model)?;
-        let spec = task.training_spec(&model)?;
-        let graph = koala_graph::build(&model, &spec)?;
-        task.check_graph(&graph)?;
-        for u in &graph.unreachable {
+        task.check_graph(step.graph())?;
+        for u in &step.graph().unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
-        let oc = optim_setup::resolve(&cfg, graph.trainable.len())?;
-        let groups = make_groups(&cfg, &oc, &graph.trainable)?;
-        let step = TrainStep::new(graph, cfg.threads)?;
+        let oc = optim_setup::resolve(&cfg, step.graph().trainable.len())?;
+        let groups = make_groups(&cfg, &oc, &step.graph().trainable)?;
         task.prepare_evaluation(&model, &names_shapes(&step))?;
         let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
         let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
@@ -252,7 +256,13 @@ impl Run {
     }
 
     fn evaluate(&mut self) -> Result<EvalResult> {
-        self.task.evaluate(&weights(&self.step))
+        let split = self.task.eval_split();
+        self.task.evaluate(&weights(&self.step)).with_context(|| {
+            format!(
+                "evaluating '{}' on the {split} data",
+                self.cfg.model.display()
+            )
+        })
     }
 
     fn record_eval(&self, r: &EvalResult) -> Result<()> {
@@ -323,7 +333,14 @@ impl Run {
         for micro in 0..accumulate {
             let fed = self.task.feed(&mut self.step)?;
             let t0 = Instant::now();
-            self.step.run()?;
+            self.step.run().with_context(|| {
+                format!(
+                    "step {}: ONNX Runtime failed running the training graph of '{}' (if it ran out of memory: a smaller --batch-size{})",
+                    self.state.step + 1,
+                    self.cfg.model.display(),
+                    if self.task.kind() == TaskKind::CausalLm { " or --block-size" } else { "" }
+                )
+            })?;
             seg.t_graph += t0.elapsed().as_secs_f64();
             loss_sum += self.step.loss() as f64;
             let ps = self.step.per_sample();
@@ -524,7 +541,16 @@ impl Run {
         let export = self.cfg.export_path();
         let updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
         koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
-        let check = self.task.check_export(&export, &mut self.step)?;
+        let check = self
+            .task
+            .check_export(&export, &mut self.step)
+            .with_context(|| {
+                format!(
+                    "verifying the exported file '{}' (written; the run's checkpoints are in {})",
+                    export.display(),
+                    crate::checkpoint::dir_of(&self.cfg.run_dir).display()
+                )
+            })?;
         Ok(RunSummary {
             run_dir: self.cfg.run_dir.clone(),
             before,
@@ -661,7 +687,8 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
         None => latest.clone(),
     };
     let mut model = Model::load(&cfg.model)?;
-    crate::image_classification::prepare_model(&mut model, &cfg, true)?;
+    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
+    crate::preflight::prepare_model(&mut model, &cfg, kind, true)?;
     let path = dir.join("weights.safetensors");
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;

@@ -1,0 +1,243 @@
+//! The pre-flight of a fine-tuning run: everything `koala finetune` decides about the *model*
+//! before it touches data, in one code path that `koala check` runs too.
+//!
+//! Why one path: a `check` that looks at the model differently from `finetune` says "no
+//! problems" for models that `finetune` then refuses (BatchNormalization with
+//! `training_mode=1`, Dropout with a constant-true `training_mode`: issue 8, fault 8). Here both
+//! commands prepare the model the same way (a new head for `--num-classes`), derive the same
+//! [`TrainingSpec`], run the static report of [`koala_graph::check`], then *build* the training
+//! graph and load it into ONNX Runtime. Any refusal on the way becomes an error in the report, so
+//! `check` fails exactly when `finetune` would, and `finetune` stops with the same words.
+
+use crate::config::TrainConfig;
+use crate::task::TaskKind;
+use anyhow::{Context, Result};
+use koala_graph::check::{self, CheckReport, Problem, Severity};
+use koala_graph::step::TrainStep;
+use koala_graph::{Model, TrainingSpec};
+
+/// What the pre-flight found, and what it built when nothing stood in the way.
+pub struct Preflight {
+    /// The task the run trains.
+    pub task: TaskKind,
+    /// The model as the run trains it (head replaced when `--num-classes` asks for it).
+    pub model: Model,
+    /// The static report plus the outcome of building and loading the training graph.
+    pub report: CheckReport,
+    /// The loaded training graph, when the report has no error.
+    pub step: Option<TrainStep>,
+}
+
+impl Preflight {
+    /// The report's errors as one message (what `finetune` stops with).
+    pub fn errors(&self) -> String {
+        let errors: Vec<String> = self
+            .report
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| {
+                if p.suggestion.is_empty() {
+                    p.message.clone()
+                } else {
+                    format!("{}\n  → {}", p.message, p.suggestion)
+                }
+            })
+            .collect();
+        format!(
+            "{} cannot be fine-tuned as configured (`koala check` prints the full report):\n{}",
+            self.report.model,
+            errors.join("\n")
+        )
+    }
+}
+
+/// Runs the pre-flight of `cfg` on `model` for `task`: prepare, specify, check, build, load.
+///
+/// Errors only for what is not a finding about the model (an unreadable config); every
+/// refusal about the model is a [`Severity::Error`] problem in the report.
+pub fn run(cfg: &TrainConfig, mut model: Model, task: TaskKind, quiet: bool) -> Result<Preflight> {
+    let mut extra = Vec::new();
+    let prepared = prepare_model(&mut model, cfg, task, quiet);
+    let spec = prepared.and_then(|()| training_spec(cfg, &model, task));
+    let trainable = match &spec {
+        Ok(s) => s.trainable.clone(),
+        Err(_) => koala_graph::TrainableSpec {
+            include: cfg.train.clone(),
+            exclude: cfg.freeze.clone(),
+            train_constants: cfg.train_constants,
+        },
+    };
+    let mut report = check::check(&model, &trainable)
+        .with_context(|| format!("checking {}", model.display_name()))?;
+    let mut step = None;
+    match spec {
+        Err(e) => extra.push(error(format!("{e:#}"))),
+        Ok(spec) if report.ok() => match build(&model, &spec, cfg.threads) {
+            Ok(s) => {
+                extra.push(built_note(&s));
+                step = Some(s);
+            }
+            Err(e) => extra.push(error(format!("{e:#}"))),
+        },
+        // The static report already names what stands in the way; building would only
+        // repeat it less clearly.
+        Ok(_) => {}
+    }
+    report.problems.extend(extra);
+    Ok(Preflight {
+        task,
+        model,
+        report,
+        step,
+    })
+}
+
+/// Model preparation per task (a fresh classifier head for `--num-classes`).
+pub fn prepare_model(
+    model: &mut Model,
+    cfg: &TrainConfig,
+    task: TaskKind,
+    quiet: bool,
+) -> Result<()> {
+    match task {
+        TaskKind::ImageClassification => {
+            crate::image_classification::prepare_model(model, cfg, quiet)
+        }
+        TaskKind::CausalLm => Ok(()),
+    }
+}
+
+/// The training specification of `task` for `cfg` on the prepared `model` (no data needed).
+pub fn training_spec(cfg: &TrainConfig, model: &Model, task: TaskKind) -> Result<TrainingSpec> {
+    match task {
+        TaskKind::ImageClassification => crate::image_classification::training_spec(cfg, model),
+        TaskKind::CausalLm => crate::causal_lm::training_spec(cfg, model),
+    }
+}
+
+/// Builds the training graph and loads it into ONNX Runtime (what every step then runs).
+fn build(model: &Model, spec: &TrainingSpec, threads: Option<usize>) -> Result<TrainStep> {
+    let graph = koala_graph::build(model, spec)
+        .with_context(|| format!("building the training graph of {}", model.display_name()))?;
+    TrainStep::new(graph, threads).with_context(|| {
+        format!(
+            "loading the training graph koala built from {} into ONNX Runtime (a koala bug if the model itself runs in ONNX Runtime: please report it with the model)",
+            model.display_name()
+        )
+    })
+}
+
+fn built_note(step: &TrainStep) -> Problem {
+    let g = step.graph();
+    let mut message = format!(
+        "training graph built and loaded by ONNX Runtime: {} nodes, {} trainable tensors",
+        g.proto.graph.as_ref().map_or(0, |g| g.node.len()),
+        g.trainable.len()
+    );
+    if !g.unreachable.is_empty() {
+        message += &format!(
+            "; {} selected weight(s) do not influence the loss and stay frozen: {}",
+            g.unreachable.len(),
+            g.unreachable.join(", ")
+        );
+    }
+    Problem {
+        severity: Severity::Note,
+        message,
+        suggestion: String::new(),
+    }
+}
+
+fn error(message: String) -> Problem {
+    Problem {
+        severity: Severity::Error,
+        message,
+        suggestion: String::new(),
+    }
+}
+
+/// `koala check`: the pre-flight of the run `cfg` describes, and — when `with_data` — the data
+/// checks `finetune` makes next (classes against outputs, tokenizer against embedding).
+pub fn check(cfg: &TrainConfig, with_data: bool) -> Result<CheckReport> {
+    let model = Model::load(&cfg.model)?;
+    let task = cfg.task.unwrap_or_else(|| crate::task::detect(&model));
+    let pf = run(cfg, model, task, true)?;
+    let mut report = pf.report;
+    if let (true, Some(step)) = (with_data, &pf.step) {
+        let data = crate::task::create(cfg, &pf.model)
+            .and_then(|mut t| t.check_graph(step.graph()).map(|()| t));
+        match data {
+            Ok(_) => report.problems.push(Problem {
+                severity: Severity::Note,
+                message: format!("data '{}' opened and matches the model", cfg.data.display()),
+                suggestion: String::new(),
+            }),
+            Err(e) => report.problems.push(error(format!("{e:#}"))),
+        }
+    }
+    Ok(report)
+}
+
+/// For `koala check` without --image-size / --batch-size: an image model's fixed input size and
+/// batch (as `finetune` would need them passed) instead of the defaults. Returns what it set,
+/// phrased as the finetune flags to pass.
+pub fn sizes_from_model(
+    model: &Model,
+    cfg: &mut TrainConfig,
+    size_given: bool,
+    batch_given: bool,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if koala_graph::lm_signature::is_language_model(model) {
+        return notes;
+    }
+    let Ok(input) = crate::eval::data_input(model) else {
+        return notes;
+    };
+    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
+        return notes;
+    };
+    let dims = koala_graph::training::declared_dims(info);
+    if dims.len() != 4 {
+        return notes;
+    }
+    if let (false, Some(b)) = (batch_given, dims[0]) {
+        if b > 0 && b as usize != cfg.batch_size {
+            cfg.batch_size = b as usize;
+            notes.push(format!(
+                "checking with the model's fixed batch size: finetune needs --batch-size {b}"
+            ));
+        }
+    }
+    if let (false, Some(h), Some(w)) = (size_given, dims[2], dims[3]) {
+        let size = crate::image_size::ImageSize {
+            height: h as u32,
+            width: w as u32,
+        };
+        if h > 0 && w > 0 && size != cfg.image_size {
+            notes.push(format!(
+                "checking with the model's fixed input size: finetune needs --image-size {size}"
+            ));
+            cfg.image_size = size;
+        }
+    }
+    notes
+}
+
+/// Refuses a model exported in training mode (BatchNormalization `training_mode=1`, Dropout
+/// with a true `training_mode`): its evaluation would depend on the batch size or be random.
+/// `koala eval` and `koala generate` call it; `check`/`finetune` report the same findings.
+pub fn refuse_training_mode(model: &Model) -> Result<()> {
+    let found = check::training_mode_problems(model);
+    if let Some(first) = found.first() {
+        let lines: Vec<&str> = found.iter().map(|p| p.message.as_str()).collect();
+        anyhow::bail!(
+            "{} was exported in training mode:\n  {}\n  → {}",
+            model.display_name(),
+            lines.join("\n  "),
+            first.suggestion
+        );
+    }
+    Ok(())
+}
