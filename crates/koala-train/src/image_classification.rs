@@ -1,9 +1,11 @@
-//! The image-classification task: an NCHW float image input, class logits, softmax
-//! cross-entropy, top-1 accuracy; the best checkpoint has the highest accuracy.
+//! The image-classification task: an image input (NCHW or NHWC, float32 or uint8, see
+//! [`ImageInput`]), class logits, softmax cross-entropy, top-1 accuracy; the best checkpoint
+//! has the highest accuracy.
 
 use crate::config::TrainConfig;
 use crate::data::{open_datasets, Datasets};
 use crate::eval::{self, EvalResult, WeightsAsInputs};
+use crate::image_input::ImageInput;
 use crate::task::{BestMetric, DataStats, ExportCheck, Fed, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::{BatchIter, Cursor};
@@ -22,18 +24,27 @@ pub struct ImageClassification {
     eval: Option<WeightsAsInputs>,
     /// The model's data input (known once evaluation is prepared).
     input: Option<String>,
+    /// Layout, type and channels of the model's image input: how every batch is fed.
+    image: ImageInput,
 }
 
 impl ImageClassification {
-    /// Opens the training and evaluation data of `cfg`.
-    pub fn new(cfg: &TrainConfig) -> Result<ImageClassification> {
+    /// Reads the image input of `model` and opens the training and evaluation data of `cfg`
+    /// preprocessed for it.
+    pub fn new(cfg: &TrainConfig, model: &Model) -> Result<ImageClassification> {
+        let image = ImageInput::of_model(model)?;
+        eprintln!("{}", image.describe());
+        if let Some(note) = &image.note {
+            eprintln!("note: {note}");
+        }
         Ok(ImageClassification {
             cfg: cfg.clone(),
-            data: open_datasets(cfg)?,
+            data: open_datasets(cfg, &image)?,
             train: None,
             short_batches: 0,
             eval: None,
             input: None,
+            image,
         })
     }
 }
@@ -65,13 +76,10 @@ impl Task for ImageClassification {
     fn training_spec(&self, model: &Model) -> Result<TrainingSpec> {
         let cfg = &self.cfg;
         let input = eval::data_input(model)?;
-        check_image_size(model, &input, cfg)?;
-        let shape = vec![
-            cfg.batch_size,
-            3,
-            cfg.image_size.height as usize,
-            cfg.image_size.width as usize,
-        ];
+        check_image_size(&self.image, cfg)?;
+        let shape = self
+            .image
+            .shape(cfg.batch_size, cfg.image_size.height, cfg.image_size.width);
         Ok(TrainingSpec {
             input_shapes: [(input, shape)].into_iter().collect(),
             loss: LossSpec::SoftmaxCrossEntropy {
@@ -119,7 +127,7 @@ impl Task for ImageClassification {
                 it.recycle(batch);
                 continue;
             }
-            step.set_batch(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels))?;
+            set_images(step, &self.image, &batch.images, batch.shape, &batch.labels)?;
             let next = batch.next;
             it.recycle(batch);
             return Ok(Fed {
@@ -162,7 +170,12 @@ impl Task for ImageClassification {
         model: &Model,
         trainable: &[(String, Vec<usize>)],
     ) -> Result<()> {
-        self.eval = Some(WeightsAsInputs::new(model, trainable, self.cfg.threads)?);
+        self.eval = Some(WeightsAsInputs::new(
+            model,
+            &self.image,
+            trainable,
+            self.cfg.threads,
+        )?);
         self.input = Some(eval::data_input(model)?);
         Ok(())
     }
@@ -199,13 +212,22 @@ impl Task for ImageClassification {
             ..Default::default()
         };
         let mut s = koala_runtime::Session::from_file(path, &opts)?;
-        let (max_diff, tract) = verify_export(path, &mut s, &input, step, &self.data)?;
-        let eval = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
+        let (max_diff, tract) = verify_export(path, &mut s, &self.image, step, &self.data)?;
+        let eval = eval::evaluate_session(&mut s, &self.image, &self.data.eval)?;
+        debug_assert_eq!(input, self.image.name);
         Ok(ExportCheck {
             max_diff,
             tract,
             eval,
         })
+    }
+
+    fn export_metadata(&self) -> Vec<(String, String)> {
+        crate::preprocess_metadata::entries(
+            &crate::data::preprocess(&self.cfg, &self.image, false),
+            &self.image,
+            &self.data.class_names,
+        )
     }
 }
 
@@ -220,7 +242,7 @@ impl Task for ImageClassification {
 fn verify_export(
     path: &Path,
     exported_session: &mut koala_runtime::Session,
-    input: &str,
+    input: &ImageInput,
     step: &mut TrainStep,
     data: &Datasets,
 ) -> Result<(f64, std::result::Result<f64, String>)> {
@@ -236,11 +258,14 @@ fn verify_export(
         .copied()
         .collect();
     let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
-    step.set_batch(&[GBatch::F32(&images)], GBatch::I64(&labels))?;
+    let mut train_shape = batch.shape;
+    train_shape[0] = b;
+    set_images(step, input, &images, train_shape, &labels)?;
     step.run()?;
+    let (pixels, shape) = input.convert(&batch.images, batch.shape);
     let out = exported_session.run(&[(
-        input,
-        koala_runtime::TensorView::f32(&batch.images, &batch.shape),
+        input.name.as_str(),
+        crate::image_input::view(&pixels, &shape),
     )])?;
     let exported = out[0]
         .as_f32()
@@ -250,33 +275,48 @@ fn verify_export(
         bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
     }
     let ours = &step.model_output()[..n * per_row];
-    let tract = crate::tract_check::first_output(path, &batch.shape, &batch.images)
+    let tract = crate::tract_check::first_output(path, &shape, &pixels)
         .map(|t| crate::tract_check::max_abs_diff(&t, exported))
         .map_err(|e| format!("{e:#}"));
     Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
 }
 
 /// A model with a fixed input resolution needs `--image-size` to match it;
-/// say so up front instead of failing inside the graph builder.
-fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()> {
-    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
-        return Ok(());
-    };
-    let dims = koala_graph::training::declared_dims(info);
-    if dims.len() == 4 {
-        if let (Some(h), Some(w)) = (dims[2], dims[3]) {
-            let size = &cfg.image_size;
-            if (h, w) != (i64::from(size.height), i64::from(size.width)) {
-                let want = if h == w {
-                    h.to_string()
-                } else {
-                    format!("{h}x{w}")
-                };
-                bail!("model input '{input}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}");
-            }
+/// say so up front instead of failing inside the graph builder. (The height and
+/// width come from the axes of the detected layout, so the advice always fits.)
+fn check_image_size(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
+    if let Some((h, w)) = image.fixed_size {
+        let size = &cfg.image_size;
+        if (h, w) != (size.height, size.width) {
+            let want = if h == w {
+                h.to_string()
+            } else {
+                format!("{h}x{w}")
+            };
+            bail!(
+                "model input '{}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}",
+                image.name
+            );
         }
     }
     Ok(())
+}
+
+/// Writes NCHW float32 loader `images` of `shape` into the training graph's data input in
+/// the model's layout and type, and the labels.
+fn set_images(
+    step: &mut TrainStep,
+    image: &ImageInput,
+    images: &[f32],
+    shape: [usize; 4],
+    labels: &[i64],
+) -> Result<()> {
+    let (pixels, _) = image.convert(images, shape);
+    let data = match &pixels {
+        koala_data::ModelPixels::F32(v) => GBatch::F32(v),
+        koala_data::ModelPixels::U8(v) => GBatch::U8(v),
+    };
+    step.set_batch(&[data], GBatch::I64(labels))
 }
 
 /// The data's classes must fit the model's outputs; say which flag fixes it
