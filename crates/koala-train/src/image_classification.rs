@@ -37,6 +37,7 @@ impl ImageClassification {
         if let Some(note) = &image.note {
             eprintln!("note: {note}");
         }
+        check_normalisation(&image, cfg)?;
         Ok(ImageClassification {
             cfg: cfg.clone(),
             data: open_datasets(cfg, &image)?,
@@ -296,6 +297,26 @@ fn check_image_size(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
             bail!(
                 "model input '{}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}",
                 image.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--mean`/`--std` need one value per channel of the input (a greyscale model takes one);
+/// for a uint8 input they do not apply, which the log says.
+fn check_normalisation(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
+    for (flag, v) in [("--mean", &cfg.mean), ("--std", &cfg.std)] {
+        let Some(v) = v else { continue };
+        if !image.normalised_by_koala() {
+            eprintln!("note: {flag} is ignored: input '{}' is uint8, so koala feeds raw 0–255 pixels and the model normalises them", image.name);
+        } else if v.len() != image.channels {
+            bail!(
+                "{flag} has {} values but model input '{}' has {} channel(s); pass {flag} with {} value(s)",
+                v.len(),
+                image.name,
+                image.channels,
+                image.channels
             );
         }
     }
