@@ -209,6 +209,12 @@ fn trains_and_evaluates_alike(form: Form, layout: &str, dtype: &str) {
     );
     assert_eq!(s.export_eval.accuracy, s.after.accuracy, "{form:?}");
     assert!(s.export_max_diff <= 1e-5, "{form:?}: {}", s.export_max_diff);
+    // tract gets the same converted batch (uint8 bytes for a uint8 input).
+    assert!(
+        matches!(s.export_tract, Ok(d) if d <= 1e-5),
+        "{form:?}: tract {:?}",
+        s.export_tract
+    );
     let cli = eval_without_flags(&s.export, &data);
     assert_eq!(cli.samples, 4 * 12);
     assert_eq!(cli.accuracy, s.after.accuracy, "{form:?}: koala eval");
