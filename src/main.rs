@@ -43,7 +43,7 @@ enum Command {
     Finetune(Box<FinetuneArgs>),
     /// Evaluate an ONNX classifier (loss, top-1) or language model (perplexity) on a data set.
     #[command(
-        after_help = "Example:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small --image-size 96"
+        after_help = "Examples:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small\n    (a koala export records its image size, mean and std; flags override them)\n  koala eval --model resnet18.onnx --data my_val_folder --image-size 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
     )]
     Eval(EvalArgs),
     /// Continue a prompt with an ONNX causal language model.
