@@ -521,3 +521,28 @@ fn an_unsupported_layout_is_refused_naming_input_and_shape() {
     );
     assert!(!e.contains("--image-size"), "{e}");
 }
+
+/// The case: a fixed `[?, 16, 16, 3]` input with the default `--image-size` (224).
+/// The advice reads height and width from the NHWC axes (`--image-size 16`, not `16x3`), and
+/// following it trains (`nhwc_float_model_trains_and_its_export_evaluates_alike`).
+#[test]
+fn the_image_size_advice_for_an_nhwc_input_names_its_height_and_width() {
+    let (tmp, data) = common::scratch_with_data(2);
+    for form in [Form::NhwcF32, Form::NhwcU8] {
+        let path = save(&model(form), tmp.path(), "m.onnx");
+        let cfg = TrainConfig {
+            image_size: koala_train::config::ImageSize::square(224),
+            ..config(&path, &data, &tmp.path().join("run"))
+        };
+        let Err(e) = koala_train::finetune(cfg) else {
+            panic!("{form:?}: 224 accepted for a 16×16 input");
+        };
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("takes 16×16 images")
+                && e.contains("pass --image-size 16")
+                && !e.contains("16x3"),
+            "{form:?}: {e}"
+        );
+    }
+}
