@@ -43,7 +43,7 @@ enum Command {
     Finetune(Box<FinetuneArgs>),
     /// Evaluate an ONNX classifier (loss, top-1) or language model (perplexity) on a data set.
     #[command(
-        after_help = "Example:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small --image-size 96"
+        after_help = "Examples:\n  koala eval --model runs/latest/model.onnx --data data/fashion_mnist_small\n    (a koala export records its image size, mean and std; flags override them)\n  koala eval --model resnet18.onnx --data my_val_folder --image-size 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225"
     )]
     Eval(EvalArgs),
     /// Continue a prompt with an ONNX causal language model.
@@ -304,9 +304,19 @@ struct EvalArgs {
     /// Language model: tokens per evaluated sequence.
     #[arg(long, default_value_t = 128)]
     block_size: usize,
-    /// Model input size: N (square) or HxW (e.g. 48x192).
-    #[arg(long, default_value = "224")]
-    image_size: koala::train::config::ImageSize,
+    /// Model input size: N (square, resize the shorter side to N·256/224 and center-crop) or
+    /// HxW (exact resize). Default: what the model's metadata records (a koala export), else
+    /// the model's fixed input size, else 224.
+    #[arg(long)]
+    image_size: Option<koala::train::config::ImageSize>,
+    /// Per-channel normalisation mean, e.g. 0.5,0.5,0.5. Default: the model's metadata, else
+    /// ImageNet's. Ignored for a uint8 input (the model normalises).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    mean: Option<Vec<f32>>,
+    /// Per-channel normalisation std, e.g. 0.5,0.5,0.5. Default: the model's metadata, else
+    /// ImageNet's.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    std: Option<Vec<f32>>,
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -420,7 +430,12 @@ fn finetune(a: FinetuneArgs) -> Result<u8> {
             Some(p) => TrainConfig::from_toml_file(p)?,
             None => TrainConfig::default(),
         };
+        let image_size_given = a.image_size.is_some()
+            || a.config
+                .as_deref()
+                .is_some_and(koala::train::preprocess_metadata::config_sets_image_size);
         apply(&mut cfg, a);
+        koala::train::preprocess_metadata::adopt_for_finetune(&mut cfg, image_size_given)?;
         koala::train::finetune(cfg)?
     };
     out!("{}", koala::summary_text(&summary));
@@ -564,31 +579,18 @@ fn eval(a: EvalArgs) -> Result<u8> {
     if koala::graph::lm_signature::is_language_model(&model) {
         return eval_lm(&a, &model);
     }
-    let source = koala::data::open_source(&a.data, koala::data::IdxSplit::Test)?;
-    let cfg = TrainConfig {
+    let flags = koala::train::preprocess_metadata::Flags {
         image_size: a.image_size,
-        ..TrainConfig::default()
+        mean: a.mean.clone(),
+        std: a.std.clone(),
     };
-    let loader = koala::data::Loader::new(
-        source,
-        koala::train::data::preprocess(&cfg, false),
-        koala::data::LoaderConfig::eval(a.batch_size),
-    )?;
-    let opts = koala::runtime::SessionOptions {
-        intra_threads: a.threads,
-        ..Default::default()
-    };
-    let mut s = koala::runtime::Session::from_file(&a.model, &opts).with_context(|| {
-        format!(
-            "ONNX Runtime cannot load '{}' for evaluation (`koala check {}` reports what koala finds in it)",
-            a.model.display(),
-            a.model.display()
-        )
-    })?;
-    let r = koala::train::eval::evaluate_session(
-        &mut s,
-        &koala::train::eval::data_input(&model)?,
-        &loader,
+    let r = koala::train::eval::evaluate_classifier_file(
+        &a.model,
+        &model,
+        &a.data,
+        &flags,
+        a.batch_size,
+        a.threads,
     )?;
     out!(
         "{} samples of '{}': loss {:.4}, top-1 {:.2}%",

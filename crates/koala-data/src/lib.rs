@@ -34,7 +34,9 @@ pub use text::dataset::{
     TextCounts, TextDataset, TextExample, TextFormat, TextOptions, IGNORE_INDEX,
 };
 pub use text::tokenizer::TextTokenizer;
-pub use vision::batch::{Batch, LoaderStats, SkippedSample};
+pub use vision::batch::{
+    to_model_input, Batch, InputLayout, LoaderStats, ModelPixels, PixelType, SkippedSample,
+};
 pub use vision::batch_iter::BatchIter;
 pub use vision::files::ImageFiles;
 pub use vision::idx::{

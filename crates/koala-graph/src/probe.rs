@@ -181,6 +181,7 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
                 Feed::F32(x) => TensorView::f32(x, s),
                 Feed::F64(x) => TensorView::f64(x, s),
                 Feed::I64(x) => TensorView::i64(x, s),
+                Feed::U8(x) => TensorView::u8(x, s),
             };
             (n.as_str(), v)
         })
@@ -220,6 +221,7 @@ enum Feed {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I64(Vec<i64>),
+    U8(Vec<u8>),
 }
 
 fn zero_feeds(model: &Model, inputs: &InputShapes) -> Result<Vec<(String, Vec<usize>, Feed)>> {
@@ -234,8 +236,9 @@ fn zero_feeds(model: &Model, inputs: &InputShapes) -> Result<Vec<(String, Vec<us
             DataType::Float => Feed::F32(vec![0.0; n]),
             DataType::Double => Feed::F64(vec![0.0; n]),
             DataType::Int64 => Feed::I64(vec![0; n]),
+            DataType::Uint8 => Feed::U8(vec![0; n]),
             other => bail!(
-                "graph input '{}' has type {other:?}; koala feeds float32, float64 or int64 inputs",
+                "graph input '{}' has type {other:?}; koala feeds float32, float64, int64 or uint8 inputs",
                 i.name
             ),
         };

@@ -20,6 +20,9 @@ pub enum Batch<'a> {
     F32(&'a [f32]),
     /// int64 values.
     I64(&'a [i64]),
+    /// uint8 values (raw 0–255 image bytes for a model whose input is uint8 and that
+    /// casts and normalises inside).
+    U8(&'a [u8]),
 }
 
 /// Positions of the graph's tensors in the runner.
@@ -265,6 +268,7 @@ fn copy_into(dst: &mut HostTensor, src: &Batch) -> Result<()> {
     match src {
         Batch::F32(x) => copy_checked(&name, dst.f32s_mut()?, x),
         Batch::I64(x) => copy_checked(&name, dst.i64s_mut()?, x),
+        Batch::U8(x) => copy_checked(&name, dst.u8s_mut()?, x),
     }
 }
 
@@ -285,6 +289,7 @@ pub fn batch_dtype(b: &Batch) -> DataType {
     match b {
         Batch::F32(_) => DataType::Float,
         Batch::I64(_) => DataType::Int64,
+        Batch::U8(_) => DataType::Uint8,
     }
 }
 

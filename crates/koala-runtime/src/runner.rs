@@ -54,7 +54,7 @@ macro_rules! host_accessors {
     };
 }
 
-host_accessors!(f32s, f32s_mut, F32, f32; f64s, f64s_mut, F64, f64; i64s, i64s_mut, I64, i64);
+host_accessors!(f32s, f32s_mut, F32, f32; f64s, f64s_mut, F64, f64; i64s, i64s_mut, I64, i64; u8s, u8s_mut, U8, u8);
 
 impl HostTensor {
     /// Allocates a zeroed buffer for `info` with a concrete `shape` and wraps it.
@@ -69,12 +69,13 @@ impl HostTensor {
             ElementType::F32 => TensorData::F32(vec![0.0; n]),
             ElementType::F64 => TensorData::F64(vec![0.0; n]),
             ElementType::I64 => TensorData::I64(vec![0; n]),
+            ElementType::U8 => TensorData::U8(vec![0; n]),
             ref other => {
                 return Err(Error::TypeMismatch {
                     direction: Direction::Input,
                     name: info.name.clone(),
                     expected: other.to_string(),
-                    got: "a koala buffer (koala buffers hold f32, f64 or i64)".into(),
+                    got: "a koala buffer (koala buffers hold f32, f64, i64 or u8)".into(),
                 })
             }
         };
@@ -106,6 +107,7 @@ impl HostTensor {
             TensorData::F32(_) => ElementType::F32,
             TensorData::F64(_) => ElementType::F64,
             TensorData::I64(_) => ElementType::I64,
+            TensorData::U8(_) => ElementType::U8,
         }
     }
 
@@ -120,6 +122,7 @@ impl HostTensor {
             TensorData::F32(v) => TensorView::f32(v, &self.shape),
             TensorData::F64(v) => TensorView::f64(v, &self.shape),
             TensorData::I64(v) => TensorView::i64(v, &self.shape),
+            TensorData::U8(v) => TensorView::u8(v, &self.shape),
         }
     }
 
@@ -129,6 +132,7 @@ impl HostTensor {
             TensorData::F32(v) => TensorViewMut::f32(v, &self.shape),
             TensorData::F64(v) => TensorViewMut::f64(v, &self.shape),
             TensorData::I64(v) => TensorViewMut::i64(v, &self.shape),
+            TensorData::U8(v) => TensorViewMut::u8(v, &self.shape),
         }
     }
 
@@ -161,6 +165,12 @@ fn raw_parts<'a>(data: &mut TensorData, shape: &'a [usize]) -> RawParts<'a> {
             v.len(),
             size_of_val(v.as_slice()),
             ElementType::I64,
+        ),
+        TensorData::U8(v) => (
+            v.as_mut_ptr().cast(),
+            v.len(),
+            size_of_val(v.as_slice()),
+            ElementType::U8,
         ),
     };
     RawParts {

@@ -248,7 +248,7 @@ impl Session {
         let onnx = parts
             .element_type
             .onnx()
-            .expect("views only hold f32, f64 or i64");
+            .expect("views only hold f32, f64, i64 or u8");
         // SAFETY: forwarded from the caller.
         unsafe { RawValue::over(&self.memory, parts.ptr, parts.bytes, shape, onnx) }
             .map_err(|e| Error::ort(format!("wrapping a buffer for {}", self.origin), e))
@@ -311,6 +311,9 @@ impl Session {
             TensorView::I64 { data, shape } => {
                 TensorRef::from_array_view((shape, data)).map(Into::into)
             }
+            TensorView::U8 { data, shape } => {
+                TensorRef::from_array_view((shape, data)).map(Into::into)
+            }
         };
         made.map_err(|e| Error::ort(format!("input {name:?} of {}", self.origin), e))
     }
@@ -336,9 +339,13 @@ fn owned_output(name: &str, value: &ort::value::DynValue) -> Result<OwnedTensor,
             let (shape, data) = value.try_extract_tensor::<i64>()?;
             (shape, TensorData::I64(data.to_vec()))
         }
+        ElementType::U8 => {
+            let (shape, data) = value.try_extract_tensor::<u8>()?;
+            (shape, TensorData::U8(data.to_vec()))
+        }
         other => {
             return Err(ort::Error::new(format!(
-            "output {name:?} has element type {other}; koala reads only f32, f64 and i64 outputs"
+            "output {name:?} has element type {other}; koala reads only f32, f64, i64 and u8 outputs"
         )))
         }
     };

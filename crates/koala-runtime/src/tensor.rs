@@ -11,7 +11,7 @@ use ort::sys::ONNXTensorElementDataType as OnnxType;
 /// Element type of a tensor, one variant per ONNX `TensorProto.DataType` that ONNX Runtime
 /// reports (numbering: the ONNX spec, `onnx/onnx.proto`, `TensorProto.DataType`).
 ///
-/// koala's buffers ([`TensorView`], [`crate::HostTensor`]) hold `f32`, `f64` or `i64` (see
+/// koala's buffers ([`TensorView`], [`crate::HostTensor`]) hold `f32`, `f64`, `i64` or `u8` (see
 /// [`ElementType::is_buffer_type`]); the other variants describe what a model declares (token
 /// ids as int32, attention masks as bool, fp16/bf16 weights) so callers can match on a type
 /// instead of on ONNX Runtime's spelling of it.
@@ -102,18 +102,20 @@ impl ElementType {
         })
     }
 
-    /// Whether koala's buffers can hold this type (`f32`, `f64`, `i64`): the types its
-    /// training graphs use for weights, images, token ids and labels.
+    /// Whether koala's buffers can hold this type (`f32`, `f64`, `i64`, `u8`): the types its
+    /// training graphs use for weights, images (float, or raw 0–255 bytes for models that
+    /// normalise inside), token ids and labels.
     pub fn is_buffer_type(&self) -> bool {
         self.onnx().is_some()
     }
 
-    /// The ONNX C enum, for the three types koala buffers can hold.
+    /// The ONNX C enum, for the types koala buffers can hold.
     pub(crate) fn onnx(&self) -> Option<OnnxType> {
         match self {
             ElementType::F32 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),
             ElementType::F64 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE),
             ElementType::I64 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64),
+            ElementType::U8 => Some(OnnxType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8),
             _ => None,
         }
     }
@@ -262,6 +264,13 @@ pub enum TensorView<'a> {
         /// Dimensions.
         shape: &'a [usize],
     },
+    /// `u8` data (raw image bytes for models with a uint8 input).
+    U8 {
+        /// Elements, row-major.
+        data: &'a [u8],
+        /// Dimensions.
+        shape: &'a [usize],
+    },
 }
 
 /// A borrowed output buffer that ONNX Runtime writes into.
@@ -285,6 +294,13 @@ pub enum TensorViewMut<'a> {
     I64 {
         /// Elements, row-major.
         data: &'a mut [i64],
+        /// Dimensions.
+        shape: &'a [usize],
+    },
+    /// `u8` data.
+    U8 {
+        /// Elements, row-major.
+        data: &'a mut [u8],
         /// Dimensions.
         shape: &'a [usize],
     },
@@ -345,7 +361,7 @@ macro_rules! view_constructors {
     };
 }
 
-view_constructors!(f32, F32, f32; f64, F64, f64; i64, I64, i64);
+view_constructors!(f32, F32, f32; f64, F64, f64; i64, I64, i64; u8, U8, u8);
 
 /// Owned tensor data.
 #[derive(Debug, Clone, PartialEq)]
@@ -356,6 +372,8 @@ pub enum TensorData {
     F64(Vec<f64>),
     /// `i64` elements.
     I64(Vec<i64>),
+    /// `u8` elements.
+    U8(Vec<u8>),
 }
 
 /// An owned output, as returned by [`crate::Session::run`].
@@ -376,6 +394,7 @@ impl OwnedTensor {
             TensorData::F32(_) => ElementType::F32,
             TensorData::F64(_) => ElementType::F64,
             TensorData::I64(_) => ElementType::I64,
+            TensorData::U8(_) => ElementType::U8,
         }
     }
 
@@ -399,6 +418,14 @@ impl OwnedTensor {
     pub fn as_i64(&self) -> Option<&[i64]> {
         match &self.data {
             TensorData::I64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The `u8` elements, or `None` for another type.
+    pub fn as_u8(&self) -> Option<&[u8]> {
+        match &self.data {
+            TensorData::U8(v) => Some(v),
             _ => None,
         }
     }

@@ -227,8 +227,8 @@ impl TrainConfig {
         }
         for (name, v) in [("--mean", &self.mean), ("--std", &self.std)] {
             if let Some(v) = v {
-                if v.len() != 3 || v.iter().any(|x| !x.is_finite()) {
-                    bail!("{name} takes 3 finite numbers (one per RGB channel), got {v:?}");
+                if !(v.len() == 3 || v.len() == 1) || v.iter().any(|x| !x.is_finite()) {
+                    bail!("{name} takes 3 finite numbers (one per RGB channel), or 1 for a greyscale model, got {v:?}");
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Opening the user's data set as train and evaluation loaders.
 
 use crate::config::{DataFormat, TrainConfig};
+use crate::image_input::ImageInput;
 use anyhow::{bail, Context, Result};
 use koala_data::{
     IdxSource, IdxSplit, ImageFiles, ImageSource, Loader, LoaderConfig, Preprocess, Subset,
@@ -60,27 +61,38 @@ fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn Imag
     })
 }
 
-/// The preprocessing for an RGB model input, ImageNet-normalised unless
-/// `--mean`/`--std` say otherwise. Square sizes get the ImageNet recipe (resize
-/// the shorter side, center crop; random resized crop and flip for training).
-/// Other sizes (text lines, banners) are resized to exactly H×W, without
-/// augmentation: a crop or flip would cut or mirror what such models read.
-pub fn preprocess(cfg: &TrainConfig, train: bool) -> Preprocess {
+/// The preprocessing for the model's image `input`: ImageNet-normalised unless
+/// `--mean`/`--std` say otherwise (greyscale inputs get ImageNet's channel average, and one
+/// value each), and not normalised at all for a uint8 input, which is fed raw 0–255 pixels
+/// because the model normalises inside (normalising twice would be silently wrong). Square
+/// sizes get the ImageNet recipe (resize the shorter side, center crop; random resized crop
+/// and flip for training). Other sizes (text lines, banners) are resized to exactly H×W,
+/// without augmentation: a crop or flip would cut or mirror what such models read.
+pub fn preprocess(cfg: &TrainConfig, input: &ImageInput, train: bool) -> Preprocess {
     let size = cfg.image_size;
-    let mut p = if size.is_square() {
+    let channels = input.channels;
+    let mut p = if size.is_square() && channels == 3 {
         Preprocess::imagenet(size.height)
-    } else {
+    } else if size.is_square() {
         Preprocess {
-            mean: koala_data::IMAGENET_MEAN.to_vec(),
-            std: koala_data::IMAGENET_STD.to_vec(),
-            ..Preprocess::plain(size.height, size.width, 3)
+            channels,
+            ..Preprocess::imagenet(size.height)
         }
+    } else {
+        Preprocess::plain(size.height, size.width, channels)
     };
-    if let Some(m) = &cfg.mean {
-        p.mean = m.clone();
-    }
-    if let Some(s) = &cfg.std {
-        p.std = s.clone();
+    if input.normalised_by_koala() {
+        p.mean = cfg
+            .mean
+            .clone()
+            .unwrap_or_else(|| crate::preprocess_metadata::default_mean(channels));
+        p.std = cfg
+            .std
+            .clone()
+            .unwrap_or_else(|| crate::preprocess_metadata::default_std(channels));
+    } else {
+        p.mean = vec![0.0; channels];
+        p.std = vec![1.0; channels];
     }
     if train && cfg.augment {
         p
@@ -89,8 +101,21 @@ pub fn preprocess(cfg: &TrainConfig, train: bool) -> Preprocess {
     }
 }
 
+/// The class names of the training data of `cfg`, in label order (for the export's
+/// metadata when only the run's config is at hand).
+pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
+    let format = if cfg.format == DataFormat::Auto {
+        detect(&cfg.data)
+    } else {
+        cfg.format
+    };
+    Ok(open(&cfg.data, format, IdxSplit::Train)?
+        .class_names()
+        .to_vec())
+}
+
 /// Opens the training and evaluation data described by `cfg`.
-pub fn open_datasets(cfg: &TrainConfig) -> Result<Datasets> {
+pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> {
     let format = if cfg.format == DataFormat::Auto {
         detect(&cfg.data)
     } else {
@@ -127,11 +152,11 @@ pub fn open_datasets(cfg: &TrainConfig) -> Result<Datasets> {
     }
     let mut tc = LoaderConfig::train(cfg.batch_size, cfg.seed);
     tc.drop_last = true;
-    let train = Loader::new(train_src, preprocess(cfg, true), tc)?
+    let train = Loader::new(train_src, preprocess(cfg, input, true), tc)?
         .on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
     let eval = Loader::new(
         eval_src,
-        preprocess(cfg, false),
+        preprocess(cfg, input, false),
         LoaderConfig::eval(cfg.batch_size),
     )?
     .on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));

@@ -10,6 +10,7 @@
 //! measure what the user will ship; the export itself is still checked in a
 //! fresh session of the written file.
 
+use crate::image_input::ImageInput;
 use anyhow::{bail, Context, Result};
 use koala_data::{Cursor, Loader};
 use koala_graph::proto::DataType;
@@ -63,8 +64,13 @@ pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
     (lse - row[label as usize] as f64, arg as i64 == label)
 }
 
-/// Evaluates an ORT session of the inference model on every batch of `loader`.
-pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> Result<EvalResult> {
+/// Evaluates an ORT session of the inference model on every batch of `loader`, fed to the
+/// image `input` in its layout and type (the same conversion training uses).
+pub fn evaluate_session(
+    session: &mut Session,
+    input: &ImageInput,
+    loader: &Loader,
+) -> Result<EvalResult> {
     evaluate_with_inputs(session, input, &[], loader)
 }
 
@@ -72,11 +78,11 @@ pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> 
 /// every batch.
 fn evaluate_with_inputs(
     session: &mut Session,
-    input: &str,
+    input: &ImageInput,
     extra: &[(&str, TensorView)],
     loader: &Loader,
 ) -> Result<EvalResult> {
-    let fixed_batch = fixed_batch_size(session, input);
+    let fixed_batch = fixed_batch_size(session, &input.name);
     let (mut loss, mut correct, mut n) = (0.0, 0usize, 0usize);
     let mut it = loader.iter(Cursor::new(0, 0), 1);
     while let Some(batch) = it.next() {
@@ -102,8 +108,12 @@ fn evaluate_with_inputs(
             };
             let mut shape = batch.shape;
             shape[0] = piece;
+            let (pixels, shape) = input.convert(&images, shape);
             let mut feeds = Vec::with_capacity(1 + extra.len());
-            feeds.push((input, TensorView::f32(&images, &shape)));
+            feeds.push((
+                input.name.as_str(),
+                crate::image_input::view(&pixels, &shape),
+            ));
             feeds.extend_from_slice(extra);
             let out = session.run(&feeds)?;
             let logits = out[0].as_f32().context("the model output is not float32")?;
@@ -143,7 +153,7 @@ fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
 /// inputs), made once per run; [`WeightsAsInputs::evaluate`] binds the current weights.
 pub struct WeightsAsInputs {
     session: Session,
-    input: String,
+    input: ImageInput,
     weights: Vec<(String, Vec<usize>)>,
 }
 
@@ -152,6 +162,7 @@ impl WeightsAsInputs {
     /// opens its session.
     pub fn new(
         model: &Model,
+        input: &ImageInput,
         trainable: &[(String, Vec<usize>)],
         threads: Option<usize>,
     ) -> Result<WeightsAsInputs> {
@@ -164,7 +175,7 @@ impl WeightsAsInputs {
             .context("ONNX Runtime could not load the evaluation graph (the model with its trainable weights as inputs)")?;
         Ok(WeightsAsInputs {
             session,
-            input: data_input(model)?,
+            input: input.clone(),
             weights: trainable.to_vec(),
         })
     }
@@ -228,5 +239,58 @@ pub fn evaluate(
     };
     let mut s = Session::from_bytes(&m.to_bytes(), &opts)
         .context("ONNX Runtime could not load the model for evaluation")?;
-    evaluate_session(&mut s, &data_input(model)?, loader)
+    evaluate_session(&mut s, &ImageInput::of_model(model)?, loader)
+}
+
+/// `koala eval` for an image classifier: evaluates the file at `path` (loaded as `model`) on
+/// every sample of `data` (an IDX folder's t10k split), in order, without augmentation.
+///
+/// The preprocessing is resolved flag > the file's `koala.*` metadata > default and reported
+/// on stderr in one line with each setting's source, and the batches go through the same
+/// layout/type conversion as training. Class names recorded in the file must match the
+/// data's class folders.
+pub fn evaluate_classifier_file(
+    path: &std::path::Path,
+    model: &Model,
+    data: &std::path::Path,
+    flags: &crate::preprocess_metadata::Flags,
+    batch_size: usize,
+    threads: Option<usize>,
+) -> Result<EvalResult> {
+    use crate::preprocess_metadata as meta;
+    let input = ImageInput::of_model(model)?;
+    let recorded = meta::Recorded::of_model(model);
+    let resolved = meta::resolve(flags, &recorded, &input)?;
+    eprintln!("{}", input.describe());
+    if let Some(note) = &input.note {
+        eprintln!("note: {note}");
+    }
+    eprintln!("{}", resolved.describe());
+    let source = koala_data::open_source(data, koala_data::IdxSplit::Test)?;
+    if let Some(classes) = &recorded.class_names {
+        meta::check_classes(classes, source.class_names())?;
+    }
+    let cfg = crate::TrainConfig {
+        image_size: resolved.image_size.0,
+        mean: Some(resolved.mean.0).filter(|m| !m.is_empty()),
+        std: Some(resolved.std.0).filter(|s| !s.is_empty()),
+        ..crate::TrainConfig::default()
+    };
+    let loader = Loader::new(
+        source,
+        crate::data::preprocess(&cfg, &input, false),
+        koala_data::LoaderConfig::eval(batch_size),
+    )?;
+    let opts = SessionOptions {
+        intra_threads: threads,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::from_file(path, &opts).with_context(|| {
+        format!(
+            "ONNX Runtime cannot load '{}' for evaluation (`koala check {}` reports what koala finds in it)",
+            path.display(),
+            path.display()
+        )
+    })?;
+    evaluate_session(&mut s, &input, &loader)
 }

@@ -1,9 +1,11 @@
-//! The image-classification task: an NCHW float image input, class logits, softmax
-//! cross-entropy, top-1 accuracy; the best checkpoint has the highest accuracy.
+//! The image-classification task: an image input (NCHW or NHWC, float32 or uint8, see
+//! [`ImageInput`]), class logits, softmax cross-entropy, top-1 accuracy; the best checkpoint
+//! has the highest accuracy.
 
 use crate::config::TrainConfig;
 use crate::data::{open_datasets, Datasets};
 use crate::eval::{self, EvalResult, WeightsAsInputs};
+use crate::image_input::ImageInput;
 use crate::task::{BestMetric, DataStats, ExportCheck, Fed, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::{BatchIter, Cursor};
@@ -22,18 +24,27 @@ pub struct ImageClassification {
     eval: Option<WeightsAsInputs>,
     /// The model's data input (known once evaluation is prepared).
     input: Option<String>,
+    /// Layout, type and channels of the model's image input: how every batch is fed.
+    image: ImageInput,
 }
 
 impl ImageClassification {
-    /// Opens the training and evaluation data of `cfg`.
-    pub fn new(cfg: &TrainConfig) -> Result<ImageClassification> {
+    /// Reads the image input of `model` and opens the training and evaluation data of `cfg`
+    /// preprocessed for it.
+    pub fn new(cfg: &TrainConfig, model: &Model) -> Result<ImageClassification> {
+        let image = ImageInput::of_model(model)?;
+        eprintln!("{}", image.describe());
+        if let Some(note) = &image.note {
+            eprintln!("note: {note}");
+        }
         Ok(ImageClassification {
             cfg: cfg.clone(),
-            data: open_datasets(cfg)?,
+            data: open_datasets(cfg, &image)?,
             train: None,
             short_batches: 0,
             eval: None,
             input: None,
+            image,
         })
     }
 }
@@ -53,18 +64,15 @@ pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Resul
     Ok(())
 }
 
-/// The training specification for `cfg` on the prepared `model`: the image input at
-/// `--batch-size` × 3 × `--image-size`, softmax cross-entropy on the logits, the trainable
+/// The training specification for `cfg` on the prepared `model`: the image input (its layout
+/// and type, see [`ImageInput`]) at `--batch-size` and `--image-size`, softmax cross-entropy on the logits, the trainable
 /// selection. Needs no data, so `koala check` runs it too ([`crate::preflight`]).
 pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
+    let image = ImageInput::of_model(model)?;
+    check_normalisation(&image, cfg)?;
     let input = eval::data_input(model)?;
-    check_image_size(model, &input, cfg)?;
-    let shape = vec![
-        cfg.batch_size,
-        3,
-        cfg.image_size.height as usize,
-        cfg.image_size.width as usize,
-    ];
+    check_image_size(&image, cfg)?;
+    let shape = image.shape(cfg.batch_size, cfg.image_size.height, cfg.image_size.width);
     Ok(TrainingSpec {
         input_shapes: [(input, shape)].into_iter().collect(),
         loss: LossSpec::SoftmaxCrossEntropy {
@@ -117,7 +125,7 @@ impl Task for ImageClassification {
                 it.recycle(batch);
                 continue;
             }
-            step.set_batch(&[GBatch::F32(&batch.images)], GBatch::I64(&batch.labels))?;
+            set_images(step, &self.image, &batch.images, batch.shape, &batch.labels)?;
             let next = batch.next;
             it.recycle(batch);
             return Ok(Fed {
@@ -160,7 +168,12 @@ impl Task for ImageClassification {
         model: &Model,
         trainable: &[(String, Vec<usize>)],
     ) -> Result<()> {
-        self.eval = Some(WeightsAsInputs::new(model, trainable, self.cfg.threads)?);
+        self.eval = Some(WeightsAsInputs::new(
+            model,
+            &self.image,
+            trainable,
+            self.cfg.threads,
+        )?);
         self.input = Some(eval::data_input(model)?);
         Ok(())
     }
@@ -190,20 +203,28 @@ impl Task for ImageClassification {
     }
 
     fn check_export(&mut self, path: &Path, step: &mut TrainStep) -> Result<ExportCheck> {
-        let input = self.input.clone().context("evaluation was not prepared")?;
+        self.input.as_ref().context("evaluation was not prepared")?;
         // One ORT session of the written file serves the check and the evaluation.
         let opts = koala_runtime::SessionOptions {
             intra_threads: self.cfg.threads,
             ..Default::default()
         };
         let mut s = koala_runtime::Session::from_file(path, &opts)?;
-        let (max_diff, tract) = verify_export(path, &mut s, &input, step, &self.data)?;
-        let eval = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
+        let (max_diff, tract) = verify_export(path, &mut s, &self.image, step, &self.data)?;
+        let eval = eval::evaluate_session(&mut s, &self.image, &self.data.eval)?;
         Ok(ExportCheck {
             max_diff,
             tract,
             eval,
         })
+    }
+
+    fn export_metadata(&self) -> Vec<(String, String)> {
+        crate::preprocess_metadata::entries(
+            &crate::data::preprocess(&self.cfg, &self.image, false),
+            &self.image,
+            &self.data.class_names,
+        )
     }
 }
 
@@ -218,7 +239,7 @@ impl Task for ImageClassification {
 fn verify_export(
     path: &Path,
     exported_session: &mut koala_runtime::Session,
-    input: &str,
+    input: &ImageInput,
     step: &mut TrainStep,
     data: &Datasets,
 ) -> Result<(f64, std::result::Result<f64, String>)> {
@@ -234,11 +255,14 @@ fn verify_export(
         .copied()
         .collect();
     let labels: Vec<i64> = (0..b).map(|i| batch.labels[i % n]).collect();
-    step.set_batch(&[GBatch::F32(&images)], GBatch::I64(&labels))?;
+    let mut train_shape = batch.shape;
+    train_shape[0] = b;
+    set_images(step, input, &images, train_shape, &labels)?;
     step.run()?;
+    let (pixels, shape) = input.convert(&batch.images, batch.shape);
     let out = exported_session.run(&[(
-        input,
-        koala_runtime::TensorView::f32(&batch.images, &batch.shape),
+        input.name.as_str(),
+        crate::image_input::view(&pixels, &shape),
     )])?;
     let exported = out[0]
         .as_f32()
@@ -248,33 +272,68 @@ fn verify_export(
         bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
     }
     let ours = &step.model_output()[..n * per_row];
-    let tract = crate::tract_check::first_output(path, &batch.shape, &batch.images)
+    let tract = crate::tract_check::first_output(path, &shape, &pixels)
         .map(|t| crate::tract_check::max_abs_diff(&t, exported))
         .map_err(|e| format!("{e:#}"));
     Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
 }
 
 /// A model with a fixed input resolution needs `--image-size` to match it;
-/// say so up front instead of failing inside the graph builder.
-fn check_image_size(model: &Model, input: &str, cfg: &TrainConfig) -> Result<()> {
-    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
-        return Ok(());
-    };
-    let dims = koala_graph::training::declared_dims(info);
-    if dims.len() == 4 {
-        if let (Some(h), Some(w)) = (dims[2], dims[3]) {
-            let size = &cfg.image_size;
-            if (h, w) != (i64::from(size.height), i64::from(size.width)) {
-                let want = if h == w {
-                    h.to_string()
-                } else {
-                    format!("{h}x{w}")
-                };
-                bail!("model input '{input}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}");
-            }
+/// say so up front instead of failing inside the graph builder. (The height and
+/// width come from the axes of the detected layout, so the advice always fits.)
+fn check_image_size(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
+    if let Some((h, w)) = image.fixed_size {
+        let size = &cfg.image_size;
+        if (h, w) != (size.height, size.width) {
+            let want = if h == w {
+                h.to_string()
+            } else {
+                format!("{h}x{w}")
+            };
+            bail!(
+                "model input '{}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}",
+                image.name
+            );
         }
     }
     Ok(())
+}
+
+/// `--mean`/`--std` need one value per channel of the input (a greyscale model takes one);
+/// for a uint8 input they do not apply, which the log says.
+fn check_normalisation(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
+    for (flag, v) in [("--mean", &cfg.mean), ("--std", &cfg.std)] {
+        let Some(v) = v else { continue };
+        if !image.normalised_by_koala() {
+            eprintln!("note: {flag} is ignored: input '{}' is uint8, so koala feeds raw 0–255 pixels and the model normalises them", image.name);
+        } else if v.len() != image.channels {
+            bail!(
+                "{flag} has {} values but model input '{}' has {} channel(s); pass {flag} with {} value(s)",
+                v.len(),
+                image.name,
+                image.channels,
+                image.channels
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes NCHW float32 loader `images` of `shape` into the training graph's data input in
+/// the model's layout and type, and the labels.
+fn set_images(
+    step: &mut TrainStep,
+    image: &ImageInput,
+    images: &[f32],
+    shape: [usize; 4],
+    labels: &[i64],
+) -> Result<()> {
+    let (pixels, _) = image.convert(images, shape);
+    let data = match &pixels {
+        koala_data::ModelPixels::F32(v) => GBatch::F32(v),
+        koala_data::ModelPixels::U8(v) => GBatch::U8(v),
+    };
+    step.set_batch(&[data], GBatch::I64(labels))
 }
 
 /// The data's classes must fit the model's outputs; say which flag fixes it

@@ -70,6 +70,16 @@ pub fn run(cfg: &TrainConfig, mut model: Model, task: TaskKind, quiet: bool) -> 
     };
     let mut report = check::check(&model, &trainable)
         .with_context(|| format!("checking {}", model.display_name()))?;
+    if task == TaskKind::ImageClassification {
+        if let Ok(image) = crate::image_input::ImageInput::of_model(&model) {
+            extra.push(Problem {
+                severity: Severity::Note,
+                message: image.describe()
+                    + &image.note.map(|n| format!(" ({n})")).unwrap_or_default(),
+                suggestion: String::new(),
+            });
+        }
+    }
     let mut step = None;
     match spec {
         Err(e) => extra.push(error(format!("{e:#}"))),
@@ -192,14 +202,14 @@ pub fn sizes_from_model(
     if koala_graph::lm_signature::is_language_model(model) {
         return notes;
     }
-    let Ok(input) = crate::eval::data_input(model) else {
+    let Ok(image) = crate::image_input::ImageInput::of_model(model) else {
         return notes;
     };
-    let Some(info) = model.graph().input.iter().find(|i| i.name == input) else {
+    let Some(info) = model.graph().input.iter().find(|i| i.name == image.name) else {
         return notes;
     };
     let dims = koala_graph::training::declared_dims(info);
-    if dims.len() != 4 {
+    if dims.is_empty() {
         return notes;
     }
     if let (false, Some(b)) = (batch_given, dims[0]) {
@@ -210,12 +220,9 @@ pub fn sizes_from_model(
             ));
         }
     }
-    if let (false, Some(h), Some(w)) = (size_given, dims[2], dims[3]) {
-        let size = crate::image_size::ImageSize {
-            height: h as u32,
-            width: w as u32,
-        };
-        if h > 0 && w > 0 && size != cfg.image_size {
+    if let (false, Some((height, width))) = (size_given, image.fixed_size) {
+        let size = crate::image_size::ImageSize { height, width };
+        if size != cfg.image_size {
             notes.push(format!(
                 "checking with the model's fixed input size: finetune needs --image-size {size}"
             ));

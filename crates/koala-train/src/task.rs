@@ -206,14 +206,24 @@ pub trait Task {
     /// Verifies the exported file at `path` in a fresh session of the written file against
     /// the training graph (`step`, with the final weights), and evaluates it.
     fn check_export(&mut self, path: &Path, step: &mut TrainStep) -> Result<ExportCheck>;
+
+    /// `(key, value)` entries the export writes into the file's `metadata_props` (the
+    /// preprocessing an image classifier needs, see `preprocess_metadata`); none by default.
+    fn export_metadata(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The task kind for `cfg`: `cfg.task`, else detected from the model's inputs.
+pub fn create_kind(cfg: &TrainConfig, model: &Model) -> TaskKind {
+    cfg.task.unwrap_or_else(|| detect(model))
 }
 
 /// The task for `cfg` (`cfg.task`, else detected from the model's inputs).
 pub fn create(cfg: &TrainConfig, model: &Model) -> Result<Box<dyn Task>> {
-    let kind = cfg.task.unwrap_or_else(|| detect(model));
-    match kind {
+    match create_kind(cfg, model) {
         TaskKind::ImageClassification => Ok(Box::new(
-            crate::image_classification::ImageClassification::new(cfg)?,
+            crate::image_classification::ImageClassification::new(cfg, model)?,
         )),
         TaskKind::CausalLm => Ok(Box::new(crate::causal_lm::CausalLm::new(cfg, model)?)),
     }

@@ -8,16 +8,24 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use tract_onnx::prelude::*;
 
-/// Output 0 of the ONNX model at `model` for one f32 input of `shape`, as
-/// computed by tract.
-pub fn first_output(model: &Path, shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
+/// Output 0 of the ONNX model at `model` for one input of `shape` (float32, or uint8
+/// for a model that takes raw pixels), as computed by tract.
+pub fn first_output(
+    model: &Path,
+    shape: &[usize],
+    input: &koala_data::ModelPixels<'_>,
+) -> Result<Vec<f32>> {
+    let (fact, tensor) = match input {
+        koala_data::ModelPixels::F32(v) => (f32::fact(shape), Tensor::from_shape(shape, v)),
+        koala_data::ModelPixels::U8(v) => (u8::fact(shape), Tensor::from_shape(shape, v)),
+    };
+    let tensor = tensor.context("building tract's input tensor")?;
     let plan = tract_onnx::onnx()
         .model_for_path(model)
-        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+        .and_then(|m| m.with_input_fact(0, fact.into()))
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .with_context(|| format!("tract could not load '{}'", model.display()))?;
-    let tensor = Tensor::from_shape(shape, input).context("building tract's input tensor")?;
     let outputs = plan
         .run(tvec!(tensor.into()))
         .with_context(|| format!("tract could not run '{}'", model.display()))?;
@@ -63,7 +71,12 @@ mod tests {
     fn tract_matches_pytorch_on_the_tiny_cnn() {
         let x = f32s(&tiny_cnn("inputs/input.f32"));
         let want = f32s(&tiny_cnn("outputs/logits.f32"));
-        let got = first_output(&tiny_cnn("model.onnx"), &[3, 3, 16, 16], &x).unwrap();
+        let got = first_output(
+            &tiny_cnn("model.onnx"),
+            &[3, 3, 16, 16],
+            &koala_data::ModelPixels::F32(x.into()),
+        )
+        .unwrap();
         assert_eq!(got.len(), want.len());
         let d = max_abs_diff(&got, &want);
         assert!(d <= 1e-5, "tract vs PyTorch logits: max |Δ| {d:e}");
@@ -74,7 +87,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.onnx");
         std::fs::write(&path, b"this is not a protobuf model").unwrap();
-        let e = first_output(&path, &[1, 3, 8, 8], &[0.0; 192]).unwrap_err();
+        let e = first_output(
+            &path,
+            &[1, 3, 8, 8],
+            &koala_data::ModelPixels::F32(vec![0.0; 192].into()),
+        )
+        .unwrap_err();
         let msg = format!("{e:#}");
         assert!(
             msg.contains("tract could not load") && msg.contains("garbage.onnx"),

@@ -539,7 +539,8 @@ impl Run {
         };
         self.plot();
         let export = self.cfg.export_path();
-        let updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
+        let mut updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
+        crate::preprocess_metadata::write(&mut updated, &self.task.export_metadata());
         koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
         let check = self
             .task
@@ -707,10 +708,30 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             )
         })
         .collect();
-    let updated = koala_graph::export::with_weights(
+    let mut updated = koala_graph::export::with_weights(
         &model,
         tensors.iter().map(|(n, w)| (n.as_str(), w.as_slice())),
     )?;
+    if crate::task::create_kind(&cfg, &model) == crate::TaskKind::ImageClassification {
+        let entries = image_metadata(&cfg, &model)?;
+        crate::preprocess_metadata::write(&mut updated, &entries);
+    }
     koala_graph::export::save(&updated, output, Some(&cfg.model))?;
     Ok(output.to_path_buf())
+}
+
+/// The preprocessing metadata of an image-classification run, rebuilt from its config (as
+/// the run's own export writes it). Class names come from the training data; if it is no
+/// longer where the config says, the export goes ahead without them and says so.
+fn image_metadata(cfg: &TrainConfig, model: &Model) -> Result<Vec<(String, String)>> {
+    let input = crate::image_input::ImageInput::of_model(model)?;
+    let classes = crate::data::class_names(cfg).unwrap_or_else(|e| {
+        eprintln!("warning: the exported file records no class names: cannot read the training data ({e:#})");
+        Vec::new()
+    });
+    Ok(crate::preprocess_metadata::entries(
+        &crate::data::preprocess(cfg, &input, false),
+        &input,
+        &classes,
+    ))
 }

@@ -112,7 +112,16 @@ fn exported_model_round_trips() {
 
     let exported = Model::load(&out_path).unwrap();
     let (p, q) = (&input.proto, &exported.proto);
-    assert_eq!(q.metadata_props, p.metadata_props, "metadata_props kept");
+    // The user's entries are kept, in order; koala adds its preprocessing record after them
+    // (keys under `koala.`, checked in image_inputs.rs).
+    assert_eq!(
+        q.metadata_props[..p.metadata_props.len()],
+        p.metadata_props[..],
+        "metadata_props kept"
+    );
+    assert!(q.metadata_props[p.metadata_props.len()..]
+        .iter()
+        .all(|e| e.key.starts_with("koala.")));
     assert_eq!(
         (
             &q.producer_name,

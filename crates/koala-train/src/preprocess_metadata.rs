@@ -1,0 +1,454 @@
+//! The preprocessing an exported classifier was trained with, recorded in the ONNX file's
+//! `metadata_props` under `koala.*` keys, and read back by `koala eval` and `koala finetune`.
+//!
+//! Without it, evaluating an exported file means re-typing `--mean/--std/--image-size` exactly
+//! as in training; a forgotten flag silently evaluates with other statistics (issue 8, fault
+//! 2: 100 % in the run, 50 % in `eval`). Keys (values are plain text; README "What koala
+//! records in the exported file"):
+//!
+//! | key | example |
+//! |---|---|
+//! | `koala.version` | `0.1.0` |
+//! | `koala.preprocess.image_size` | `16x16` (height × width fed to the model) |
+//! | `koala.preprocess.resize` | `shorter_side=18` or `exact=48x192` |
+//! | `koala.preprocess.crop` | `center=16x16` |
+//! | `koala.preprocess.interpolation` | `bilinear_antialias` |
+//! | `koala.preprocess.pixel_scale` | `1/255` (float input) or `1` (uint8: raw bytes) |
+//! | `koala.preprocess.mean`, `koala.preprocess.std` | `0.5,0.5,0.5` (`none` for uint8) |
+//! | `koala.preprocess.channel_order` | `RGB` or `L` (greyscale) |
+//! | `koala.input.name`, `koala.input.layout`, `koala.input.dtype` | `input`, `NHWC`, `uint8` |
+//! | `koala.classes` | `["cat","dog"]` (JSON, in label order) |
+//!
+//! Writing replaces earlier `koala.*` entries and keeps every other entry the model had.
+
+use crate::image_input::ImageInput;
+use crate::image_size::ImageSize;
+use anyhow::{bail, Result};
+use koala_data::{InputLayout, PixelType, Preprocess, Resize};
+use koala_graph::proto::StringStringEntryProto;
+use koala_graph::Model;
+
+/// Prefix of every key koala writes.
+pub const PREFIX: &str = "koala.";
+
+/// Key names.
+pub mod keys {
+    pub const VERSION: &str = "koala.version";
+    pub const IMAGE_SIZE: &str = "koala.preprocess.image_size";
+    pub const RESIZE: &str = "koala.preprocess.resize";
+    pub const CROP: &str = "koala.preprocess.crop";
+    pub const INTERPOLATION: &str = "koala.preprocess.interpolation";
+    pub const PIXEL_SCALE: &str = "koala.preprocess.pixel_scale";
+    pub const MEAN: &str = "koala.preprocess.mean";
+    pub const STD: &str = "koala.preprocess.std";
+    pub const CHANNEL_ORDER: &str = "koala.preprocess.channel_order";
+    pub const INPUT_NAME: &str = "koala.input.name";
+    pub const INPUT_LAYOUT: &str = "koala.input.layout";
+    pub const INPUT_DTYPE: &str = "koala.input.dtype";
+    pub const CLASSES: &str = "koala.classes";
+}
+
+/// The `(key, value)` entries describing the evaluation preprocessing `pre` (the loader's,
+/// without augmentation), the model input and the class names in label order.
+pub fn entries(
+    pre: &Preprocess,
+    input: &ImageInput,
+    class_names: &[String],
+) -> Vec<(String, String)> {
+    let size = format!("{}x{}", pre.height, pre.width);
+    let resize = match pre.resize {
+        Resize::ShorterSide(s) => format!("shorter_side={s}"),
+        Resize::Exact { height, width } => format!("exact={height}x{width}"),
+    };
+    let raw = input.pixels == PixelType::U8;
+    let list = |v: &[f32]| {
+        if raw {
+            "none".to_string()
+        } else {
+            join(v)
+        }
+    };
+    let mut out = vec![
+        (keys::VERSION, env!("CARGO_PKG_VERSION").to_string()),
+        (keys::IMAGE_SIZE, size.clone()),
+        (keys::RESIZE, resize),
+        (keys::CROP, format!("center={size}")),
+        (keys::INTERPOLATION, "bilinear_antialias".to_string()),
+        (
+            keys::PIXEL_SCALE,
+            if raw { "1" } else { "1/255" }.to_string(),
+        ),
+        (keys::MEAN, list(&pre.mean)),
+        (keys::STD, list(&pre.std)),
+        (
+            keys::CHANNEL_ORDER,
+            if pre.channels == 1 { "L" } else { "RGB" }.to_string(),
+        ),
+        (keys::INPUT_NAME, input.name.clone()),
+        (
+            keys::INPUT_LAYOUT,
+            match input.layout {
+                InputLayout::Nchw => "NCHW",
+                InputLayout::Nhwc => "NHWC",
+            }
+            .to_string(),
+        ),
+        (
+            keys::INPUT_DTYPE,
+            if raw { "uint8" } else { "float32" }.to_string(),
+        ),
+    ];
+    if !class_names.is_empty() {
+        out.push((
+            keys::CLASSES,
+            serde_json::to_string(class_names).expect("strings serialise"),
+        ));
+    }
+    out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Writes `entries` into `model`'s `metadata_props`, replacing any earlier `koala.*` entry and
+/// keeping the others in their order.
+pub fn write(model: &mut Model, entries: &[(String, String)]) {
+    let props = &mut model.proto.metadata_props;
+    props.retain(|p| !p.key.starts_with(PREFIX));
+    props.extend(entries.iter().map(|(k, v)| StringStringEntryProto {
+        key: k.clone(),
+        value: v.clone(),
+    }));
+}
+
+/// What a model's metadata says about its preprocessing (each `None` when absent).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    pub image_size: Option<ImageSize>,
+    /// `Some(None)`: recorded as `none` (a uint8 model normalises inside).
+    pub mean: Option<Option<Vec<f32>>>,
+    pub std: Option<Option<Vec<f32>>>,
+    pub class_names: Option<Vec<String>>,
+}
+
+impl Recorded {
+    /// Reads the `koala.*` entries of `model`. A value koala cannot parse is reported and
+    /// ignored (the default or a flag then applies), naming the key.
+    pub fn of_model(model: &Model) -> Recorded {
+        let get = |k: &str| {
+            model
+                .proto
+                .metadata_props
+                .iter()
+                .find(|p| p.key == k)
+                .map(|p| p.value.trim().to_string())
+        };
+        let warn = |k: &str, v: &str, e: String| {
+            eprintln!("warning: ignoring the model's metadata {k} = '{v}': {e}");
+        };
+        let mut r = Recorded::default();
+        if let Some(v) = get(keys::IMAGE_SIZE) {
+            match v.parse::<ImageSize>() {
+                Ok(s) => r.image_size = Some(s),
+                Err(e) => warn(keys::IMAGE_SIZE, &v, e),
+            }
+        }
+        for (k, slot) in [(keys::MEAN, &mut r.mean), (keys::STD, &mut r.std)] {
+            if let Some(v) = get(k) {
+                match parse_list(&v) {
+                    Ok(l) => *slot = Some(l),
+                    Err(e) => warn(k, &v, e),
+                }
+            }
+        }
+        if let Some(v) = get(keys::CLASSES) {
+            match serde_json::from_str::<Vec<String>>(&v) {
+                Ok(c) => r.class_names = Some(c),
+                Err(e) => warn(keys::CLASSES, &v, e.to_string()),
+            }
+        }
+        r
+    }
+
+    /// Whether the model carries any koala preprocessing entry.
+    pub fn is_empty(&self) -> bool {
+        *self == Recorded::default()
+    }
+}
+
+/// `0.5,0.5,0.5` → values; `none` → `None`.
+fn parse_list(v: &str) -> std::result::Result<Option<Vec<f32>>, String> {
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    v.split(',')
+        .map(|t| {
+            t.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("'{t}' is not a number"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn join(v: &[f32]) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Where a resolved setting came from, for the one-line report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Metadata,
+    ModelInput,
+    Default,
+    /// uint8 input: the model normalises; koala feeds raw bytes.
+    RawBytes,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Flag => "flag",
+            Source::Metadata => "model metadata",
+            Source::ModelInput => "model input shape",
+            Source::Default => "default",
+            Source::RawBytes => "uint8 input, the model normalises",
+        })
+    }
+}
+
+/// The preprocessing settings of one command, each with its source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub image_size: (ImageSize, Source),
+    /// Empty for a uint8 input.
+    pub mean: (Vec<f32>, Source),
+    pub std: (Vec<f32>, Source),
+}
+
+impl Resolved {
+    /// The report line, e.g. `preprocessing: image size 16 (model metadata), mean 0.5,0.5,0.5
+    /// (model metadata), std 0.5,0.5,0.5 (flag)`.
+    pub fn describe(&self) -> String {
+        let list = |v: &[f32]| if v.is_empty() { "none".into() } else { join(v) };
+        format!(
+            "preprocessing: image size {} ({}), mean {} ({}), std {} ({})",
+            self.image_size.0,
+            self.image_size.1,
+            list(&self.mean.0),
+            self.mean.1,
+            list(&self.std.0),
+            self.std.1
+        )
+    }
+}
+
+/// Flag values of a command (None: not given).
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    pub image_size: Option<ImageSize>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+}
+
+/// Resolves image size, mean and std with the precedence flag > metadata > default (the
+/// model's fixed input size, else 224; ImageNet statistics). A uint8 input gets no mean/std.
+pub fn resolve(flags: &Flags, recorded: &Recorded, input: &ImageInput) -> Result<Resolved> {
+    let image_size = match (flags.image_size, recorded.image_size, input.fixed_size) {
+        (Some(s), _, _) => (s, Source::Flag),
+        (None, Some(s), _) => (s, Source::Metadata),
+        (None, None, Some((h, w))) => (
+            ImageSize {
+                height: h,
+                width: w,
+            },
+            Source::ModelInput,
+        ),
+        (None, None, None) => (ImageSize::square(224), Source::Default),
+    };
+    if !input.normalised_by_koala() {
+        if flags.mean.is_some() || flags.std.is_some() {
+            eprintln!("note: --mean/--std are ignored: input '{}' is uint8, so koala feeds raw 0–255 pixels and the model normalises them", input.name);
+        }
+        return Ok(Resolved {
+            image_size,
+            mean: (Vec::new(), Source::RawBytes),
+            std: (Vec::new(), Source::RawBytes),
+        });
+    }
+    let pick = |flag: &Option<Vec<f32>>, rec: &Option<Option<Vec<f32>>>, default: Vec<f32>| match (
+        flag, rec,
+    ) {
+        (Some(v), _) => (v.clone(), Source::Flag),
+        (None, Some(Some(v))) => (v.clone(), Source::Metadata),
+        _ => (default, Source::Default),
+    };
+    let mean = pick(&flags.mean, &recorded.mean, default_mean(input.channels));
+    let std = pick(&flags.std, &recorded.std, default_std(input.channels));
+    for (name, (v, src)) in [("mean", &mean), ("std", &std)] {
+        if v.len() != input.channels {
+            bail!(
+                "the {name} ({src}) has {} values but input '{}' has {} channel(s); pass --{name} with {} value(s)",
+                v.len(),
+                input.name,
+                input.channels,
+                input.channels
+            );
+        }
+    }
+    Ok(Resolved {
+        image_size,
+        mean,
+        std,
+    })
+}
+
+/// ImageNet's mean for RGB; its channel average for greyscale (as timm does).
+pub fn default_mean(channels: usize) -> Vec<f32> {
+    per_channels(&koala_data::IMAGENET_MEAN, channels)
+}
+
+/// ImageNet's std for RGB; its channel average for greyscale.
+pub fn default_std(channels: usize) -> Vec<f32> {
+    per_channels(&koala_data::IMAGENET_STD, channels)
+}
+
+fn per_channels(rgb: &[f32; 3], channels: usize) -> Vec<f32> {
+    if channels == 1 {
+        vec![rgb.iter().sum::<f32>() / 3.0]
+    } else {
+        rgb.to_vec()
+    }
+}
+
+/// Checks the class names the model was trained with against the evaluation data's. Bare
+/// integer labels (IDX, a CSV of numbers) carry no names and are not compared.
+pub fn check_classes(recorded: &[String], data: &[String]) -> Result<()> {
+    let numeric = data.iter().all(|c| c.parse::<u64>().is_ok());
+    if numeric || recorded == data {
+        return Ok(());
+    }
+    bail!(
+        "the model was trained on classes {recorded:?} (its metadata koala.classes, in label order) but the data's classes are {data:?}; labels would mean different classes. Evaluate on data with the same class folders"
+    )
+}
+
+/// `koala finetune` on a model that carries koala's metadata (a previous koala export):
+/// image size, mean and std come from it unless given (`image_size_given`: on the command
+/// line or in the config file; mean/std: `cfg.mean`/`cfg.std` set), so a second fine-tuning
+/// round preprocesses as the first did. Prints one line saying what was used and why. A model
+/// that cannot be read, or is not an image classifier, is left to the run to report.
+pub fn adopt_for_finetune(cfg: &mut crate::TrainConfig, image_size_given: bool) -> Result<()> {
+    let Ok(model) = Model::load(&cfg.model) else {
+        return Ok(());
+    };
+    if crate::task::create_kind(cfg, &model) != crate::TaskKind::ImageClassification {
+        return Ok(());
+    }
+    let recorded = Recorded::of_model(&model);
+    let Ok(input) = ImageInput::of_model(&model) else {
+        return Ok(());
+    };
+    if recorded.is_empty() {
+        return Ok(());
+    }
+    let flags = Flags {
+        image_size: image_size_given.then_some(cfg.image_size),
+        mean: cfg.mean.clone(),
+        std: cfg.std.clone(),
+    };
+    let r = resolve(&flags, &recorded, &input)?;
+    cfg.image_size = r.image_size.0;
+    if input.normalised_by_koala() {
+        cfg.mean = Some(r.mean.0.clone());
+        cfg.std = Some(r.std.0.clone());
+    }
+    eprintln!(
+        "{} (the model records koala's preprocessing; flags override it)",
+        r.describe()
+    );
+    Ok(())
+}
+
+/// Whether the TOML config file at `path` sets `image_size` (so it counts as given).
+pub fn config_sets_image_size(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("image_size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(pixels: PixelType, fixed: Option<(u32, u32)>) -> ImageInput {
+        ImageInput {
+            name: "x".into(),
+            layout: InputLayout::Nchw,
+            pixels,
+            channels: 3,
+            fixed_size: fixed,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn precedence_is_flag_then_metadata_then_default() {
+        let rec = Recorded {
+            image_size: Some(ImageSize::square(32)),
+            mean: Some(Some(vec![0.5; 3])),
+            std: Some(Some(vec![0.25; 3])),
+            class_names: None,
+        };
+        let flags = Flags {
+            std: Some(vec![0.1; 3]),
+            ..Flags::default()
+        };
+        let r = resolve(&flags, &rec, &input(PixelType::F32, Some((16, 16)))).unwrap();
+        assert_eq!(r.image_size, (ImageSize::square(32), Source::Metadata));
+        assert_eq!(r.mean, (vec![0.5; 3], Source::Metadata));
+        assert_eq!(r.std, (vec![0.1; 3], Source::Flag));
+        let r = resolve(
+            &Flags::default(),
+            &Recorded::default(),
+            &input(PixelType::F32, Some((16, 16))),
+        )
+        .unwrap();
+        assert_eq!(r.image_size, (ImageSize::square(16), Source::ModelInput));
+        assert_eq!(
+            r.mean,
+            (koala_data::IMAGENET_MEAN.to_vec(), Source::Default)
+        );
+        assert!(
+            r.describe().contains("std 0.229,0.224,0.225 (default)"),
+            "{}",
+            r.describe()
+        );
+        let raw = resolve(&flags, &rec, &input(PixelType::U8, None)).unwrap();
+        assert!(raw.mean.0.is_empty() && raw.mean.1 == Source::RawBytes);
+    }
+
+    #[test]
+    fn class_lists_must_match_unless_the_data_is_numeric() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_classes(&names(&["cat", "dog"]), &names(&["cat", "dog"])).is_ok());
+        assert!(check_classes(&names(&["cat", "dog"]), &names(&["0", "1"])).is_ok());
+        let e = check_classes(&names(&["cat", "dog"]), &names(&["dog", "cat"])).unwrap_err();
+        assert!(
+            e.to_string().contains("[\"cat\", \"dog\"]")
+                && e.to_string().contains("[\"dog\", \"cat\"]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parse_list_reads_numbers_and_none() {
+        assert_eq!(parse_list("0.5, 0.25,1"), Ok(Some(vec![0.5, 0.25, 1.0])));
+        assert_eq!(parse_list("none"), Ok(None));
+        assert!(parse_list("0.5,abc").is_err());
+    }
+}
