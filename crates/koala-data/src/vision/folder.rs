@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::files::ImageFiles;
 use super::source::{has_image_extension, IMAGE_EXTENSIONS};
+use super::splits::find_split_folders;
 use crate::error::{DataError, Result};
 
 impl ImageFiles {
@@ -15,29 +16,89 @@ impl ImageFiles {
     /// and recognised by extension ([`IMAGE_EXTENSIONS`]); other files are ignored. The order is therefore fixed
     /// by the file names alone, which is what makes seeds reproducible across machines.
     ///
-    /// Fails if `root` does not exist, holds no class folders, or a class folder holds no images.
+    /// Fails if `root` does not exist, holds no class folders, a class folder holds no images, or the class
+    /// folders are named like data splits (`train/`, `val/` holding class folders: see
+    /// [`super::splits::find_split_folders`]), naming the folder to pass instead.
     pub fn open_folder(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
+        refuse_split_folders(root)?;
         let class_dirs = class_dirs(root)?;
-        let mut class_names = Vec::with_capacity(class_dirs.len());
+        let class_names: Vec<String> = class_dirs.iter().map(|(n, _)| n.clone()).collect();
         let mut samples = Vec::new();
         for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
-            let images = images_under(&dir)?;
-            if images.is_empty() {
-                return Err(DataError::layout(
-                    &dir,
-                    format!(
-                        "class folder `{name}` holds no images (looked for extensions {}); \
-                         add images or remove the folder",
-                        IMAGE_EXTENSIONS.join(", ")
-                    ),
-                ));
-            }
+            let images = class_images(&name, &dir)?;
             samples.extend(images.into_iter().map(|p| (p, label as i64)));
-            class_names.push(name);
         }
         Ok(ImageFiles::new(root, class_names, samples))
     }
+
+    /// Scans a class-folder tree like [`ImageFiles::open_folder`], but labels it with `class_names` (those of
+    /// the training data), so label `i` means the same class in both. Evaluation data often lacks a class
+    /// (that class then simply has no samples); numbering its own folders from 0 would shift every label after
+    /// the gap and score a correct model as wrong.
+    ///
+    /// Fails on a class folder whose name is not in `class_names`, naming it and the known classes.
+    pub fn open_folder_with_classes(
+        root: impl AsRef<Path>,
+        class_names: &[String],
+    ) -> Result<Self> {
+        let root = root.as_ref();
+        refuse_split_folders(root)?;
+        let mut samples = Vec::new();
+        for (name, dir) in class_dirs(root)? {
+            let Some(label) = class_names.iter().position(|c| *c == name) else {
+                return Err(DataError::layout(
+                    &dir,
+                    format!(
+                        "class folder `{name}` is not a class of the training data ({}); rename or remove it, \
+                         or add it to the training data",
+                        class_names.join(", ")
+                    ),
+                ));
+            };
+            let images = class_images(&name, &dir)?;
+            samples.extend(images.into_iter().map(|p| (p, label as i64)));
+        }
+        Ok(ImageFiles::new(root, class_names.to_vec(), samples))
+    }
+}
+
+/// Refuses a root whose sub-folders are data splits rather than classes, naming the folder to pass.
+fn refuse_split_folders(root: &Path) -> Result<()> {
+    let Some(splits) = find_split_folders(root)? else {
+        return Ok(());
+    };
+    let train = splits.train.as_ref().or(splits.eval.as_ref());
+    let hint = match train {
+        Some(t) => format!(
+            "; pass the folder whose sub-folders are the classes, e.g. {}",
+            t.display()
+        ),
+        None => String::new(),
+    };
+    Err(DataError::layout(
+        root,
+        format!(
+            "holds data splits, not class folders ({}){hint}",
+            splits.roles()
+        ),
+    ))
+}
+
+/// The images of one class folder; an error if it holds none.
+fn class_images(name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    let images = images_under(dir)?;
+    if images.is_empty() {
+        return Err(DataError::layout(
+            dir,
+            format!(
+                "class folder `{name}` holds no images (looked for extensions {}); \
+                 add images or remove the folder",
+                IMAGE_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    Ok(images)
 }
 
 /// The class sub-folders of `root` as `(name, path)`, sorted by name.
@@ -97,14 +158,14 @@ fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Whether the file name starts with `.`: hidden folders and macOS `._name.jpg` metadata files, which carry
 /// image extensions but are not images.
-fn is_hidden(path: &Path) -> bool {
+pub(super) fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with('.'))
 }
 
 /// The entries of `dir` sorted by file name, so the scan order does not depend on the file system.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         entries.push(entry.map_err(|e| DataError::io(dir, e))?.path());
