@@ -264,7 +264,11 @@ pub fn open_eval_data(
                 splits.describe()
             );
         };
-        eprintln!("{}: evaluating on '{}'", splits.describe(), eval.display());
+        eprintln!(
+            "'{}' holds data splits, not class folders: evaluating on '{}'",
+            splits.root.display(),
+            eval.display()
+        );
         path = eval;
     }
     let source = koala_data::open_source_with(&path, IdxSplit::Test, read)?;
