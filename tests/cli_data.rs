@@ -221,3 +221,43 @@ fn a_bad_file_over_three_epochs_is_warned_and_counted_once() {
     let config = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
     assert!(config.contains("ignore_exif = true"), "{config}");
 }
+
+#[test]
+fn a_validation_folder_missing_a_class_keeps_the_training_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    images(&data.join("train/cat"), 4, [200, 40, 40]);
+    images(&data.join("train/dog"), 4, [40, 40, 200]);
+    images(&data.join("val/dog"), 2, [40, 40, 200]);
+    let (_, stderr) = run_ok(&[
+        "finetune",
+        "--model",
+        &s(&tiny_model()),
+        "--data",
+        &s(&data),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--threads",
+        "1",
+        "--run-dir",
+        &s(&tmp.path().join("run")),
+    ]);
+    let d = s(&data);
+    // Numbered on its own, the validation folder's only class `dog` would be label 0 (`cat`).
+    assert!(
+        stderr.contains(&format!(
+            "val data '{d}/val': 2 images in 2 classes: cat 0, dog 2"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "warning: val data '{d}/val': 1 class(es) have no images: cat"
+        )),
+        "{stderr}"
+    );
+}

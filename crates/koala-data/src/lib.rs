@@ -45,6 +45,7 @@ pub use vision::idx::{
 pub use vision::loader::{Loader, LoaderConfig, SkipCallback};
 pub use vision::open::{open_source, open_source_with};
 pub use vision::preprocess::{Preprocess, RandomResizedCrop, Resize, IMAGENET_MEAN, IMAGENET_STD};
+pub use vision::relabel::with_training_classes;
 pub use vision::source::{ImageSource, IMAGE_EXTENSIONS};
 pub use vision::splits::{find_split_folders, SplitFolders};
 pub use vision::subset::{train_val_split, Subset};

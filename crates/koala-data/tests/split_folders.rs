@@ -5,9 +5,10 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{assert_mentions, write_png};
-use koala_data::{find_split_folders, ClassCounts, ImageFiles, ImageSource};
+use koala_data::{find_split_folders, with_training_classes, ClassCounts, ImageFiles, ImageSource};
 
 /// `root/<split>/<class>/<n images>` for each `(split, class, n)`.
 fn tree(root: &Path, layout: &[(&str, &str, usize)]) {
@@ -142,11 +143,12 @@ fn evaluation_folders_keep_the_training_labels() {
         .unwrap()
         .class_names()
         .to_vec();
-    let val = ImageFiles::open_folder_with_classes(root.join("val"), &classes).unwrap();
-    // Numbered on its own, `bee` would be 0 and `cow` 1.
-    let labels: Vec<i64> = (0..val.len()).map(|i| val.label(i)).collect();
-    assert_eq!(labels, [1, 1, 2]);
-    let counts = ClassCounts::of(&val);
+    let own = Arc::new(ImageFiles::open_folder(root.join("val")).unwrap());
+    // Numbered on its own, `bee` is 0 and `cow` 1.
+    assert_eq!(labels(&*own), [0, 0, 1]);
+    let val = with_training_classes(own, &classes, &root.join("val")).unwrap();
+    assert_eq!(labels(&*val), [1, 1, 2]);
+    let counts = ClassCounts::of(&*val);
     assert_eq!(
         counts.summary(),
         "3 images in 3 classes: ant 0, bee 2, cow 1"
@@ -154,10 +156,33 @@ fn evaluation_folders_keep_the_training_labels() {
     assert_eq!(counts.warnings(), ["1 class(es) have no images: ant"]);
 
     write_png(&root.join("val/deer/0.png"), 6, 6, [0, 0, 0]);
-    let err = ImageFiles::open_folder_with_classes(root.join("val"), &classes)
-        .unwrap_err()
+    let own = Arc::new(ImageFiles::open_folder(root.join("val")).unwrap());
+    let err = with_training_classes(own, &classes, &root.join("val"))
+        .err()
+        .unwrap()
         .to_string();
     assert_mentions(&err, &["deer", "ant, bee, cow"]);
+}
+
+#[test]
+fn csv_class_names_follow_the_training_classes_and_integer_labels_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_png(&root.join("img.png"), 6, 6, [0, 0, 0]);
+    let classes = ["ant".to_string(), "bee".into(), "cow".into()];
+    std::fs::write(root.join("named.csv"), "img.png,cow\nimg.png,bee\n").unwrap();
+    let named = Arc::new(ImageFiles::open_csv(root.join("named.csv")).unwrap());
+    let named = with_training_classes(named, &classes, &root.join("named.csv")).unwrap();
+    assert_eq!(labels(&*named), [2, 1]);
+    // Integer labels are already output indices.
+    std::fs::write(root.join("numbered.csv"), "img.png,2\nimg.png,1\n").unwrap();
+    let numbered = Arc::new(ImageFiles::open_csv(root.join("numbered.csv")).unwrap());
+    let numbered = with_training_classes(numbered, &classes, &root.join("numbered.csv")).unwrap();
+    assert_eq!(labels(&*numbered), [2, 1]);
+}
+
+fn labels(source: &dyn ImageSource) -> Vec<i64> {
+    (0..source.len()).map(|i| source.label(i)).collect()
 }
 
 #[test]

@@ -69,23 +69,19 @@ fn open(
     })
 }
 
-/// Evaluation data at `path`. A class-folder tree evaluated next to class-folder training data is labelled
-/// with the training classes, so a class missing from the evaluation folder does not shift the labels of
-/// the classes after it.
+/// Evaluation data at `path`, labelled with the training classes (matched by name), so a class missing
+/// from the evaluation data does not shift the labels of the classes after it.
 fn open_eval(
     path: &Path,
-    train_format: DataFormat,
     class_names: &[String],
     read: ReadOptions,
 ) -> Result<Arc<dyn ImageSource>> {
-    let folders =
-        train_format == DataFormat::Folder && path.is_dir() && detect(path) == DataFormat::Folder;
-    if folders {
-        return Ok(Arc::new(
-            ImageFiles::open_folder_with_classes(path, class_names)?.with_read_options(read),
-        ));
-    }
-    open(path, DataFormat::Auto, IdxSplit::Test, read)
+    let source = open(path, DataFormat::Auto, IdxSplit::Test, read)?;
+    Ok(koala_data::with_training_classes(
+        source,
+        class_names,
+        path,
+    )?)
 }
 
 /// The training folder and the evaluation folder (with its split name) when `--data` holds split folders
@@ -188,13 +184,13 @@ pub fn open_datasets(cfg: &TrainConfig) -> Result<Datasets> {
     ) = match (&cfg.eval_data, split_eval, format) {
         (Some(p), _, _) => (
             train_src,
-            open_eval(p, format, &class_names, read)?,
+            open_eval(p, &class_names, read)?,
             "test",
             format!("test data '{}'", p.display()),
         ),
         (None, Some((p, split)), _) => (
             train_src,
-            open_eval(&p, format, &class_names, read)?,
+            open_eval(&p, &class_names, read)?,
             split,
             format!("{split} data '{}'", p.display()),
         ),

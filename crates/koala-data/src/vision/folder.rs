@@ -31,36 +31,6 @@ impl ImageFiles {
         }
         Ok(ImageFiles::new(root, class_names, samples))
     }
-
-    /// Scans a class-folder tree like [`ImageFiles::open_folder`], but labels it with `class_names` (those of
-    /// the training data), so label `i` means the same class in both. Evaluation data often lacks a class
-    /// (that class then simply has no samples); numbering its own folders from 0 would shift every label after
-    /// the gap and score a correct model as wrong.
-    ///
-    /// Fails on a class folder whose name is not in `class_names`, naming it and the known classes.
-    pub fn open_folder_with_classes(
-        root: impl AsRef<Path>,
-        class_names: &[String],
-    ) -> Result<Self> {
-        let root = root.as_ref();
-        refuse_split_folders(root)?;
-        let mut samples = Vec::new();
-        for (name, dir) in class_dirs(root)? {
-            let Some(label) = class_names.iter().position(|c| *c == name) else {
-                return Err(DataError::layout(
-                    &dir,
-                    format!(
-                        "class folder `{name}` is not a class of the training data ({}); rename or remove it, \
-                         or add it to the training data",
-                        class_names.join(", ")
-                    ),
-                ));
-            };
-            let images = class_images(&name, &dir)?;
-            samples.extend(images.into_iter().map(|p| (p, label as i64)));
-        }
-        Ok(ImageFiles::new(root, class_names.to_vec(), samples))
-    }
 }
 
 /// Refuses a root whose sub-folders are data splits rather than classes, naming the folder to pass.

@@ -14,6 +14,7 @@ pub mod open;
 #[cfg(test)]
 mod pillow_reference_tests;
 pub mod preprocess;
+pub mod relabel;
 mod resample;
 pub mod source;
 pub mod splits;
