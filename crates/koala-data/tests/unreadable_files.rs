@@ -80,6 +80,20 @@ fn a_text_file_named_jpg_is_refused_naming_it() {
     );
     let err = load_error(tmp.path());
     assert!(err.contains("notes.jpg"), "{err}");
+    assert!(err.contains("not an image: it is a text file"), "{err}");
+}
+
+#[test]
+fn an_html_page_and_an_empty_file_named_jpg_say_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(
+        &tmp.path().join("a/page.jpg"),
+        b"<!DOCTYPE html>\n<html><body>Access denied</body></html>\n",
+    );
+    assert!(load_error(tmp.path()).contains("it is an HTML page"));
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("a/empty.jpg"), b"");
+    assert!(load_error(tmp.path()).contains("the file is empty"));
 }
 
 /// `good/` with 4 images and `bad/` with 1 good image and a text file named `.jpg`.

@@ -28,8 +28,10 @@ pub(crate) fn decode_file(path: &Path, options: ReadOptions) -> Result<DynamicIm
     let reader = image::ImageReader::new(Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
-    if reader.format() == Some(ImageFormat::Jpeg) {
-        check_jpeg_complete(path, &bytes)?;
+    match reader.format() {
+        None => return Err(not_an_image(path, &bytes)),
+        Some(ImageFormat::Jpeg) => check_jpeg_complete(path, &bytes)?,
+        Some(_) => {}
     }
     let decode_error = |source| DataError::Decode {
         what: path.display().to_string(),
@@ -52,6 +54,34 @@ pub(crate) fn decode_file(path: &Path, options: ReadOptions) -> Result<DynamicIm
     Ok(image)
 }
 
+/// The error for a file whose content matches no image format, saying what it looks like where that is
+/// easy to tell (text and HTML files saved under image names are common in scraped data sets).
+fn not_an_image(path: &Path, bytes: &[u8]) -> DataError {
+    let head = &bytes[..bytes.len().min(512)];
+    let looks_like = if bytes.is_empty() {
+        "the file is empty"
+    } else if head
+        .iter()
+        .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+        if text.trim_start().starts_with('<') && text.contains("html") {
+            "it is an HTML page (a failed download?)"
+        } else {
+            "it is a text file"
+        }
+    } else {
+        "its first bytes match no image format"
+    };
+    DataError::Unreadable {
+        what: path.display().to_string(),
+        message: format!(
+            "not an image: {looks_like}; replace the file or delete it (readable formats: {})",
+            super::source::IMAGE_EXTENSIONS.join(", ")
+        ),
+    }
+}
+
 /// Refuses a JPEG that has no end-of-image marker (`FF D9`) after its first scan: the file was cut short
 /// (an interrupted download or copy). Bytes after the marker (camera trailers) are allowed, and a thumbnail's
 /// own marker inside the EXIF segment does not count because the search starts at the main image's scan.
@@ -64,7 +94,7 @@ fn check_jpeg_complete(path: &Path, bytes: &[u8]) -> Result<()> {
     if has_end {
         return Ok(());
     }
-    Err(DataError::Input {
+    Err(DataError::Unreadable {
         what: path.display().to_string(),
         message: format!(
             "truncated JPEG: the file ends after {} bytes, before its end-of-image marker (an interrupted \
