@@ -149,6 +149,7 @@ fn eval_of_a_split_root_uses_its_val_folder() {
     cats_and_dogs(&data);
     let (stdout, stderr) = run_ok(&[
         "eval",
+        "--ignore-exif",
         "--model",
         &s(&tiny_model()),
         "--data",

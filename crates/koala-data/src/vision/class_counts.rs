@@ -97,3 +97,41 @@ impl ClassCounts {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(sizes: &[usize]) -> ClassCounts {
+        ClassCounts {
+            classes: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (format!("c{i}"), n))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn many_classes_list_the_first_twenty_and_the_extremes() {
+        let sizes: Vec<usize> = (0..25).map(|i| if i == 23 { 1 } else { 5 + i }).collect();
+        let line = counts(&sizes).summary();
+        let total: usize = sizes.iter().sum();
+        assert!(
+            line.starts_with(&format!("{total} images in 25 classes: c0 5, c1 6,")),
+            "{line}"
+        );
+        assert!(
+            line.contains("c19 24, … (5 more; smallest c23 1, largest c24 29)"),
+            "{line}"
+        );
+        assert!(!line.contains("c20 "), "{line}");
+    }
+
+    #[test]
+    fn balanced_classes_give_no_warning() {
+        assert!(counts(&[5, 9, 7]).warnings().is_empty());
+        assert_eq!(counts(&[10, 1]).warnings().len(), 1);
+        assert!(counts(&[9, 1]).warnings().is_empty());
+    }
+}
