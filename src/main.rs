@@ -121,6 +121,9 @@ struct FinetuneArgs {
     /// Disable random-resized-crop and flip augmentation.
     #[arg(long)]
     no_augment: bool,
+    /// Keep the stored pixels of photos whose EXIF Orientation tag says they are rotated (default: rotate them upright, as photo viewers do).
+    #[arg(long)]
+    ignore_exif: bool,
     /// Replace the classifier by a fresh one with this many classes.
     #[arg(long)]
     num_classes: Option<usize>,
@@ -320,6 +323,9 @@ struct EvalArgs {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Keep the stored pixels of photos whose EXIF Orientation tag says they are rotated (default: rotate them upright).
+    #[arg(long)]
+    ignore_exif: bool,
     /// ONNX Runtime threads.
     #[arg(long)]
     threads: Option<usize>,
@@ -527,6 +533,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         c.sample_tokens = v;
     }
     c.augment &= !a.no_augment;
+    c.ignore_exif |= a.ignore_exif;
     c.no_decay_bias_norm |= a.no_decay_bias_norm;
     c.train_constants |= a.train_constants;
 }
@@ -584,22 +591,36 @@ fn eval(a: EvalArgs) -> Result<u8> {
         mean: a.mean.clone(),
         std: a.std.clone(),
     };
-    let r = koala::train::eval::evaluate_classifier_file(
+    let read = koala::data::ReadOptions {
+        ignore_exif: a.ignore_exif,
+    };
+    let (r, unreadable) = koala::train::eval::evaluate_classifier_file(
         &a.model,
         &model,
         &a.data,
         &flags,
+        read,
         a.batch_size,
         a.threads,
     )?;
     out!(
-        "{} samples of '{}': loss {:.4}, top-1 {:.2}%",
+        "{} samples of '{}'{}: loss {:.4}, top-1 {:.2}%",
         r.samples,
         a.data.display(),
+        unreadable_note(unreadable),
         r.loss,
         100.0 * r.accuracy
     );
     Ok(0)
+}
+
+/// ` (2 unreadable files skipped, named above)` for the eval summary line; empty when none was.
+fn unreadable_note(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => " (1 unreadable file skipped, named above)".into(),
+        n => format!(" ({n} unreadable files skipped, named above)"),
+    }
 }
 
 /// Perplexity of a causal LM on a text file (every sequence, in order).

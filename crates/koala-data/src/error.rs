@@ -76,6 +76,16 @@ pub enum DataError {
         source: image::ImageError,
     },
 
+    /// An image file is not a readable image: not an image at all, cut short, or empty. The loader skips
+    /// such samples and reports them in its stats.
+    #[error("cannot read image {what}: {message}")]
+    Unreadable {
+        /// The path of the image.
+        what: String,
+        /// What is wrong with it and what to do.
+        message: String,
+    },
+
     /// An image or buffer handed to a transform is unusable (zero-sized image, output buffer of the wrong length).
     #[error("invalid input {what}: {message}")]
     Input {

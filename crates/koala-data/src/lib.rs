@@ -38,12 +38,16 @@ pub use vision::batch::{
     to_model_input, Batch, InputLayout, LoaderStats, ModelPixels, PixelType, SkippedSample,
 };
 pub use vision::batch_iter::BatchIter;
+pub use vision::class_counts::ClassCounts;
+pub use vision::decode::ReadOptions;
 pub use vision::files::ImageFiles;
 pub use vision::idx::{
     IdxSource, IdxSplit, FASHION_MNIST_CLASSES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC,
 };
 pub use vision::loader::{Loader, LoaderConfig, SkipCallback};
-pub use vision::open::open_source;
+pub use vision::open::{open_source, open_source_with};
 pub use vision::preprocess::{Preprocess, RandomResizedCrop, Resize, IMAGENET_MEAN, IMAGENET_STD};
+pub use vision::relabel::with_training_classes;
 pub use vision::source::{ImageSource, IMAGE_EXTENSIONS};
+pub use vision::splits::{find_split_folders, SplitFolders};
 pub use vision::subset::{train_val_split, Subset};

@@ -394,7 +394,7 @@ impl Task for CausalLm {
 
     fn data_stats(&self) -> DataStats {
         DataStats {
-            skipped: 0,
+            skipped: Vec::new(),
             wait_time: self
                 .stream
                 .as_ref()

@@ -39,6 +39,23 @@ pub struct TrainerState {
     /// resumed run (absent in checkpoints written before it was recorded).
     #[serde(default)]
     pub skipped_samples: u64,
+    /// Training-source indices of the unreadable samples counted in `skipped_samples`, so a segment that
+    /// meets the same file again does not count it twice (absent when there were none, and in checkpoints
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_indices: Vec<usize>,
+}
+
+impl TrainerState {
+    /// Counts the unreadable training samples `indices` (source indices) not counted yet.
+    pub fn add_skipped(&mut self, indices: &[usize]) {
+        for &i in indices {
+            if let Err(at) = self.skipped_indices.binary_search(&i) {
+                self.skipped_indices.insert(at, i);
+                self.skipped_samples += 1;
+            }
+        }
+    }
 }
 
 /// Current format version.

@@ -57,6 +57,9 @@ pub struct TrainConfig {
     pub mean: Option<Vec<f32>>,
     /// Per-channel normalisation std (default: ImageNet's 0.229, 0.224, 0.225).
     pub std: Option<Vec<f32>>,
+    /// Keep the stored pixel order of images whose EXIF Orientation tag says they are rotated (default:
+    /// apply it, as photo viewers do).
+    pub ignore_exif: bool,
     /// Replace the classifier head by a fresh one with this many classes.
     pub num_classes: Option<usize>,
     /// Train only weights whose name matches.
@@ -151,6 +154,7 @@ impl Default for TrainConfig {
             augment: true,
             mean: None,
             std: None,
+            ignore_exif: false,
             num_classes: None,
             train: None,
             freeze: None,

@@ -4,9 +4,11 @@ use crate::config::{DataFormat, TrainConfig};
 use crate::image_input::ImageInput;
 use anyhow::{bail, Context, Result};
 use koala_data::{
-    IdxSource, IdxSplit, ImageFiles, ImageSource, Loader, LoaderConfig, Preprocess, Subset,
+    ClassCounts, IdxSource, IdxSplit, ImageFiles, ImageSource, Loader, LoaderConfig, Preprocess,
+    ReadOptions, Subset,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Train and evaluation loaders plus what they hold.
@@ -42,7 +44,12 @@ fn detect(path: &Path) -> DataFormat {
     }
 }
 
-fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn ImageSource>> {
+fn open(
+    path: &Path,
+    format: DataFormat,
+    split: IdxSplit,
+    read: ReadOptions,
+) -> Result<Arc<dyn ImageSource>> {
     if !path.exists() {
         bail!("data path '{}' does not exist: pass --data <folder with one subfolder per class | file.csv | folder with IDX files>", path.display());
     }
@@ -56,9 +63,76 @@ fn open(path: &Path, format: DataFormat, split: IdxSplit) -> Result<Arc<dyn Imag
             IdxSource::from_dir(path, split)
                 .with_context(|| format!("reading IDX data in '{}'", path.display()))?,
         ),
-        DataFormat::Csv => Arc::new(ImageFiles::open_csv(path)?),
-        DataFormat::Folder | DataFormat::Auto => Arc::new(ImageFiles::open_folder(path)?),
+        DataFormat::Csv => Arc::new(ImageFiles::open_csv(path)?.with_read_options(read)),
+        DataFormat::Folder | DataFormat::Auto => {
+            Arc::new(ImageFiles::open_folder(path)?.with_read_options(read))
+        }
     })
+}
+
+/// Evaluation data at `path`, labelled with the training classes (matched by name), so a class missing
+/// from the evaluation data does not shift the labels of the classes after it.
+fn open_eval(
+    path: &Path,
+    class_names: &[String],
+    read: ReadOptions,
+) -> Result<Arc<dyn ImageSource>> {
+    let source = open(path, DataFormat::Auto, IdxSplit::Test, read)?;
+    Ok(koala_data::with_training_classes(
+        source,
+        class_names,
+        path,
+    )?)
+}
+
+/// The training folder and the evaluation folder (with its split name) when `--data` holds split folders
+/// (`train/`, `val/`, … each holding class folders) instead of class folders; says which became what.
+fn resolve_split_folders(
+    cfg: &TrainConfig,
+    format: DataFormat,
+) -> Result<(PathBuf, Option<(PathBuf, &'static str)>)> {
+    let splits = match format {
+        DataFormat::Folder => koala_data::find_split_folders(&cfg.data)?,
+        _ => None,
+    };
+    let Some(splits) = splits else {
+        return Ok((cfg.data.clone(), None));
+    };
+    let Some(train) = splits.train.clone() else {
+        bail!(
+            "{}, but no training folder (train/ or training/); pass the folder of class folders to train on with --data",
+            splits.describe()
+        );
+    };
+    eprintln!("{}", splits.describe());
+    let eval = match (&cfg.eval_data, splits.eval) {
+        (Some(given), Some(found)) => {
+            eprintln!(
+                "--eval-data '{}' given: '{}' is not used",
+                given.display(),
+                found.display()
+            );
+            None
+        }
+        (None, Some(found)) => Some((found, if splits.eval_is_test { "test" } else { "val" })),
+        (_, None) => None,
+    };
+    Ok((train, eval))
+}
+
+/// Prints the classes of `source` and how many samples each has, with warnings on empty classes and strong
+/// imbalance: a wrong data root (classes `train`, `val`) shows here before any training.
+pub fn print_class_counts(what: &str, source: &dyn ImageSource) {
+    let counts = ClassCounts::of(source);
+    eprintln!("{what}: {}", counts.summary());
+    for w in counts.warnings() {
+        eprintln!("warning: {what}: {w}");
+    }
+}
+
+/// Prints one warning per unreadable file, naming it (once per file, however often it is met).
+fn warn_on_skip(loader: Loader) -> Loader {
+    loader.on_skip(|s| eprintln!("warning: {s}"))
 }
 
 /// The preprocessing for the model's image `input`: ImageNet-normalised unless
@@ -109,40 +183,77 @@ pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
     } else {
         cfg.format
     };
-    Ok(open(&cfg.data, format, IdxSplit::Train)?
+    let read = ReadOptions {
+        ignore_exif: cfg.ignore_exif,
+    };
+    let train_path = match format {
+        DataFormat::Folder => koala_data::find_split_folders(&cfg.data)?
+            .and_then(|s| s.train)
+            .unwrap_or_else(|| cfg.data.clone()),
+        _ => cfg.data.clone(),
+    };
+    Ok(open(&train_path, format, IdxSplit::Train, read)?
         .class_names()
         .to_vec())
 }
 
-/// Opens the training and evaluation data described by `cfg`.
+/// Opens the training and evaluation data described by `cfg`, printing the classes and their
+/// sample counts.
 pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> {
     let format = if cfg.format == DataFormat::Auto {
         detect(&cfg.data)
     } else {
         cfg.format
     };
-    let train_src = open(&cfg.data, format, IdxSplit::Train)?;
+    let read = ReadOptions {
+        ignore_exif: cfg.ignore_exif,
+    };
+    let (train_path, split_eval) = resolve_split_folders(cfg, format)?;
+    let train_src = open(&train_path, format, IdxSplit::Train, read)?;
     let class_names = train_src.class_names().to_vec();
-    let (mut train_src, eval_src, eval_split): (
+    let (mut train_src, eval_src, eval_split, eval_what): (
         Arc<dyn ImageSource>,
         Arc<dyn ImageSource>,
         &'static str,
-    ) = match (&cfg.eval_data, format) {
-        (Some(p), _) => (
+        String,
+    ) = match (&cfg.eval_data, split_eval, format) {
+        (Some(p), _, _) => (
             train_src,
-            open(p, DataFormat::Auto, IdxSplit::Test)?,
+            open_eval(p, &class_names, read)?,
             "test",
+            format!("test data '{}'", p.display()),
         ),
-        (None, DataFormat::Idx) => (train_src, open(&cfg.data, format, IdxSplit::Test)?, "test"),
-        (None, _) => {
+        (None, Some((p, split)), _) => (
+            train_src,
+            open_eval(&p, &class_names, read)?,
+            split,
+            format!("{split} data '{}'", p.display()),
+        ),
+        (None, None, DataFormat::Idx) => (
+            train_src,
+            open(&train_path, format, IdxSplit::Test, read)?,
+            "test",
+            format!("test data '{}' (t10k files)", train_path.display()),
+        ),
+        (None, None, _) => {
             let (t, v) = koala_data::train_val_split(train_src, cfg.val_fraction, cfg.seed)?;
-            (Arc::new(t), Arc::new(v), "val")
+            let what = format!(
+                "val data (--val-fraction {} of '{}')",
+                cfg.val_fraction,
+                train_path.display()
+            );
+            (Arc::new(t), Arc::new(v), "val", what)
         }
     };
     if let Some(n) = cfg.limit_train {
         let n = n.min(train_src.len());
         train_src = Arc::new(Subset::new(train_src, (0..n).collect())?);
     }
+    print_class_counts(
+        &format!("training data '{}'", train_path.display()),
+        &*train_src,
+    );
+    print_class_counts(&eval_what, &*eval_src);
     if train_src.len() < cfg.batch_size {
         bail!(
             "the training data has {} samples, fewer than one batch of {}; lower --batch-size",
@@ -152,18 +263,58 @@ pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> 
     }
     let mut tc = LoaderConfig::train(cfg.batch_size, cfg.seed);
     tc.drop_last = true;
-    let train = Loader::new(train_src, preprocess(cfg, input, true), tc)?
-        .on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
-    let eval = Loader::new(
+    let train = warn_on_skip(Loader::new(train_src, preprocess(cfg, input, true), tc)?);
+    let eval = warn_on_skip(Loader::new(
         eval_src,
         preprocess(cfg, input, false),
         LoaderConfig::eval(cfg.batch_size),
-    )?
-    .on_skip(|s| eprintln!("warning: skipped unreadable sample {s}"));
+    )?);
     Ok(Datasets {
         train,
         eval,
         class_names,
         eval_split,
     })
+}
+
+/// The data of `koala eval --data PATH`: like the evaluation data of `koala finetune --data PATH` (a folder
+/// of split folders gives its `val/`, else `test/` folder; an IDX folder its t10k files), with its classes
+/// and sample counts printed and a warning naming each unreadable file, its class names checked against the
+/// ones the model records (`recorded_classes`). Returns the loader and a counter of
+/// the unreadable files met, for the summary line.
+pub fn open_eval_data(
+    path: &Path,
+    read: ReadOptions,
+    preprocess: Preprocess,
+    batch_size: usize,
+    recorded_classes: Option<&[String]>,
+) -> Result<(Loader, Arc<AtomicUsize>)> {
+    let mut path = path.to_path_buf();
+    if let Some(splits) = koala_data::find_split_folders(&path)? {
+        let Some(eval) = splits.eval.clone() else {
+            bail!(
+                "{}, but no val/ or test/ folder to evaluate on; pass the folder of class folders to evaluate with --data",
+                splits.describe()
+            );
+        };
+        eprintln!(
+            "'{}' holds data splits, not class folders: evaluating on '{}'",
+            splits.root.display(),
+            eval.display()
+        );
+        path = eval;
+    }
+    let source = koala_data::open_source_with(&path, IdxSplit::Test, read)?;
+    print_class_counts(&format!("data '{}'", path.display()), &*source);
+    if let Some(classes) = recorded_classes {
+        crate::preprocess_metadata::check_classes(classes, source.class_names())?;
+    }
+    let unreadable = Arc::new(AtomicUsize::new(0));
+    let counter = unreadable.clone();
+    let loader =
+        Loader::new(source, preprocess, LoaderConfig::eval(batch_size))?.on_skip(move |s| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            eprintln!("warning: {s}");
+        });
+    Ok((loader, unreadable))
 }

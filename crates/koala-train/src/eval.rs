@@ -254,9 +254,10 @@ pub fn evaluate_classifier_file(
     model: &Model,
     data: &std::path::Path,
     flags: &crate::preprocess_metadata::Flags,
+    read: koala_data::ReadOptions,
     batch_size: usize,
     threads: Option<usize>,
-) -> Result<EvalResult> {
+) -> Result<(EvalResult, usize)> {
     use crate::preprocess_metadata as meta;
     let input = ImageInput::of_model(model)?;
     let recorded = meta::Recorded::of_model(model);
@@ -266,20 +267,18 @@ pub fn evaluate_classifier_file(
         eprintln!("note: {note}");
     }
     eprintln!("{}", resolved.describe());
-    let source = koala_data::open_source(data, koala_data::IdxSplit::Test)?;
-    if let Some(classes) = &recorded.class_names {
-        meta::check_classes(classes, source.class_names())?;
-    }
     let cfg = crate::TrainConfig {
         image_size: resolved.image_size.0,
         mean: Some(resolved.mean.0).filter(|m| !m.is_empty()),
         std: Some(resolved.std.0).filter(|s| !s.is_empty()),
         ..crate::TrainConfig::default()
     };
-    let loader = Loader::new(
-        source,
+    let (loader, unreadable) = crate::data::open_eval_data(
+        data,
+        read,
         crate::data::preprocess(&cfg, &input, false),
-        koala_data::LoaderConfig::eval(batch_size),
+        batch_size,
+        recorded.class_names.as_deref(),
     )?;
     let opts = SessionOptions {
         intra_threads: threads,
@@ -292,5 +291,6 @@ pub fn evaluate_classifier_file(
             path.display()
         )
     })?;
-    evaluate_session(&mut s, &input, &loader)
+    let r = evaluate_session(&mut s, &input, &loader)?;
+    Ok((r, unreadable.load(std::sync::atomic::Ordering::Relaxed)))
 }

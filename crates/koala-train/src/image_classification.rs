@@ -150,9 +150,9 @@ impl Task for ImageClassification {
     }
 
     fn data_stats(&self) -> DataStats {
-        let (skipped, wait_time) = self.train.as_ref().map_or((0, 0.0), |it| {
+        let (skipped, wait_time) = self.train.as_ref().map_or((Vec::new(), 0.0), |it| {
             (
-                it.stats().skipped as u64,
+                it.stats().skipped_samples.iter().map(|s| s.index).collect(),
                 it.stats().wait_time.as_secs_f64(),
             )
         });

@@ -145,10 +145,11 @@ pub struct ExportCheck {
 }
 
 /// Data statistics of a training segment.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DataStats {
-    /// Unreadable samples skipped in this segment.
-    pub skipped: u64,
+    /// Training-source indices of the unreadable samples skipped in this segment, each once however many
+    /// epochs met it (the trainer merges them with earlier segments' so a resumed run counts a file once).
+    pub skipped: Vec<usize>,
     /// Seconds the loop waited for data.
     pub wait_time: f64,
     /// Batches not used because skipped samples made them short.

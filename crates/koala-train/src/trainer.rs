@@ -115,7 +115,6 @@ struct Segment {
     wall0: f64,
     samples_done: usize,
     tokens_done: usize,
-    skipped_before: u64,
     t_graph: f64,
     t_opt: f64,
     last_eval: Option<EvalResult>,
@@ -305,8 +304,6 @@ impl Run {
             wall0: self.state.wall_time,
             samples_done: 0,
             tokens_done: 0,
-            // The loader counts this segment's skips; the state carries earlier ones.
-            skipped_before: self.state.skipped_samples,
             t_graph: 0.0,
             t_opt: 0.0,
             last_eval: None,
@@ -520,7 +517,7 @@ impl Run {
     fn checkpoint_hook(&mut self, seg: &Segment) -> Result<()> {
         let last = self.state.step == self.total_steps;
         if self.state.step.is_multiple_of(seg.ckpt_every) || last {
-            self.state.skipped_samples = seg.skipped_before + self.task.data_stats().skipped;
+            self.state.add_skipped(&self.task.data_stats().skipped);
             self.save_checkpoint()?;
         }
         Ok(())
@@ -529,7 +526,8 @@ impl Run {
     /// After the last step: the final evaluation, curves, export and its checks, the summary.
     fn finish(mut self, seg: Segment, before: Option<EvalResult>) -> Result<RunSummary> {
         let stats = self.task.data_stats();
-        let skipped_samples = (seg.skipped_before + stats.skipped) as usize;
+        self.state.add_skipped(&stats.skipped);
+        let skipped_samples = self.state.skipped_samples as usize;
         if stats.short_batches > 0 {
             eprintln!("note: {} training batch(es) were short because of unreadable samples and were not used", stats.short_batches);
         }

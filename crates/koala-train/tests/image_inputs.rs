@@ -172,8 +172,18 @@ fn config_channels(model_path: &Path, data: &Path, run_dir: &Path, channels: usi
 /// What `koala eval --model <path> --data <data>` computes, with no flags.
 fn eval_without_flags(path: &Path, data: &Path) -> koala_train::eval::EvalResult {
     let model = Model::load(path).unwrap();
-    koala_train::eval::evaluate_classifier_file(path, &model, data, &Flags::default(), 8, Some(1))
-        .unwrap()
+    let read = koala_data::ReadOptions::default();
+    koala_train::eval::evaluate_classifier_file(
+        path,
+        &model,
+        data,
+        &Flags::default(),
+        read,
+        8,
+        Some(1),
+    )
+    .unwrap()
+    .0
 }
 
 /// Equal up to f32 rounding in ONNX Runtime's kernels (relative 1e-6 on an O(1) loss).
@@ -420,8 +430,18 @@ fn eval_of_an_export_uses_the_recorded_normalisation() {
             std: Some(koala_data::IMAGENET_STD.to_vec()),
             ..Flags::default()
         };
-        koala_train::eval::evaluate_classifier_file(&s.export, &model, &data, &flags, 8, Some(1))
-            .unwrap()
+        let read = koala_data::ReadOptions::default();
+        koala_train::eval::evaluate_classifier_file(
+            &s.export,
+            &model,
+            &data,
+            &flags,
+            read,
+            8,
+            Some(1),
+        )
+        .unwrap()
+        .0
     };
     assert!((imagenet.loss - s.after.loss).abs() > 1e-3, "{imagenet:?}");
     // A second fine-tuning round from the export preprocesses as the first did, unless flags
@@ -492,6 +512,7 @@ fn eval_refuses_data_whose_classes_differ_from_the_recorded_ones() {
         &model,
         &data,
         &Flags::default(),
+        koala_data::ReadOptions::default(),
         8,
         Some(1),
     )

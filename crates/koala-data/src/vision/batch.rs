@@ -50,11 +50,20 @@ pub struct SkippedSample {
 
 impl std::fmt::Display for SkippedSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "skipped {} (epoch {}, batch {}): {}",
-            self.what, self.cursor.epoch, self.cursor.position, self.error
-        )
+        // Decoding errors already name the file; saying it twice makes the line hard to read.
+        if self.error.contains(&self.what) {
+            write!(
+                f,
+                "unreadable sample skipped (epoch {}, batch {}): {}",
+                self.cursor.epoch, self.cursor.position, self.error
+            )
+        } else {
+            write!(
+                f,
+                "unreadable sample {} skipped (epoch {}, batch {}): {}",
+                self.what, self.cursor.epoch, self.cursor.position, self.error
+            )
+        }
     }
 }
 
@@ -68,9 +77,9 @@ pub struct LoaderStats {
     pub batches: usize,
     /// Images yielded.
     pub samples: usize,
-    /// Samples skipped (each occurrence; a corrupt file counts once per epoch).
+    /// Distinct samples skipped: a corrupt file counts once, however many epochs it fails in.
     pub skipped: usize,
-    /// Every skipped sample, in stream order.
+    /// The first failure of each skipped sample, in stream order.
     pub skipped_samples: Vec<SkippedSample>,
 }
 

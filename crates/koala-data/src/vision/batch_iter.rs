@@ -1,5 +1,7 @@
 //! [`BatchIter`]: the consumer end of an image loader's background thread.
 
+use std::collections::HashSet;
+
 use super::batch::{Batch, LoaderStats, SkippedSample};
 use super::loader::{Buffers, Loader};
 use crate::cursor::Cursor;
@@ -14,6 +16,8 @@ pub struct BatchIter {
     prefetch: Prefetch<Loader>,
     loader: Loader,
     stats: LoaderStats,
+    /// Source indices already counted in `stats`.
+    counted: HashSet<usize>,
 }
 
 impl BatchIter {
@@ -23,6 +27,7 @@ impl BatchIter {
             prefetch: Prefetch::spawn(loader.clone(), from, until_epoch, depth),
             loader,
             stats: LoaderStats::default(),
+            counted: HashSet::new(),
         }
     }
 
@@ -40,14 +45,20 @@ impl BatchIter {
         });
     }
 
+    /// Counts each skipped sample once per iterator and tells the loader's callback about it once per loader
+    /// (a corrupt file fails again in every epoch and every evaluation; one warning naming it is enough).
     fn record_skips(&mut self, skipped: Vec<SkippedSample>) {
-        for s in &skipped {
+        for s in skipped {
             if let Some(callback) = &self.loader.on_skip {
-                callback(s);
+                if self.loader.first_report(s.index) {
+                    callback(&s);
+                }
+            }
+            if self.counted.insert(s.index) {
+                self.stats.skipped += 1;
+                self.stats.skipped_samples.push(s);
             }
         }
-        self.stats.skipped += skipped.len();
-        self.stats.skipped_samples.extend(skipped);
     }
 }
 

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use image::DynamicImage;
 
-use super::source::{decode_file, ImageSource};
+use super::decode::{decode_file, ReadOptions};
+use super::source::ImageSource;
 use crate::error::Result;
 
 /// Image files with their labels. Only paths are held in memory; [`ImageSource::load`] decodes the file,
@@ -15,6 +16,7 @@ pub struct ImageFiles {
     origin: PathBuf,
     class_names: Vec<String>,
     samples: Vec<(PathBuf, i64)>,
+    read: ReadOptions,
 }
 
 impl ImageFiles {
@@ -27,7 +29,19 @@ impl ImageFiles {
             origin: origin.to_path_buf(),
             class_names,
             samples,
+            read: ReadOptions::default(),
         }
+    }
+
+    /// The same files read with `options` (e.g. [`ReadOptions::ignore_exif`]).
+    pub fn with_read_options(mut self, options: ReadOptions) -> Self {
+        self.read = options;
+        self
+    }
+
+    /// How the files are read.
+    pub fn read_options(&self) -> ReadOptions {
+        self.read
     }
 
     /// The folder or CSV file the list was read from.
@@ -51,7 +65,7 @@ impl ImageSource for ImageFiles {
     }
 
     fn load(&self, index: usize) -> Result<DynamicImage> {
-        decode_file(&self.samples[index].0)
+        decode_file(&self.samples[index].0, self.read)
     }
 
     fn class_names(&self) -> &[String] {

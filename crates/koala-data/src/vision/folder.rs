@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::files::ImageFiles;
 use super::source::{has_image_extension, IMAGE_EXTENSIONS};
+use super::splits::find_split_folders;
 use crate::error::{DataError, Result};
 
 impl ImageFiles {
@@ -15,29 +16,59 @@ impl ImageFiles {
     /// and recognised by extension ([`IMAGE_EXTENSIONS`]); other files are ignored. The order is therefore fixed
     /// by the file names alone, which is what makes seeds reproducible across machines.
     ///
-    /// Fails if `root` does not exist, holds no class folders, or a class folder holds no images.
+    /// Fails if `root` does not exist, holds no class folders, a class folder holds no images, or the class
+    /// folders are named like data splits (`train/`, `val/` holding class folders: see
+    /// [`super::splits::find_split_folders`]), naming the folder to pass instead.
     pub fn open_folder(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref();
+        refuse_split_folders(root)?;
         let class_dirs = class_dirs(root)?;
-        let mut class_names = Vec::with_capacity(class_dirs.len());
+        let class_names: Vec<String> = class_dirs.iter().map(|(n, _)| n.clone()).collect();
         let mut samples = Vec::new();
         for (label, (name, dir)) in class_dirs.into_iter().enumerate() {
-            let images = images_under(&dir)?;
-            if images.is_empty() {
-                return Err(DataError::layout(
-                    &dir,
-                    format!(
-                        "class folder `{name}` holds no images (looked for extensions {}); \
-                         add images or remove the folder",
-                        IMAGE_EXTENSIONS.join(", ")
-                    ),
-                ));
-            }
+            let images = class_images(&name, &dir)?;
             samples.extend(images.into_iter().map(|p| (p, label as i64)));
-            class_names.push(name);
         }
         Ok(ImageFiles::new(root, class_names, samples))
     }
+}
+
+/// Refuses a root whose sub-folders are data splits rather than classes, naming the folder to pass.
+fn refuse_split_folders(root: &Path) -> Result<()> {
+    let Some(splits) = find_split_folders(root)? else {
+        return Ok(());
+    };
+    let train = splits.train.as_ref().or(splits.eval.as_ref());
+    let hint = match train {
+        Some(t) => format!(
+            "; pass the folder whose sub-folders are the classes, e.g. {}",
+            t.display()
+        ),
+        None => String::new(),
+    };
+    Err(DataError::layout(
+        root,
+        format!(
+            "holds data splits, not class folders ({}){hint}",
+            splits.roles()
+        ),
+    ))
+}
+
+/// The images of one class folder; an error if it holds none.
+fn class_images(name: &str, dir: &Path) -> Result<Vec<PathBuf>> {
+    let images = images_under(dir)?;
+    if images.is_empty() {
+        return Err(DataError::layout(
+            dir,
+            format!(
+                "class folder `{name}` holds no images (looked for extensions {}); \
+                 add images or remove the folder",
+                IMAGE_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    Ok(images)
 }
 
 /// The class sub-folders of `root` as `(name, path)`, sorted by name.
@@ -97,14 +128,14 @@ fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Whether the file name starts with `.`: hidden folders and macOS `._name.jpg` metadata files, which carry
 /// image extensions but are not images.
-fn is_hidden(path: &Path) -> bool {
+pub(super) fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with('.'))
 }
 
 /// The entries of `dir` sorted by file name, so the scan order does not depend on the file system.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
         entries.push(entry.map_err(|e| DataError::io(dir, e))?.path());

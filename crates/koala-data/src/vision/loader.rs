@@ -1,6 +1,7 @@
 //! [`Loader`]: turns a source and a [`Preprocess`] into deterministic batches.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,8 @@ pub struct Loader {
     plan: EpochPlan,
     pool: Option<Arc<rayon::ThreadPool>>,
     pub(crate) on_skip: Option<SkipCallback>,
+    /// Source indices already passed to `on_skip`, shared by every clone and iterator of this loader.
+    reported: Arc<Mutex<HashSet<usize>>>,
 }
 
 impl Loader {
@@ -135,13 +138,23 @@ impl Loader {
             plan,
             pool,
             on_skip: None,
+            reported: Arc::default(),
         })
     }
 
-    /// Calls `f` for every skipped sample (e.g. to log it), in addition to recording it in the stats.
+    /// Calls `f` for every skipped sample (e.g. to log it), in addition to recording it in the stats: once per
+    /// sample for the life of this loader, however many epochs or iterators meet it.
     pub fn on_skip(mut self, f: impl Fn(&SkippedSample) + Send + Sync + 'static) -> Self {
         self.on_skip = Some(Arc::new(f));
         self
+    }
+
+    /// Whether sample `index` is reported for the first time (and remembers that it now is).
+    pub(crate) fn first_report(&self, index: usize) -> bool {
+        self.reported
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(index)
     }
 
     /// The source batches are drawn from.

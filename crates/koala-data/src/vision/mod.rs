@@ -2,7 +2,9 @@
 
 pub mod batch;
 pub mod batch_iter;
+pub mod class_counts;
 mod csv_list;
+pub mod decode;
 pub mod files;
 mod folder;
 mod geometry;
@@ -12,7 +14,9 @@ pub mod open;
 #[cfg(test)]
 mod pillow_reference_tests;
 pub mod preprocess;
+pub mod relabel;
 mod resample;
 pub mod source;
+pub mod splits;
 pub mod subset;
 mod transform;

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::decode::ReadOptions;
 use super::files::ImageFiles;
 use super::idx::{IdxSource, IdxSplit};
 use super::source::ImageSource;
@@ -15,6 +16,15 @@ use crate::error::{DataError, Result};
 ///   [`IdxSource::from_dir`] with `idx_split` (`Train` for training data, `Test` for evaluation);
 /// * any other folder → [`ImageFiles::open_folder`] (one sub-folder per class).
 pub fn open_source(path: impl AsRef<Path>, idx_split: IdxSplit) -> Result<Arc<dyn ImageSource>> {
+    open_source_with(path, idx_split, ReadOptions::default())
+}
+
+/// [`open_source`] reading image files with `read` (IDX records have no EXIF and ignore it).
+pub fn open_source_with(
+    path: impl AsRef<Path>,
+    idx_split: IdxSplit,
+    read: ReadOptions,
+) -> Result<Arc<dyn ImageSource>> {
     let path = path.as_ref();
     if path.is_file() {
         let is_csv = path
@@ -27,12 +37,16 @@ pub fn open_source(path: impl AsRef<Path>, idx_split: IdxSplit) -> Result<Arc<dy
                  or a CSV file of `path,label` lines",
             ));
         }
-        return Ok(Arc::new(ImageFiles::open_csv(path)?));
+        return Ok(Arc::new(
+            ImageFiles::open_csv(path)?.with_read_options(read),
+        ));
     }
     if holds_idx_images(path) {
         return Ok(Arc::new(IdxSource::from_dir(path, idx_split)?));
     }
-    Ok(Arc::new(ImageFiles::open_folder(path)?))
+    Ok(Arc::new(
+        ImageFiles::open_folder(path)?.with_read_options(read),
+    ))
 }
 
 /// Whether `dir` holds an IDX image file of either split, in any accepted spelling.

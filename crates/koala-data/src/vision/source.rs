@@ -4,7 +4,7 @@ use std::path::Path;
 
 use image::DynamicImage;
 
-use crate::error::{DataError, Result};
+use crate::error::Result;
 
 /// File extensions (lower case) that are treated as images. They match the decoders compiled into the `image`
 /// crate for this workspace, so every listed file can at least be attempted.
@@ -44,27 +44,6 @@ pub(crate) fn has_image_extension(path: &Path) -> bool {
             .iter()
             .any(|known| e.eq_ignore_ascii_case(known))
     })
-}
-
-/// Decodes the image file at `path`, detecting the format from its content rather than its extension
-/// (files saved with the wrong extension are common in scraped data sets).
-pub(crate) fn decode_file(path: &Path) -> Result<DynamicImage> {
-    let what = || path.display().to_string();
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?;
-    let image = reader.decode().map_err(|source| DataError::Decode {
-        what: what(),
-        source,
-    })?;
-    if image.width() == 0 || image.height() == 0 {
-        return Err(DataError::Input {
-            what: what(),
-            message: "the image has zero width or height".into(),
-        });
-    }
-    Ok(image)
 }
 
 /// Class names `"0"`, `"1"`, … for sources whose labels are bare integers.
