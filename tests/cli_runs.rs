@@ -305,3 +305,30 @@ fn checkpoints_by_time_are_pruned_like_the_others() {
         text(&out.stderr)
     );
 }
+
+/// A second Ctrl-C does not wait for the step: with steps of 1000 micro-batches (about a
+/// second), a second SIGINT sent right after the first was acknowledged ends the process
+/// at once with 130, before the step ends, so no checkpoint is written.
+#[test]
+fn a_second_ctrl_c_exits_at_once_without_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let mut args = finetune_args(&run_dir, 50, &["--checkpoint-minutes", "0"]);
+    let acc = args.iter().position(|a| a == "--accumulate").unwrap() + 1;
+    args[acc] = "1000".into();
+    let mut r = Running::start(&args);
+    r.wait_for_line("step 1/");
+    r.interrupt();
+    r.wait_for_line("interrupted: finishing the current step");
+    let acknowledged = Instant::now();
+    r.interrupt();
+    let (code, err) = r.finish();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("stopping now"), "{err}");
+    assert!(
+        !err.contains("checkpoint written"),
+        "the second Ctrl-C waited for the step ({:?} after the first):\n{err}",
+        acknowledged.elapsed()
+    );
+    assert_eq!(checkpoint_steps(&run_dir), Vec::<u64>::new());
+}
