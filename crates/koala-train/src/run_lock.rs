@@ -51,7 +51,7 @@ impl RunLock {
                 Err(TryLockError::Error(e)) => {
                     return Err(e).with_context(|| {
                         format!(
-                            "cannot lock '{}' (a file system without file locks?)",
+                            "cannot lock '{}': this file system does not seem to support file locks (some network mounts); pass a --run-dir on a local disk",
                             path.display()
                         )
                     })
