@@ -27,7 +27,7 @@ const EXIT_ERROR: u8 = 1;
     name = "koala",
     version,
     about = "Fine-tune ONNX models with the KOALA++ Kalman-filter optimizer on stock ONNX Runtime",
-    after_help = "Exit codes: 0 success, 1 error, 2 bad command line, 3 check/gradcheck found problems."
+    after_help = "Exit codes: 0 success, 1 error, 2 bad command line, 3 check/gradcheck found problems, 130 finetune stopped by Ctrl-C (after writing a checkpoint)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -205,6 +205,10 @@ struct FinetuneArgs {
     /// Use only the first N training samples.
     #[arg(long)]
     limit_train: Option<usize>,
+    /// Also write a checkpoint when this many minutes passed since the last one, so a
+    /// crash costs at most that much (default 10; 0: only the step-based checkpoints).
+    #[arg(long)]
+    checkpoint_minutes: Option<f64>,
     /// The task (default: detected from the model's inputs: an int64 `input_ids` input is a
     /// causal LM, a float image input an image classifier).
     #[arg(long, value_enum)]
@@ -382,10 +386,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
+        Err(e) => match e.downcast_ref::<koala::train::interrupt::Interrupted>() {
+            Some(stopped) => {
+                eprintln!("{stopped}");
+                ExitCode::from(koala::train::interrupt::EXIT_INTERRUPTED)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
     }
 }
 
@@ -429,6 +439,8 @@ fn run(cli: Cli) -> Result<u8> {
 }
 
 fn finetune(a: FinetuneArgs) -> Result<u8> {
+    // Ctrl-C stops at the next step boundary with a checkpoint (a second one at once).
+    koala::train::interrupt::install()?;
     let summary = if let Some(dir) = &a.resume {
         koala::train::resume(dir)?
     } else {
@@ -489,6 +501,9 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         export,
         limit_train
     );
+    if let Some(m) = a.checkpoint_minutes {
+        c.checkpoint_minutes = m;
+    }
     if let Some(f) = a.format {
         c.format = match f {
             DataFormatArg::Auto => DataFormat::Auto,

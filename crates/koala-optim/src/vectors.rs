@@ -293,7 +293,7 @@ fn parse_expected(
                 .iter()
                 .map(|t| {
                     let st = node.get(&t.name)?;
-                    if st.is_null() {
+                    if no_state_yet(&st)? {
                         return Ok(None);
                     }
                     Ok(Some(KoalaPPTensor {
@@ -320,6 +320,34 @@ fn parse_expected(
             }
         }
     })
+}
+
+/// Whether a KOALA++ `state_after[name]` entry says "no state yet". The README writes it as
+/// `null`; the reference generator writes `{"v": null, "H": null, "S": null}` when a tensor's
+/// first gradient is zero. Both mean the same, so both are accepted. A partly null entry is
+/// neither form and is an error naming the null fields, since it would otherwise be reported
+/// as a confusing "must be an array" on one of them.
+fn no_state_yet(st: &Node) -> Result<bool, VectorError> {
+    if st.is_null() {
+        return Ok(true);
+    }
+    let Value::Object(map) = st.value else {
+        return Ok(false);
+    };
+    const FIELDS: [&str; 3] = ["v", "H", "S"];
+    let null: Vec<&str> = FIELDS
+        .into_iter()
+        .filter(|f| map.get(*f).is_some_and(Value::is_null))
+        .collect();
+    match null.len() {
+        0 => Ok(false),
+        3 => Ok(true),
+        _ => Err(st.error(format!(
+            "has null {} but not all of v, H, S: write the entry as null (or all three null) \
+             before the tensor's first non-skipped step, or give every field a value",
+            null.join(", ")
+        ))),
+    }
 }
 
 /// `{name: [numel floats]}` in tensor order.

@@ -19,11 +19,18 @@ const PARAM_TOL: f64 = 1e-4;
 const STATE_TOL: f64 = 1e-3;
 const R_TOL: f64 = 1e-12;
 
+/// The directory the replay test reads: `KOALA_VECTORS_DIR`, else the shipped vectors.
 fn vectors_dir() -> PathBuf {
     match std::env::var_os("KOALA_VECTORS_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/koala-vectors"),
+        None => shipped_vectors_dir(),
     }
+}
+
+/// The vectors shipped in the repository. Tests that edit one known case file read it from
+/// here, whatever `KOALA_VECTORS_DIR` points at (another valid directory need not hold it).
+fn shipped_vectors_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/koala-vectors")
 }
 
 /// ‖a − b‖ / ‖b‖; the absolute ‖a‖ when b is exactly zero (e.g. KOALA-M's initial
@@ -316,7 +323,7 @@ fn default_vectors_cover_every_algorithm_and_path() {
 }
 
 fn malformed_copy(edit: impl FnOnce(&mut serde_json::Value)) -> (tempfile::TempDir, PathBuf) {
-    let src = vectors_dir().join("kpp_sym_wd0_rfixed.json");
+    let src = shipped_vectors_dir().join("kpp_sym_wd0_rfixed.json");
     let mut value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&src).unwrap()).unwrap();
     edit(&mut value);
@@ -370,4 +377,61 @@ fn empty_directory_yields_no_cases() {
     // really produces zero cases (rather than an error that would hide the count check).
     let dir = tempfile::tempdir().unwrap();
     assert!(vectors::load_dir(dir.path()).unwrap().is_empty());
+}
+
+/// The first step of `kpp_sym_wd0_rfixed.json` with tensor `b`'s gradient set to zero, so the
+/// `||grad|| < 1e-9` rule skips it and it has no state after the step; `no_state` is written
+/// as `b`'s `state_after` entry. With fixed R and no weight decay, `W`'s filter does not
+/// depend on `b`, so `W`'s expected values stay those of the original file.
+fn first_step_with_b_unstarted(no_state: serde_json::Value) -> (tempfile::TempDir, PathBuf) {
+    malformed_copy(|v| {
+        let initial_b = v["initial_params"]["b"].clone();
+        v["num_steps"] = 1.into();
+        let steps = v["steps"].as_array_mut().unwrap();
+        steps.truncate(1);
+        let s = &mut steps[0];
+        s["grads"]["b"] = serde_json::json!([0.0, 0.0, 0.0, 0.0]);
+        s["skipped"]["b"] = true.into();
+        s["params_after"]["b"] = initial_b;
+        s["state_after"]["b"] = no_state;
+    })
+}
+
+/// "No state yet" is `null` in the README and `{"v": null, "H": null, "S": null}` from the
+/// reference generator (a tensor whose first gradient is zero); both parse to "no state" and
+/// replay: the optimizer must also hold no state for `b` after the step.
+#[test]
+fn no_state_yet_may_be_null_or_an_object_of_nulls() {
+    for no_state in [
+        serde_json::Value::Null,
+        serde_json::json!({"v": null, "H": null, "S": null}),
+    ] {
+        let (_dir, path) = first_step_with_b_unstarted(no_state.clone());
+        let case = vectors::load_case(&path).unwrap_or_else(|e| panic!("{no_state}: {e}"));
+        let ExpectedState::KoalaPP(states) = &case.steps[0].expected else {
+            panic!("kpp_sym_wd0_rfixed.json is a KOALA++ case");
+        };
+        let names: Vec<&str> = case.tensors.iter().map(|t| t.name.as_str()).collect();
+        let b = names.iter().position(|n| *n == "b").unwrap();
+        let w = names.iter().position(|n| *n == "W").unwrap();
+        assert!(states[b].is_none(), "{no_state}: b must have no state");
+        assert!(states[w].is_some(), "{no_state}: W keeps its state");
+        let (failures, checks, _) = replay(&case, &case.config, "b unstarted");
+        assert!(checks > 0);
+        assert!(failures.is_empty(), "{no_state}:\n{}", failures.join("\n"));
+    }
+}
+
+#[test]
+fn a_partly_null_state_names_the_entry_and_the_null_fields() {
+    let (_dir, path) = first_step_with_b_unstarted(
+        serde_json::json!({"v": null, "H": [0.0, 0.0, 0.0, 0.0], "S": null}),
+    );
+    let err = vectors::load_case(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("broken_case.json")
+            && err.contains("`steps[0].state_after.b`")
+            && err.contains("null v, S"),
+        "{err}"
+    );
 }

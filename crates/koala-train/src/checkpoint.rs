@@ -11,6 +11,38 @@ use koala_optim::{OptimizerState, StatePaths};
 use serde::{Deserialize, Serialize};
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// When the training loop writes a checkpoint: every `every_steps` steps, at the last
+/// step, and when `interval` has passed since the last checkpoint. The time-based part
+/// bounds what a crash can cost whatever the step interval is (by default checkpoints
+/// follow evaluations, which may be thousands of steps apart).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cadence {
+    /// Step interval (at least 1).
+    pub every_steps: u64,
+    /// Time interval; `None`: off.
+    pub interval: Option<Duration>,
+}
+
+impl Cadence {
+    /// Every `every_steps` steps (0 counts as 1) and every `minutes` minutes (0: off; must be
+    /// finite and non-negative, which [`crate::TrainConfig::validate`] checks).
+    pub fn new(every_steps: u64, minutes: f64) -> Cadence {
+        Cadence {
+            every_steps: every_steps.max(1),
+            interval: (minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0)),
+        }
+    }
+
+    /// Whether a checkpoint is due after `step`, `since_last` after the previous
+    /// checkpoint (or the start of this process's part of the run).
+    pub fn due(&self, step: u64, last_step: bool, since_last: Duration) -> bool {
+        last_step
+            || step.is_multiple_of(self.every_steps)
+            || self.interval.is_some_and(|i| since_last >= i)
+    }
+}
 
 /// Trainer state needed to continue exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -68,6 +100,11 @@ pub fn dir_of(run_dir: &Path) -> PathBuf {
 
 fn name(step: u64) -> String {
     format!("step-{step:08}")
+}
+
+/// The directory of the checkpoint for `step` (whether or not it exists).
+pub fn path_of(run_dir: &Path, step: u64) -> PathBuf {
+    dir_of(run_dir).join(name(step))
 }
 
 /// Writes a checkpoint for `state.step` atomically; returns its directory.
@@ -200,4 +237,33 @@ pub fn prune(run_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The time cadence without waiting: the elapsed time is passed in.
+    #[test]
+    fn a_checkpoint_is_due_by_steps_at_the_end_and_after_the_time_interval() {
+        let c = Cadence::new(100, 10.0);
+        let minute = Duration::from_secs(60);
+        assert!(!c.due(7, false, 3 * minute), "neither steps nor time");
+        assert!(c.due(200, false, Duration::ZERO), "step interval");
+        assert!(c.due(7, true, Duration::ZERO), "last step");
+        assert!(!c.due(7, false, 10 * minute - Duration::from_millis(1)));
+        assert!(
+            c.due(7, false, 10 * minute),
+            "ten minutes since the last one"
+        );
+        let off = Cadence::new(100, 0.0);
+        assert_eq!(off.interval, None);
+        assert!(
+            !off.due(7, false, 1000 * minute),
+            "0 minutes: time cadence off"
+        );
+        let fractional = Cadence::new(0, 0.5);
+        assert_eq!(fractional.every_steps, 1);
+        assert_eq!(fractional.interval, Some(Duration::from_secs(30)));
+    }
 }

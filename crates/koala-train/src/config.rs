@@ -122,6 +122,9 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Checkpoint every N steps (default: at each evaluation).
     pub checkpoint_every: Option<u64>,
+    /// Also checkpoint when this many minutes passed since the last checkpoint, so a crash
+    /// costs at most that much (0: off).
+    pub checkpoint_minutes: f64,
     /// Exported model path (default: <run_dir>/model.onnx).
     pub export: Option<PathBuf>,
     /// Limit the number of training samples (quick experiments).
@@ -186,6 +189,7 @@ impl Default for TrainConfig {
             run_dir: PathBuf::from("runs/latest"),
             keep_checkpoints: 2,
             checkpoint_every: None,
+            checkpoint_minutes: 10.0,
             export: None,
             limit_train: None,
             task: None,
@@ -257,6 +261,12 @@ impl TrainConfig {
             .is_some_and(|c| !(c.is_finite() && c > 0.0))
         {
             bail!("--clip-grad-norm must be a positive number");
+        }
+        if !(self.checkpoint_minutes.is_finite() && self.checkpoint_minutes >= 0.0) {
+            bail!(
+                "--checkpoint-minutes must be a number of minutes >= 0 (0 turns the time-based checkpoints off), got {}",
+                self.checkpoint_minutes
+            );
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1)");

@@ -7,15 +7,21 @@
 //! non-finite, clip), the scheduled learning rate and the optimizer step on
 //! the weight buffers in place. After each step the loop calls its hooks:
 //! the logger (progress line, metrics.jsonl), the evaluator and the
-//! checkpointer, each at its interval. Export and its checks at the end.
+//! checkpointer, each at its interval (the checkpointer also by time:
+//! [`checkpoint::Cadence`]). Export and its checks at the end.
+//!
+//! A run holds its directory's [`RunLock`] for its whole life, and stops at a
+//! step boundary with a checkpoint when Ctrl-C asks it to ([`crate::interrupt`]).
 
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, Cadence, TrainerState};
 use crate::config::{LossVar, TrainConfig};
 use crate::eval::EvalResult;
 use crate::grad_pipeline::{self, GradBuffer, NonFiniteGuard, Verdict};
+use crate::interrupt::{self, Interrupted};
 use crate::metrics::{MetricRecord, MetricsWriter};
 use crate::optim_setup;
 use crate::progress::Progress;
+use crate::run_lock::RunLock;
 use crate::schedule::Schedule;
 use crate::task::{self, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
@@ -110,7 +116,11 @@ struct Segment {
     win_steps: u64,
     win_counts: TrainCounts,
     eval_every: u64,
-    ckpt_every: u64,
+    cadence: Cadence,
+    /// When this segment started or last wrote a checkpoint (the time cadence's origin).
+    last_checkpoint_at: Instant,
+    /// The step of the checkpoint this segment wrote last (none yet: `None`).
+    last_checkpoint_step: Option<u64>,
     start: Instant,
     wall0: f64,
     samples_done: usize,
@@ -138,11 +148,13 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
         *p = std::path::absolute(&*p)
             .with_context(|| format!("cannot resolve the path '{}'", p.display()))?;
     }
-    if cfg.run_dir.join("checkpoints").exists() && !checkpoint::list(&cfg.run_dir)?.is_empty() {
-        bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
-    }
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("cannot create run directory '{}'", cfg.run_dir.display()))?;
+    // Held until this function returns: through training, export and its checks.
+    let _lock = RunLock::acquire(&cfg.run_dir, "finetune")?;
+    if !checkpoint::list(&cfg.run_dir)?.is_empty() {
+        bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
+    }
     let text = toml::to_string_pretty(&cfg)?;
     koala_graph::model::write_atomic(&cfg.run_dir.join("config.toml"), text.as_bytes())?;
     let _ = std::fs::remove_file(cfg.run_dir.join("metrics.jsonl"));
@@ -157,6 +169,8 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
 pub fn resume(run_dir: &Path) -> Result<RunSummary> {
     let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml"))
         .with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
+    // Before reading the checkpoints: a run still writing them is refused, not raced.
+    let _lock = RunLock::acquire(run_dir, "finetune --resume")?;
     let (step, dir) = checkpoint::list(run_dir)?
         .pop()
         .with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
@@ -299,7 +313,12 @@ impl Run {
             win_steps: 0,
             win_counts: TrainCounts::default(),
             eval_every,
-            ckpt_every: cfg.checkpoint_every.unwrap_or(eval_every).max(1),
+            cadence: Cadence::new(
+                cfg.checkpoint_every.unwrap_or(eval_every),
+                cfg.checkpoint_minutes,
+            ),
+            last_checkpoint_at: Instant::now(),
+            last_checkpoint_step: None,
             start: Instant::now(),
             wall0: self.state.wall_time,
             samples_done: 0,
@@ -309,15 +328,37 @@ impl Run {
             last_eval: None,
         };
         while self.state.step < self.total_steps {
+            if interrupt::stop_requested() {
+                return Err(self.stop_with_checkpoint(&mut seg)?.into());
+            }
             let Some(report) = self.step_once(&mut seg)? else {
                 continue;
             };
             self.log_hook(&mut seg, &report)?;
             self.eval_hook(&mut seg)?;
-            self.checkpoint_hook(&seg)?;
+            self.checkpoint_hook(&mut seg)?;
         }
         seg.progress.finish();
+        if interrupt::stop_requested() {
+            // Training is done and checkpointed; `--resume` goes straight to the export.
+            return Err(self.stop_with_checkpoint(&mut seg)?.into());
+        }
         self.finish(seg, before)
+    }
+
+    /// After a stop request (Ctrl-C): the checkpoint of the current step (unless this
+    /// segment just wrote it), and the error that tells the user how to continue.
+    fn stop_with_checkpoint(&mut self, seg: &mut Segment) -> Result<Interrupted> {
+        seg.progress.finish();
+        if seg.last_checkpoint_step != Some(self.state.step) {
+            self.write_checkpoint(seg)?;
+        }
+        Ok(Interrupted {
+            run_dir: self.cfg.run_dir.clone(),
+            step: self.state.step,
+            total_steps: self.total_steps,
+            checkpoint: checkpoint::path_of(&self.cfg.run_dir, self.state.step),
+        })
     }
 
     /// One optimizer step: feeds → forward/backward (per micro-batch) → gradient pipeline →
@@ -512,14 +553,25 @@ impl Run {
         Ok(())
     }
 
-    /// Checkpointer hook: every `checkpoint_every` steps (default: at each evaluation) and at
-    /// the last one.
-    fn checkpoint_hook(&mut self, seg: &Segment) -> Result<()> {
+    /// Checkpointer hook: every `checkpoint_every` steps (default: at each evaluation), every
+    /// `checkpoint_minutes`, and at the last step.
+    fn checkpoint_hook(&mut self, seg: &mut Segment) -> Result<()> {
         let last = self.state.step == self.total_steps;
-        if self.state.step.is_multiple_of(seg.ckpt_every) || last {
-            self.state.add_skipped(&self.task.data_stats().skipped);
-            self.save_checkpoint()?;
+        if seg
+            .cadence
+            .due(self.state.step, last, seg.last_checkpoint_at.elapsed())
+        {
+            self.write_checkpoint(seg)?;
         }
+        Ok(())
+    }
+
+    /// Saves the current step's checkpoint (and prunes old ones); restarts the time cadence.
+    fn write_checkpoint(&mut self, seg: &mut Segment) -> Result<()> {
+        self.state.add_skipped(&self.task.data_stats().skipped);
+        self.save_checkpoint()?;
+        seg.last_checkpoint_at = Instant::now();
+        seg.last_checkpoint_step = Some(self.state.step);
         Ok(())
     }
 
