@@ -147,8 +147,12 @@ mod tests {
             let model = with_batch_value_info(&plain, batch.clone());
             assert!(model.graph().value_info.len() >= 10);
             koala_graph::model::write_atomic(&path, &model.to_bytes()).unwrap();
-            let got = first_output(&path, &[3, 3, 16, 16], &x)
-                .unwrap_or_else(|e| panic!("value_info batch {batch:?}: {e:#}"));
+            let got = first_output(
+                &path,
+                &[3, 3, 16, 16],
+                &koala_data::ModelPixels::F32(x.as_slice().into()),
+            )
+            .unwrap_or_else(|e| panic!("value_info batch {batch:?}: {e:#}"));
             let d = max_abs_diff(&got, &want);
             assert!(
                 got.len() == want.len() && d <= 1e-5,
@@ -215,7 +219,12 @@ mod tests {
         });
         koala_graph::model::write_atomic(&path, &model.to_bytes()).unwrap();
         let x = f32s(&tiny_cnn("inputs/input.f32"));
-        let e = first_output(&path, &[3, 3, 16, 16], &x).unwrap_err();
+        let e = first_output(
+            &path,
+            &[3, 3, 16, 16],
+            &koala_data::ModelPixels::F32(x.as_slice().into()),
+        )
+        .unwrap_err();
         let msg = format!("{e:#}");
         assert!(
             msg.contains("unknown_op.onnx") && msg.contains("Frobnicate"),
