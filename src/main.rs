@@ -122,6 +122,10 @@ struct FinetuneArgs {
     /// Replace the classifier by a fresh one with this many classes.
     #[arg(long)]
     num_classes: Option<usize>,
+    /// The model output to train, for a model with several (default: the one whose last
+    /// dimension matches the classes and that comes from a classifier head).
+    #[arg(long)]
+    output: Option<String>,
     /// Train only weights whose name matches this regex.
     #[arg(long)]
     train: Option<String>,
@@ -308,6 +312,10 @@ struct EvalArgs {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Classifier: the output to score, for a model with several (default: chosen as
+    /// finetune chooses).
+    #[arg(long)]
+    output: Option<String>,
     /// ONNX Runtime threads.
     #[arg(long)]
     threads: Option<usize>,
@@ -339,6 +347,9 @@ struct CheckArgs {
     /// Make float tensors held in Constant nodes trainable.
     #[arg(long)]
     train_constants: bool,
+    /// The classifier output to train, for a model with several.
+    #[arg(long)]
+    output: Option<String>,
 }
 
 #[derive(Args)]
@@ -388,7 +399,7 @@ fn run(cli: Cli) -> Result<u8> {
                 exclude: a.freeze,
                 train_constants: a.train_constants,
             };
-            let report = koala::graph::check::check(&model, &spec)?;
+            let report = koala::graph::check::check_output(&model, &spec, a.output.as_deref())?;
             out!("{report}");
             Ok(if report.ok() { 0 } else { EXIT_FINDINGS })
         }
@@ -467,6 +478,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         std,
         eval_data,
         num_classes,
+        output,
         train,
         freeze,
         lr,
@@ -552,7 +564,14 @@ fn eval(a: EvalArgs) -> Result<u8> {
         intra_threads: a.threads,
         ..Default::default()
     };
-    let mut s = koala::runtime::Session::from_file(&a.model, &opts)?;
+    // Scored on the logits the loss of a run reads (a final Softmax left
+    // out): cross-entropy from logits, accuracy from their arg-max.
+    let classes = loader.source().class_names().len();
+    let choice =
+        koala::graph::classifier_output::choose(&model, a.output.as_deref(), Some(classes))?;
+    let logits = koala::graph::classifier_output::logits_model(&model, &choice);
+    let mut s = koala::runtime::Session::from_bytes(&logits.to_bytes(), &opts)
+        .with_context(|| format!("ONNX Runtime could not load '{}'", a.model.display()))?;
     let r = koala::train::eval::evaluate_session(
         &mut s,
         &koala::train::eval::data_input(&model)?,

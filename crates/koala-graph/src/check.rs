@@ -49,6 +49,13 @@ pub struct CheckReport {
     pub trainable: Vec<(String, usize)>,
     /// Graph inputs with their declared dims.
     pub inputs: Vec<String>,
+    /// Image classifiers: which output trains and which value the loss
+    /// reads, and why (None for language models or when koala cannot tell,
+    /// which is then a note among the problems).
+    pub output: Option<String>,
+    /// Preprocessing constants (frozen unless `--train` names them), one
+    /// line each.
+    pub preprocessing: Vec<String>,
     /// Findings.
     pub problems: Vec<Problem>,
 }
@@ -62,6 +69,15 @@ impl CheckReport {
 
 /// Checks a model against a trainable selection.
 pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
+    check_output(model, spec, None)
+}
+
+/// [`check`] with the classifier output to train (`--output`), if named.
+pub fn check_output(
+    model: &Model,
+    spec: &TrainableSpec,
+    output: Option<&str>,
+) -> Result<CheckReport> {
     let g = model.graph();
     let mut ops = BTreeMap::new();
     for n in &g.node {
@@ -114,7 +130,12 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         });
     }
     if selected.is_empty() {
-        problems.push(Problem { severity: Severity::Error, message: "no trainable float initializers selected".into(), suggestion: "check --train/--freeze patterns; use --train-constants if the weights live in Constant nodes".into() });
+        let (message, suggestion) = trainable::nothing_selected(&work, spec);
+        problems.push(Problem {
+            severity: Severity::Error,
+            message,
+            suggestion,
+        });
     }
     inputs_problems(model, &mut problems);
     if !lowered.rewritten.is_empty() {
@@ -159,6 +180,15 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         });
     }
     path_problems(&work, &selected, &mut problems);
+    let preprocessing = preprocessing_lines(&work, &selected);
+    let output = match classifier_output_report(model, output) {
+        Some(Ok(line)) => Some(line),
+        Some(Err(p)) => {
+            problems.push(p);
+            None
+        }
+        None => None,
+    };
     let inputs = g
         .input
         .iter()
@@ -178,7 +208,45 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         parameters,
         trainable: sizes,
         inputs,
+        output,
+        preprocessing,
         problems,
+    })
+}
+
+/// The in-graph preprocessing constants (mean/std/255 applied to the raw
+/// input), one line each; they stay frozen unless `--train` names them.
+pub fn preprocessing_lines(model: &Model, selected: &[String]) -> Vec<String> {
+    trainable::preprocessing_constants(model)
+        .iter()
+        .map(|p| {
+            let state = if selected.contains(&p.name) {
+                "trained: --train names it"
+            } else {
+                "frozen"
+            };
+            format!("{} ({} in {}, {state})", p.name, p.op, p.node)
+        })
+        .collect()
+}
+
+/// Which output an image classifier trains and which value the loss reads,
+/// or (as a note) why koala cannot tell without the data's class count.
+/// None for language models: their loss reads the causal-LM logits.
+pub fn classifier_output_report(
+    model: &Model,
+    output: Option<&str>,
+) -> Option<std::result::Result<String, Problem>> {
+    if crate::lm_signature::is_language_model(model) {
+        return None;
+    }
+    Some(match crate::classifier_output::choose(model, output, None) {
+        Ok(c) => Ok(c.describe()),
+        Err(e) => Err(Problem {
+            severity: Severity::Note,
+            message: format!("{e:#}"),
+            suggestion: "finetune and eval pick the output whose last dimension matches the data's class count when only one does; otherwise pass --output NAME".into(),
+        }),
     })
 }
 
@@ -293,10 +361,15 @@ fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>
         let control = matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
         let needs_rule = on_path.contains(&i) && !is_non_differentiable(n);
         if needs_rule && rule_for(n, opset).is_none() {
+            let remedy = backward::needs_gradient_remedy(&g.node, i, &live, selected);
+            let (why, fix) = remedy.split_once(". Freeze them").unwrap_or((&remedy, ""));
             problems.push(Problem {
                 severity: Severity::Error,
-                message: backward::missing_rule_message(i, n, opset).split("; it lies").next().unwrap_or_default().to_string() + " and lies between a trainable weight and the output",
-                suggestion: "freeze the weights before it (--freeze '<regex>') so no gradient passes through it, or re-export the model without this op".into(),
+                message: format!(
+                    "{}{why}, and it lies between a trainable weight and the output",
+                    backward::missing_rule_message(i, n, opset)
+                ),
+                suggestion: format!("freeze them{fix}"),
             });
         } else if control || custom {
             problems.push(Problem {
@@ -338,6 +411,19 @@ impl fmt::Display for CheckReport {
         }
         if self.trainable.len() > 8 {
             writeln!(f, "  … and {} more", self.trainable.len() - 8)?;
+        }
+        if !self.preprocessing.is_empty() {
+            writeln!(
+                f,
+                "preprocessing constants (frozen unless --train names them; not counted as trainable): {}",
+                self.preprocessing.len()
+            )?;
+            for p in &self.preprocessing {
+                writeln!(f, "  {p}")?;
+            }
+        }
+        if let Some(o) = &self.output {
+            writeln!(f, "output: {o}")?;
         }
         if self.problems.is_empty() {
             write!(f, "no problems: this model can be fine-tuned")

@@ -59,6 +59,9 @@ pub struct TrainConfig {
     pub std: Option<Vec<f32>>,
     /// Replace the classifier head by a fresh one with this many classes.
     pub num_classes: Option<usize>,
+    /// Image classification: the model output to train (default: chosen from
+    /// the outputs, see `koala_graph::classifier_output`).
+    pub output: Option<String>,
     /// Train only weights whose name matches.
     pub train: Option<String>,
     /// Freeze weights whose name matches.
@@ -152,6 +155,7 @@ impl Default for TrainConfig {
             mean: None,
             std: None,
             num_classes: None,
+            output: None,
             train: None,
             freeze: None,
             train_constants: false,

@@ -110,7 +110,7 @@ fn evaluate_with_inputs(
             let classes = logits.len() / piece;
             for (i, &y) in batch.labels[start..start + real].iter().enumerate() {
                 if y < 0 || y as usize >= classes {
-                    bail!("label {y} is out of range for a model with {classes} outputs; pass --num-classes to replace the head");
+                    bail!("{}", label_out_of_range(y, classes, loader));
                 }
                 let (l, ok) = score_row(&logits[i * classes..(i + 1) * classes], y);
                 loss += l;
@@ -130,6 +130,17 @@ fn evaluate_with_inputs(
     })
 }
 
+/// Why a label does not fit the model, and what works: evaluation scores a
+/// model as it is (it has no `--num-classes`; a fresh head would be
+/// untrained), so the remedy is a fine-tuning run whose export has the
+/// data's classes.
+fn label_out_of_range(label: i64, outputs: usize, loader: &Loader) -> String {
+    let classes = loader.source().class_names().len();
+    format!(
+        "the data has {classes} classes (label {label} here) but the model has {outputs} outputs, so it cannot be scored on them. Fine-tune it on this data first with `koala finetune --num-classes {classes} ...` and evaluate the model that run exports (<run-dir>/model.onnx), or evaluate on data with at most {outputs} classes"
+    )
+}
+
 /// The batch size the model's data input is fixed to, if it is.
 fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
     let info = session.inputs().iter().find(|i| i.name == input)?;
@@ -140,7 +151,8 @@ fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
 }
 
 /// One ORT session of the evaluation graph (the model with its trainable initializers as
-/// inputs), made once per run; [`WeightsAsInputs::evaluate`] binds the current weights.
+/// inputs; image classifiers pass the model with its logits as the only output, see
+/// `koala_graph::classifier_output::logits_model`), made once per run; [`WeightsAsInputs::evaluate`] binds the current weights.
 pub struct WeightsAsInputs {
     session: Session,
     input: String,

@@ -7,6 +7,7 @@ use crate::eval::{self, EvalResult, WeightsAsInputs};
 use crate::task::{BestMetric, DataStats, ExportCheck, Fed, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::{BatchIter, Cursor};
+use koala_graph::classifier_output::ClassifierOutput;
 use koala_graph::step::{Batch as GBatch, TrainStep};
 use koala_graph::training::TrainingGraph;
 use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
@@ -22,6 +23,9 @@ pub struct ImageClassification {
     eval: Option<WeightsAsInputs>,
     /// The model's data input (known once evaluation is prepared).
     input: Option<String>,
+    /// The output trained and the logits value the loss reads (known once
+    /// the model is prepared).
+    choice: Option<ClassifierOutput>,
 }
 
 impl ImageClassification {
@@ -34,15 +38,36 @@ impl ImageClassification {
             short_batches: 0,
             eval: None,
             input: None,
+            choice: None,
         })
     }
 }
 
-/// Replaces the classifier head when `--num-classes` asks for it (also used by
-/// `koala export`, which must rebuild the model the run trained).
+/// The output to train and the value its loss reads (see
+/// `koala_graph::classifier_output`). The data's class count helps choose
+/// among several outputs only when the head is kept: a head replaced by
+/// `--num-classes` has no class count to match yet, so a run and a later
+/// `koala export` of it (which has no data) choose alike.
+pub fn choose_output(
+    model: &Model,
+    cfg: &TrainConfig,
+    data_classes: Option<usize>,
+) -> Result<ClassifierOutput> {
+    let hint = if cfg.num_classes.is_some() {
+        None
+    } else {
+        data_classes
+    };
+    koala_graph::classifier_output::choose(model, cfg.output.as_deref(), hint)
+}
+
+/// Replaces the classifier head of the chosen output when `--num-classes`
+/// asks for it (also used by `koala export`, which must rebuild the model the
+/// run trained).
 pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Result<()> {
     if let Some(n) = cfg.num_classes {
-        let h = koala_graph::head::replace_head(model, n, cfg.seed)?;
+        let choice = choose_output(model, cfg, None)?;
+        let h = koala_graph::head::replace_head(model, &choice, n, cfg.seed)?;
         if !quiet {
             eprintln!(
                 "replaced head {} ({} → {} classes)",
@@ -59,6 +84,11 @@ impl Task for ImageClassification {
     }
 
     fn prepare_model(&mut self, model: &mut Model) -> Result<()> {
+        let choice = choose_output(model, &self.cfg, Some(self.data.class_names.len()))?;
+        if model.graph().output.len() > 1 || choice.through.is_some() {
+            eprintln!("{}", choice.describe());
+        }
+        self.choice = Some(choice);
         prepare_model(model, &self.cfg, false)
     }
 
@@ -72,8 +102,11 @@ impl Task for ImageClassification {
             cfg.image_size.height as usize,
             cfg.image_size.width as usize,
         ];
+        let choice = self.choice()?;
         Ok(TrainingSpec {
             input_shapes: [(input, shape)].into_iter().collect(),
+            output: Some(choice.logits.clone()),
+            reported_output: Some(choice.output.clone()),
             loss: LossSpec::SoftmaxCrossEntropy {
                 label_smoothing: cfg.label_smoothing,
                 ignore_index: None,
@@ -162,7 +195,8 @@ impl Task for ImageClassification {
         model: &Model,
         trainable: &[(String, Vec<usize>)],
     ) -> Result<()> {
-        self.eval = Some(WeightsAsInputs::new(model, trainable, self.cfg.threads)?);
+        let logits = koala_graph::classifier_output::logits_model(model, self.choice()?);
+        self.eval = Some(WeightsAsInputs::new(&logits, trainable, self.cfg.threads)?);
         self.input = Some(eval::data_input(model)?);
         Ok(())
     }
@@ -198,9 +232,17 @@ impl Task for ImageClassification {
             intra_threads: self.cfg.threads,
             ..Default::default()
         };
+        let choice = self.choice()?.clone();
         let mut s = koala_runtime::Session::from_file(path, &opts)?;
-        let (max_diff, tract) = verify_export(path, &mut s, &input, step, &self.data)?;
-        let eval = eval::evaluate_session(&mut s, &input, &self.data.eval)?;
+        let (max_diff, tract) =
+            verify_export(path, &mut s, &input, &choice.output, step, &self.data)?;
+        // Scored like every evaluation of the run: on the logits value of the
+        // written file (its Softmax, if any, left out).
+        let written = Model::load(path)?;
+        let logits = koala_graph::classifier_output::logits_model(&written, &choice);
+        let mut ls = koala_runtime::Session::from_bytes(&logits.to_bytes(), &opts)
+            .context("ONNX Runtime could not load the exported model's logits for evaluation")?;
+        let eval = eval::evaluate_session(&mut ls, &input, &self.data.eval)?;
         Ok(ExportCheck {
             max_diff,
             tract,
@@ -221,6 +263,7 @@ fn verify_export(
     path: &Path,
     exported_session: &mut koala_runtime::Session,
     input: &str,
+    output: &str,
     step: &mut TrainStep,
     data: &Datasets,
 ) -> Result<(f64, std::result::Result<f64, String>)> {
@@ -242,7 +285,17 @@ fn verify_export(
         input,
         koala_runtime::TensorView::f32(&batch.images, &batch.shape),
     )])?;
-    let exported = out[0]
+    let index = exported_session
+        .outputs()
+        .iter()
+        .position(|o| o.name == output)
+        .with_context(|| {
+            format!(
+                "the exported model '{}' has no output '{output}'",
+                path.display()
+            )
+        })?;
+    let exported = out[index]
         .as_f32()
         .context("exported model output is not float32")?;
     let per_row = step.model_output().len() / b;
@@ -250,10 +303,19 @@ fn verify_export(
         bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
     }
     let ours = &step.model_output()[..n * per_row];
-    let tract = crate::tract_check::first_output(path, &batch.shape, &batch.images)
+    let tract = crate::tract_check::output(path, index, &batch.shape, &batch.images)
         .map(|t| crate::tract_check::max_abs_diff(&t, exported))
         .map_err(|e| format!("{e:#}"));
     Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
+}
+
+impl ImageClassification {
+    /// The output choice made in `prepare_model`.
+    fn choice(&self) -> Result<&ClassifierOutput> {
+        self.choice
+            .as_ref()
+            .context("the model's output was not chosen yet")
+    }
 }
 
 /// A model with a fixed input resolution needs `--image-size` to match it;

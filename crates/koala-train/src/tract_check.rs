@@ -11,6 +11,12 @@ use tract_onnx::prelude::*;
 /// Output 0 of the ONNX model at `model` for one f32 input of `shape`, as
 /// computed by tract.
 pub fn first_output(model: &Path, shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
+    output(model, 0, shape, input)
+}
+
+/// Output `index` of the ONNX model at `model` for one f32 input of `shape`,
+/// as computed by tract (a classifier's trained output need not be first).
+pub fn output(model: &Path, index: usize, shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
     let plan = tract_onnx::onnx()
         .model_for_path(model)
         .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
@@ -22,10 +28,10 @@ pub fn first_output(model: &Path, shape: &[usize], input: &[f32]) -> Result<Vec<
         .run(tvec!(tensor.into()))
         .with_context(|| format!("tract could not run '{}'", model.display()))?;
     let out = outputs
-        .first()
-        .context("tract returned no output")?
+        .get(index)
+        .with_context(|| format!("tract returned no output {index}"))?
         .to_plain_array_view::<f32>()
-        .context("tract's first output is not float32")?;
+        .with_context(|| format!("tract's output {index} is not float32"))?;
     Ok(out.iter().copied().collect())
 }
 

@@ -1,0 +1,213 @@
+//! Faults 1 and 9 of issue 8: which output a classifier trains (a final
+//! Softmax, several outputs), operator settings that must never train
+//! (Resize scales), and advice that works.
+
+#[path = "common/small_classifiers.rs"]
+mod small_classifiers;
+
+use koala_graph::classifier_output::choose;
+use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
+use small_classifiers::{conv_resize_conv, tiny_cnn, weights_in_constants, Outputs, Preprocessing};
+
+fn cnn(o: Outputs) -> Model {
+    tiny_cnn(o, Preprocessing::None)
+}
+
+#[test]
+fn a_final_softmax_is_walked_through_to_its_logits() {
+    let c = choose(&cnn(Outputs::Probs), None, Some(2)).unwrap();
+    assert_eq!((c.output.as_str(), c.logits.as_str()), ("probs", "logits"));
+    assert!(c.through.as_deref().unwrap().contains("Softmax"), "{c:?}");
+    assert!(
+        c.describe().contains("not probabilities"),
+        "{}",
+        c.describe()
+    );
+    // Without a Softmax the output is its own logits.
+    let c = choose(&cnn(Outputs::Logits), None, Some(2)).unwrap();
+    assert_eq!(
+        (c.output.as_str(), c.logits.as_str(), c.through),
+        ("logits", "logits", None)
+    );
+}
+
+#[test]
+fn logits_are_preferred_over_the_probabilities_of_the_same_head() {
+    for classes in [Some(2), None] {
+        let c = choose(&cnn(Outputs::ProbsAndLogits), None, classes).unwrap();
+        assert_eq!(
+            (c.output.as_str(), c.logits.as_str()),
+            ("logits", "logits"),
+            "{classes:?}"
+        );
+    }
+}
+
+#[test]
+fn the_output_whose_last_dimension_matches_the_classes_is_trained() {
+    let c = choose(&cnn(Outputs::FeaturesAndLogits), None, Some(2)).unwrap();
+    assert_eq!(c.output, "logits");
+    assert!(c.reason.contains("matches the 2 classes"), "{}", c.reason);
+    // --output wins over every rule.
+    let c = choose(&cnn(Outputs::FeaturesAndLogits), Some("features"), Some(2)).unwrap();
+    assert_eq!(c.output, "features");
+}
+
+#[test]
+fn ambiguous_outputs_are_refused_naming_the_flag() {
+    let e = choose(&cnn(Outputs::TwoHeads), None, Some(2)).unwrap_err();
+    let msg = format!("{e:#}");
+    for needle in [
+        "--output",
+        "'logits' [?, 2]",
+        "'logits2' [?, 2]",
+        "'features' [?, 4]",
+    ] {
+        assert!(msg.contains(needle), "'{needle}' missing from: {msg}");
+    }
+    // A name that is not an output is refused with the list.
+    let e = choose(&cnn(Outputs::TwoHeads), Some("nope"), None).unwrap_err();
+    assert!(format!("{e:#}").contains("no output named 'nope'"), "{e:#}");
+    // And naming one resolves it.
+    assert_eq!(
+        choose(&cnn(Outputs::TwoHeads), Some("logits2"), Some(2))
+            .unwrap()
+            .logits,
+        "logits2"
+    );
+}
+
+/// `--num-classes` replaces the head of the chosen output (here the second
+/// output), and every output of that head gets the new class dimension.
+#[test]
+fn num_classes_replaces_the_head_of_the_chosen_output() {
+    let mut m = cnn(Outputs::ProbsAndLogits);
+    let c = choose(&m, None, None).unwrap();
+    let h = koala_graph::head::replace_head(&mut m, &c, 5, 0).unwrap();
+    assert_eq!((h.weight.as_str(), h.classes), ("fc.weight", (2, 5)));
+    for o in &m.graph().output {
+        let dims = koala_graph::training::declared_dims(o);
+        assert_eq!(dims.last().copied().flatten(), Some(5), "output {}", o.name);
+    }
+}
+
+fn spec(model: &Model, trainable: TrainableSpec, output: Option<&str>) -> TrainingSpec {
+    let input = model.graph().input[0].name.clone();
+    TrainingSpec {
+        input_shapes: [(input, vec![2, 3, 8, 8])].into_iter().collect(),
+        loss: LossSpec::default(),
+        output: output.map(String::from),
+        trainable,
+        probe_threads: 1,
+        ..TrainingSpec::default()
+    }
+}
+
+/// The training graph of a Softmax classifier puts the loss on the logits and
+/// reports the probabilities (what the exported file returns).
+#[test]
+fn the_training_graph_reads_logits_and_reports_the_output() {
+    let m = cnn(Outputs::Probs);
+    let mut s = spec(&m, TrainableSpec::default(), Some("logits"));
+    s.input_shapes = [("input".to_string(), vec![2, 3, 16, 16])]
+        .into_iter()
+        .collect();
+    s.reported_output = Some("probs".into());
+    let g = koala_graph::build(&m, &s).unwrap();
+    let out = g.proto.graph.as_ref().unwrap();
+    let model_output = out
+        .node
+        .iter()
+        .find(|n| n.output == ["model_output"])
+        .unwrap();
+    assert_eq!(model_output.input, ["probs"]);
+    assert_eq!(g.model_output_shape, [2, 2]);
+}
+
+/// Resize's `scales` is an operator setting: never trainable; the error for
+/// Resize names the node, the tensor that needs the gradient and a --freeze
+/// flag, and following that advice builds.
+#[test]
+fn resize_scales_never_train_and_the_advice_works() {
+    let m = conv_resize_conv();
+    let selected = koala_graph::trainable::select(&m, &TrainableSpec::default()).unwrap();
+    assert!(
+        !selected.contains(&"resize.scales".to_string()),
+        "{selected:?}"
+    );
+    let e = koala_graph::build(&m, &spec(&m, TrainableSpec::default(), None)).unwrap_err();
+    let msg = format!("{e:#}");
+    for needle in ["Resize", "upsample", "'c1'", "conv1.weight", "--freeze '^("] {
+        assert!(msg.contains(needle), "'{needle}' missing from: {msg}");
+    }
+    let flag = msg
+        .split("--freeze '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let frozen = TrainableSpec {
+        exclude: Some(flag.to_string()),
+        ..TrainableSpec::default()
+    };
+    let g = koala_graph::build(&m, &spec(&m, frozen, None)).expect("the advised --freeze builds");
+    let names: Vec<&str> = g.trainable.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["conv2.weight", "conv2.bias"]);
+    // `check` says the same.
+    let r = koala_graph::check::check(&m, &TrainableSpec::default()).unwrap();
+    let text = r.to_string();
+    assert!(
+        text.contains("needs a gradient") && text.contains("--freeze '^("),
+        "{text}"
+    );
+}
+
+/// Every (op, input) of the settings table is excluded, here for a few ops
+/// whose settings exports store as float initializers.
+#[test]
+fn operator_settings_come_from_one_table() {
+    for (op, slots) in [
+        ("Resize", vec![1, 2, 3]),
+        ("Clip", vec![1, 2]),
+        ("Pad", vec![1, 2, 3]),
+        ("Upsample", vec![1]),
+    ] {
+        assert_eq!(
+            koala_graph::trainable::setting_slots(op),
+            slots.as_slice(),
+            "{op}"
+        );
+    }
+    assert!(koala_graph::trainable::setting_slots("Conv").is_empty());
+}
+
+/// Weights held only in Constant nodes: the refusal names --train-constants
+/// and does not blame patterns the user never gave; with the flag it builds.
+#[test]
+fn weights_in_constant_nodes_name_train_constants() {
+    let m = weights_in_constants();
+    let mut s = spec(&m, TrainableSpec::default(), None);
+    s.input_shapes = [("input".to_string(), vec![2, 3, 16, 16])]
+        .into_iter()
+        .collect();
+    let msg = format!("{:#}", koala_graph::build(&m, &s).unwrap_err());
+    assert!(msg.contains("--train-constants"), "{msg}");
+    assert!(
+        !msg.contains("pattern") && !msg.contains("--train '"),
+        "{msg}"
+    );
+    s.trainable.train_constants = true;
+    let g = koala_graph::build(&m, &s).unwrap();
+    assert_eq!(g.trainable.len(), 4);
+    // With a pattern given, the pattern is named.
+    s.trainable = TrainableSpec {
+        include: Some("^nothing$".into()),
+        ..TrainableSpec::default()
+    };
+    let msg = format!("{:#}", koala_graph::build(&m, &s).unwrap_err());
+    assert!(
+        msg.contains("--train '^nothing$'") && msg.contains("--train-constants"),
+        "{msg}"
+    );
+}
