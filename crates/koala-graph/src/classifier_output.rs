@@ -46,9 +46,8 @@ impl ClassifierOutput {
     pub fn describe(&self) -> String {
         let reads = match &self.through {
             Some(node) => format!(
-                "the loss reads '{}', the input of {node}, so cross-entropy sees logits, not probabilities; the exported file keeps the {}",
-                self.logits,
-                node.split(' ').next().unwrap_or("Softmax")
+                "the loss reads '{}', the input of {node}, so cross-entropy sees logits, not probabilities; the exported file keeps that node",
+                self.logits
             ),
             None => format!("the loss reads '{}' as logits", self.logits),
         };

@@ -333,7 +333,7 @@ pub fn nothing_selected(model: &Model, spec: &TrainableSpec) -> (String, String)
         .collect();
     let constants_hint = (!held_in_constants.is_empty() && !spec.train_constants).then(|| {
         format!(
-            "its weights are held in {} Constant node(s) (e.g. '{}'), which are not trainable by default; pass --train-constants to train them",
+            "its weights are held in {} Constant node(s) (e.g. '{}'), which are not trainable by default",
             held_in_constants.len(),
             held_in_constants[0]
         )
@@ -341,7 +341,7 @@ pub fn nothing_selected(model: &Model, spec: &TrainableSpec) -> (String, String)
     match (patterns.is_empty(), constants_hint) {
         (true, Some(hint)) => (
             format!("no trainable weights: the model has {floats} float initializer(s) to train, and {hint}"),
-            "pass --train-constants".into(),
+            "pass --train-constants to train the weights held in Constant nodes".into(),
         ),
         (true, None) => (
             format!("no trainable weights: none of the model's {floats} float initializer(s) is a weight of a parametrised op (preprocessing constants, operator settings and BatchNorm statistics stay frozen)"),

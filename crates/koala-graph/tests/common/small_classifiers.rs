@@ -101,7 +101,8 @@ pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// A tiny CNN on `[N, 3, 16, 16]` images: Conv(3→4, 3×3, pad 1) → Relu →
 /// GlobalAveragePool → Flatten (`features`, `[N, 4]`) → Gemm (`fc`, 2
-/// classes) → `logits`, → Softmax → `probs`; outputs and preprocessing as asked.
+/// classes, zero-initialised) → `logits`, → Softmax → `probs`; outputs and
+/// preprocessing as asked.
 pub fn tiny_cnn(outputs: Outputs, pre: Preprocessing) -> Model {
     let mut nodes = vec![];
     let mut inits: Vec<TensorProto> = vec![];
@@ -157,7 +158,9 @@ pub fn tiny_cnn(outputs: Outputs, pre: Preprocessing) -> Model {
         &weights(108, 1),
     ));
     inits.push(tensor::from_f32("conv.bias", &[4], &weights(4, 2)));
-    inits.push(tensor::from_f32("fc.weight", &[2, 4], &weights(8, 3)));
+    // The head starts at zero: both class scores are equal, so accuracy starts
+    // at chance and only a trained head raises it.
+    inits.push(tensor::from_f32("fc.weight", &[2, 4], &[0.0; 8]));
     inits.push(tensor::from_f32("fc.bias", &[2], &[0.0, 0.0]));
     nodes.push(node(
         "Conv",
