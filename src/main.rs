@@ -569,9 +569,7 @@ fn eval(a: EvalArgs) -> Result<u8> {
     let classes = loader.source().class_names().len();
     let choice =
         koala::graph::classifier_output::choose(&model, a.output.as_deref(), Some(classes))?;
-    let logits = koala::graph::classifier_output::logits_model(&model, &choice);
-    let mut s = koala::runtime::Session::from_bytes(&logits.to_bytes(), &opts)
-        .with_context(|| format!("ONNX Runtime could not load '{}'", a.model.display()))?;
+    let mut s = koala::train::eval::logits_session(&a.model, &model, &choice, &opts)?;
     let r = koala::train::eval::evaluate_session(
         &mut s,
         &koala::train::eval::data_input(&model)?,

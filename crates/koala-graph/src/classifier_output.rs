@@ -14,9 +14,9 @@
 //! * with several outputs: an explicit `--output NAME` wins; otherwise the
 //!   output whose last dimension equals the number of classes (when known)
 //!   and whose producer is a classifier head (Gemm, MatMul(+Add), Conv,
-//!   Conv → GlobalAveragePool…); of one head's outputs the logits are
-//!   preferred over the probabilities; still ambiguous → refuse, listing the
-//!   outputs and naming `--output`.
+//!   Conv → GlobalAveragePool…); a fully connected head over pooled
+//!   features; of one head's outputs the logits over the probabilities; still
+//!   ambiguous → refuse, listing the outputs and naming `--output`.
 
 use crate::model::{node_label, Model};
 use crate::proto::{type_proto, GraphProto, NodeProto, ValueInfoProto};
@@ -63,6 +63,8 @@ struct Trace {
     through: Option<String>,
     /// The classifier-head node (label) the logits come from, if recognised.
     head: Option<String>,
+    /// The head is fully connected (Gemm, MatMul, or a bias Add after one).
+    dense: bool,
     last_dim: Option<i64>,
     shape: String,
 }
@@ -92,6 +94,7 @@ fn trace(model: &Model, out: &ValueInfoProto) -> Trace {
     let mut logits = out.name.clone();
     let mut through = None;
     let mut head = None;
+    let mut dense = false;
     while let Some(i) = producer(g, &v) {
         let n = &g.node[i];
         if SHAPE_ONLY.contains(&n.op_type.as_str()) && !n.input.is_empty() {
@@ -102,6 +105,7 @@ fn trace(model: &Model, out: &ValueInfoProto) -> Trace {
             logits = v.clone();
         } else {
             head = is_head(g, i).then(|| node_label(i, n));
+            dense = is_dense(g, i);
             break;
         }
     }
@@ -110,6 +114,7 @@ fn trace(model: &Model, out: &ValueInfoProto) -> Trace {
         logits,
         through,
         head,
+        dense,
         last_dim: dims.last().copied().flatten(),
         shape: format!(
             "[{}]",
@@ -143,6 +148,19 @@ fn is_head(g: &GraphProto, i: usize) -> bool {
             }
             false
         }
+        _ => false,
+    }
+}
+
+/// Whether node `i` is a fully connected classifier: Gemm, MatMul, or Add of
+/// a bias to one.
+fn is_dense(g: &GraphProto, i: usize) -> bool {
+    let n = &g.node[i];
+    match n.op_type.as_str() {
+        "Gemm" | "MatMul" => true,
+        "Add" => n.input.iter().any(|x| {
+            producer(g, x).is_some_and(|k| matches!(g.node[k].op_type.as_str(), "MatMul" | "Gemm"))
+        }),
         _ => false,
     }
 }
@@ -225,8 +243,22 @@ pub fn choose(
             why.push(format!("its last dimension matches the {c} classes"));
         }
     }
-    let first = pool.first().map(|t| t.logits.clone());
-    if pool.is_empty() || pool.iter().any(|t| Some(&t.logits) != first.as_ref()) {
+    // Several heads left: a fully connected one (Gemm, MatMul) is the
+    // classifier; a pooled Conv map is usually a feature output.
+    let distinct = |p: &[&Trace]| {
+        let mut l: Vec<&str> = p.iter().map(|t| t.logits.as_str()).collect();
+        l.sort();
+        l.dedup();
+        l.len()
+    };
+    if distinct(&pool) > 1 {
+        let dense: Vec<&Trace> = pool.iter().copied().filter(|t| t.dense).collect();
+        if distinct(&dense) == 1 {
+            pool = dense;
+            why.push("a fully connected head is preferred over pooled features".into());
+        }
+    }
+    if pool.is_empty() || distinct(&pool) > 1 {
         bail!(
             "{name} has {} outputs and koala cannot tell which one holds the class scores: {}. Pass --output NAME (finetune, check and eval take it; `output = \"NAME\"` in a config file)",
             traces.len(),

@@ -232,9 +232,9 @@ fn raw_data_values(model: &Model) -> HashSet<String> {
     raw
 }
 
-/// The preprocessing constants of `model`, in initializer order: float
-/// initializers whose every use is an element-wise op ([`PREPROCESSING_OPS`])
-/// applied to raw data (see [`raw_data_values`]). They are frozen by default
+/// The preprocessing constants of `model`, in initializer order: scalar or
+/// per-channel float initializers whose every use is an element-wise op
+/// ([`PREPROCESSING_OPS`]) applied to raw data (see [`raw_data_values`]). They are frozen by default
 /// and not counted as weights; `--train <regex>` naming them still selects
 /// them.
 pub fn preprocessing_constants(model: &Model) -> Vec<PreprocessingConstant> {
@@ -248,7 +248,12 @@ pub fn preprocessing_constants(model: &Model) -> Vec<PreprocessingConstant> {
             .enumerate()
             .filter(|(_, n)| n.input.iter().any(|x| x == &t.name))
             .collect();
-        let preprocessing = !uses.is_empty()
+        // Normalisation constants are per-channel or scalar (`[1,3,1,1]`,
+        // `[3]`, `[]`); a full-size tensor added to the input is a learned
+        // offset, a weight.
+        let broadcast = t.dims.iter().filter(|&&d| d != 1).count() <= 1;
+        let preprocessing = broadcast
+            && !uses.is_empty()
             && uses.iter().all(|(_, n)| {
                 PREPROCESSING_OPS.contains(&n.op_type.as_str())
                     && n.input.iter().any(|x| x != &t.name && raw.contains(x))

@@ -48,6 +48,10 @@ fn the_output_whose_last_dimension_matches_the_classes_is_trained() {
     let c = choose(&cnn(Outputs::FeaturesAndLogits), None, Some(2)).unwrap();
     assert_eq!(c.output, "logits");
     assert!(c.reason.contains("matches the 2 classes"), "{}", c.reason);
+    // Without a class count, the fully connected head wins over pooled features.
+    let c = choose(&cnn(Outputs::FeaturesAndLogits), None, None).unwrap();
+    assert_eq!(c.output, "logits");
+    assert!(c.reason.contains("fully connected"), "{}", c.reason);
     // --output wins over every rule.
     let c = choose(&cnn(Outputs::FeaturesAndLogits), Some("features"), Some(2)).unwrap();
     assert_eq!(c.output, "features");

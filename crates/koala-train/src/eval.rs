@@ -63,6 +63,31 @@ pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
     (lse - row[label as usize] as f64, arg as i64 == label)
 }
 
+/// An ORT session of the classifier at `path` (loaded as `model`) whose only
+/// output is the logits value `choice` names: what the training loss reads,
+/// so evaluation scores cross-entropy from logits even when the file ends in
+/// Softmax or has several outputs. A model whose only output already is its
+/// logits is opened from its file as is.
+pub fn logits_session(
+    path: &std::path::Path,
+    model: &Model,
+    choice: &koala_graph::classifier_output::ClassifierOutput,
+    opts: &SessionOptions,
+) -> Result<Session> {
+    let g = model.graph();
+    if g.output.len() == 1 && g.output[0].name == choice.logits {
+        return Ok(Session::from_file(path, opts)?);
+    }
+    let logits = koala_graph::classifier_output::logits_model(model, choice);
+    Session::from_bytes(&logits.to_bytes(), opts).with_context(|| {
+        format!(
+            "ONNX Runtime could not load '{}' with its logits '{}' as the output",
+            path.display(),
+            choice.logits
+        )
+    })
+}
+
 /// Evaluates an ORT session of the inference model on every batch of `loader`.
 pub fn evaluate_session(session: &mut Session, input: &str, loader: &Loader) -> Result<EvalResult> {
     evaluate_with_inputs(session, input, &[], loader)

@@ -239,9 +239,7 @@ impl Task for ImageClassification {
         // Scored like every evaluation of the run: on the logits value of the
         // written file (its Softmax, if any, left out).
         let written = Model::load(path)?;
-        let logits = koala_graph::classifier_output::logits_model(&written, &choice);
-        let mut ls = koala_runtime::Session::from_bytes(&logits.to_bytes(), &opts)
-            .context("ONNX Runtime could not load the exported model's logits for evaluation")?;
+        let mut ls = eval::logits_session(path, &written, &choice, &opts)?;
         let eval = eval::evaluate_session(&mut ls, &input, &self.data.eval)?;
         Ok(ExportCheck {
             max_diff,
