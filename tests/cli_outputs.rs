@@ -294,7 +294,7 @@ fn in_graph_mean_and_std_stay_as_they_are() {
     let (out, _) = ok(&["check", &model]);
     assert!(
         out.contains("trainable: 4 tensors")
-            && out.contains("preprocessing constants")
+            && out.contains("preprocessing and architecture constants")
             && out.contains("  mean (Sub"),
         "{out}"
     );

@@ -215,19 +215,26 @@ pub fn check_output(
 }
 
 /// The in-graph preprocessing constants (mean/std/255 applied to the raw
-/// input), one line each; they stay frozen unless `--train` names them.
+/// input) and one-element constants of the architecture, one line each; they
+/// stay frozen unless `--train` names them.
 pub fn preprocessing_lines(model: &Model, selected: &[String]) -> Vec<String> {
-    trainable::preprocessing_constants(model)
-        .iter()
-        .map(|p| {
-            let state = if selected.contains(&p.name) {
-                "trained: --train names it"
-            } else {
-                "frozen"
-            };
-            format!("{} ({} in {}, {state})", p.name, p.op, p.node)
-        })
-        .collect()
+    let state = |name: &str| {
+        if selected.iter().any(|s| s == name) {
+            "trained: --train names it"
+        } else {
+            "frozen"
+        }
+    };
+    let pre = trainable::preprocessing_constants(model)
+        .into_iter()
+        .map(|p| format!("{} ({} in {}, {})", p.name, p.op, p.node, state(&p.name)));
+    let scalars = trainable::architecture_scalars(model).into_iter().map(|n| {
+        format!(
+            "{n} (a one-element constant of the architecture, {})",
+            state(&n)
+        )
+    });
+    pre.chain(scalars).collect()
 }
 
 /// Which output an image classifier trains and which value the loss reads,
@@ -415,7 +422,7 @@ impl fmt::Display for CheckReport {
         if !self.preprocessing.is_empty() {
             writeln!(
                 f,
-                "preprocessing constants (frozen unless --train names them; not counted as trainable): {}",
+                "preprocessing and architecture constants (frozen unless --train names them; not counted as trainable): {}",
                 self.preprocessing.len()
             )?;
             for p in &self.preprocessing {

@@ -1,8 +1,9 @@
 //! Which weights get trained.
 //!
 //! Default: every float initializer except BatchNorm running statistics,
-//! operator settings (Resize scales, Clip bounds, Reshape shapes…) and
-//! in-graph preprocessing constants (mean/std/255 applied to the raw input).
+//! operator settings (Resize scales, Clip bounds, Reshape shapes…),
+//! in-graph preprocessing constants (mean/std/255 applied to the raw input)
+//! and one-element constants of the architecture (GELU's 0.5, ε).
 //! Regexes include/exclude by name. Weights stored in `Constant` nodes (some
 //! exporters, e.g. PaddlePaddle's, put them there) can be promoted to
 //! initializers so they become trainable too; export writes them back into
@@ -286,10 +287,12 @@ pub fn select(model: &Model, spec: &TrainableSpec) -> Result<Vec<String>> {
         .context("invalid --freeze regex")?;
     let mut never = batchnorm_statistics(model);
     never.extend(operator_settings(model));
-    // Preprocessing constants train only when --train names them.
+    // Preprocessing constants and scalar constants of the architecture
+    // train only when --train names them.
     let preprocessing: HashSet<String> = preprocessing_constants(model)
         .into_iter()
         .map(|p| p.name)
+        .chain(architecture_scalars(model))
         .collect();
     let used: HashSet<&str> = model
         .graph()
@@ -310,6 +313,38 @@ pub fn select(model: &Model, spec: &TrainableSpec) -> Result<Vec<String>> {
         .filter(|t| !exc.as_ref().is_some_and(|r| r.is_match(&t.name)))
         .map(|t| t.name.clone())
         .collect())
+}
+
+/// Arithmetic ops in which a one-element constant is a fixed number of the
+/// architecture (GELU's 0.5 and √2, a normalisation's ε, attention's 1/√d).
+const SCALAR_ARITHMETIC: &[&str] = &["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"];
+
+/// One-element float initializers used only in element-wise arithmetic
+/// ([`SCALAR_ARITHMETIC`]): numbers of the architecture written as
+/// initializers by decomposed exports, not weights of a parametrised op. They
+/// are frozen by default and not counted (a trainable count inflated by them
+/// would lower KOALA++'s default η); `--train` naming one selects it.
+/// Preprocessing scalars (`Div(255)`) are listed by
+/// [`preprocessing_constants`] instead.
+pub fn architecture_scalars(model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let pre: HashSet<String> = preprocessing_constants(model)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    g.initializer
+        .iter()
+        .filter(|t| is_float(t) && tensor::numel(&t.dims) == 1 && !pre.contains(&t.name))
+        .filter(|t| {
+            let mut uses = g
+                .node
+                .iter()
+                .filter(|n| n.input.iter().any(|x| x == &t.name))
+                .peekable();
+            uses.peek().is_some() && uses.all(|n| SCALAR_ARITHMETIC.contains(&n.op_type.as_str()))
+        })
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 /// Why nothing is selected, and what to do: `(reason, remedy)`. Blames the

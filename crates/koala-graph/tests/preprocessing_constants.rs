@@ -29,6 +29,7 @@ fn shipped_models_train_the_same_tensor_set() {
         let s = trainable::select(&m, &TrainableSpec::default()).unwrap();
         assert_eq!(s.len(), count, "{p}: {s:?}");
         assert!(trainable::preprocessing_constants(&m).is_empty(), "{p}");
+        assert!(trainable::architecture_scalars(&m).is_empty(), "{p}");
     }
 }
 
@@ -81,10 +82,58 @@ fn the_training_graph_and_check_leave_them_out() {
     let r = koala_graph::check::check(&m, &TrainableSpec::default()).unwrap();
     assert_eq!(r.trainable.len(), 4);
     let text = r.to_string();
-    assert!(text.contains("preprocessing constants"), "{text}");
+    assert!(
+        text.contains("preprocessing and architecture constants"),
+        "{text}"
+    );
     assert!(
         text.contains("mean (Sub in node #0 'sub_mean' (Sub), frozen)"),
         "{text}"
     );
     assert!(text.contains("std (Div"), "{text}");
+}
+
+/// A one-element constant in element-wise arithmetic (here GELU's 0.5 after
+/// the classifier) is a number of the architecture: frozen, listed by
+/// `check`, selectable by `--train`.
+#[test]
+fn one_element_constants_of_the_architecture_are_frozen() {
+    use koala_graph::proto::NodeProto;
+    let mut m = tiny_cnn(Outputs::Logits, Preprocessing::None);
+    let g = m.graph_mut();
+    g.initializer
+        .push(koala_graph::tensor::from_f32("half", &[], &[0.5]));
+    for n in g.node.iter_mut() {
+        if n.op_type == "Relu" {
+            n.output = vec!["relu_raw".into()];
+        }
+    }
+    let at = g.node.iter().position(|n| n.op_type == "Relu").unwrap() + 1;
+    g.node.insert(
+        at,
+        NodeProto {
+            op_type: "Mul".into(),
+            name: "halve".into(),
+            input: vec!["relu_raw".into(), "half".into()],
+            output: vec!["relu_out".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(trainable::architecture_scalars(&m), ["half"]);
+    assert_eq!(
+        names(&m, &TrainableSpec::default()),
+        ["conv.weight", "conv.bias", "fc.weight", "fc.bias"]
+    );
+    let spec = TrainableSpec {
+        include: Some("^half$".into()),
+        ..TrainableSpec::default()
+    };
+    assert_eq!(names(&m, &spec), ["half"]);
+    let text = koala_graph::check::check(&m, &TrainableSpec::default())
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("half (a one-element constant of the architecture, frozen)"),
+        "{text}"
+    );
 }
