@@ -9,8 +9,10 @@
 //!
 //! * for the chosen output, walk back through shape-only nodes (Identity,
 //!   Flatten, Reshape, Squeeze) and a Softmax/LogSoftmax on the class axis:
-//!   the loss reads the Softmax's *input* (the logits). The exported file
-//!   keeps the user's graph, Softmax included; only weights change.
+//!   the loss reads the Softmax's *input* (the logits; a Softmax over a
+//!   pooled `[N, C, 1, 1]` map before Flatten: the map, reshaped to the
+//!   output's shape by the training graph). The exported file keeps the
+//!   user's graph, Softmax included; only weights change.
 //! * with several outputs: an explicit `--output NAME` wins; otherwise the
 //!   output whose last dimension equals the number of classes (when known)
 //!   and whose producer is a classifier head (Gemm, MatMul(+Add), Conv,

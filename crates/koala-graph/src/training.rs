@@ -183,7 +183,22 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     }
     let g = model.graph();
     let mut ctx = GradCtx::new(&mut facts, model.opset());
-    let head = loss::append(&mut ctx, &spec.loss, &output, LABELS)?;
+    // A Softmax over `[N, C, 1, 1]` followed by Flatten: the logits have the
+    // reported output's elements in another shape. The loss reads them in
+    // the output's shape, and the seed goes back through the same Reshape.
+    let (loss_input, seed_shape) = {
+        let (at, to) = (ctx.shape(&output)?, ctx.shape(&reported)?);
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        if reported != output && at != to && numel(&at) == numel(&to) {
+            (ctx.reshape(&output, &to)?, Some(at))
+        } else {
+            (output.clone(), None)
+        }
+    };
+    let mut head = loss::append(&mut ctx, &spec.loss, &loss_input, LABELS)?;
+    if let Some(shape) = seed_shape {
+        head.seed = ctx.reshape(&head.seed, &shape)?;
+    }
     let loss_nodes = ctx.nodes.len();
     let grads = backward::differentiate(
         &mut ctx,

@@ -215,3 +215,85 @@ fn weights_in_constant_nodes_name_train_constants() {
         "{msg}"
     );
 }
+
+/// Softmax over the channel axis of a pooled `[N, 2, 1, 1]` map, then
+/// Flatten to `probs [N, 2]`: the loss reads the pooled logits reshaped to
+/// `[N, 2]` and the gradient reaches the Conv.
+#[test]
+fn a_softmax_before_flatten_trains_its_logits() {
+    use koala_graph::attrs::a_int;
+    let mut m = cnn(Outputs::Logits);
+    let g = m.graph_mut();
+    // conv → relu → pool (4 channels) becomes conv (2 channels) → pool →
+    // Softmax(axis 1) → Flatten.
+    g.node
+        .retain(|n| matches!(n.op_type.as_str(), "Conv" | "Relu" | "GlobalAveragePool"));
+    for t in g.initializer.iter_mut() {
+        if t.name == "conv.weight" {
+            *t = koala_graph::tensor::from_f32(
+                "conv.weight",
+                &[2, 3, 3, 3],
+                &small_classifiers::weights(54, 1),
+            );
+        } else if t.name == "conv.bias" {
+            *t = koala_graph::tensor::from_f32("conv.bias", &[2], &[0.0, 0.0]);
+        }
+    }
+    g.initializer.retain(|t| t.name.starts_with("conv"));
+    g.node.push(small_classifiers::node(
+        "Softmax",
+        "softmax",
+        &["pooled"],
+        &["p4"],
+        vec![a_int("axis", 1)],
+    ));
+    g.node.push(small_classifiers::node(
+        "Flatten",
+        "flatten",
+        &["p4"],
+        &["probs"],
+        vec![],
+    ));
+    g.output = vec![small_classifiers::info(
+        "probs",
+        koala_graph::proto::DataType::Float,
+        &[None, Some(2)],
+    )];
+    let c = choose(&m, None, Some(2)).unwrap();
+    assert_eq!((c.output.as_str(), c.logits.as_str()), ("probs", "pooled"));
+    let mut s = spec(&m, TrainableSpec::default(), Some(&c.logits));
+    s.input_shapes = [("input".to_string(), vec![2, 3, 16, 16])]
+        .into_iter()
+        .collect();
+    s.reported_output = Some(c.output.clone());
+    let g = koala_graph::build(&m, &s).unwrap();
+    assert_eq!(g.trainable.len(), 2);
+    assert_eq!(
+        (g.label_shape.as_slice(), g.model_output_shape.as_slice()),
+        ([2].as_slice(), [2, 2].as_slice())
+    );
+    // The loss is cross-entropy of the logits: −ln of the reported
+    // probability of each label, and the Conv gets a gradient.
+    let mut step = koala_graph::step::TrainStep::new(g, Some(1)).unwrap();
+    let images: Vec<f32> = (0..2 * 3 * 16 * 16)
+        .map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.5)
+        .collect();
+    let labels = [0i64, 1];
+    use koala_graph::step::Batch;
+    step.set_batch(&[Batch::F32(&images)], Batch::I64(&labels))
+        .unwrap();
+    step.run().unwrap();
+    let probs = step.model_output().to_vec();
+    let want: f64 = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| -(probs[i * 2 + y as usize] as f64).ln())
+        .sum::<f64>()
+        / 2.0;
+    assert!(
+        (step.loss() as f64 - want).abs() < 1e-5,
+        "loss {} vs −ln p {want}",
+        step.loss()
+    );
+    assert!(step.grad(0).iter().any(|&d| d != 0.0));
+}
