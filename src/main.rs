@@ -127,6 +127,10 @@ struct FinetuneArgs {
     /// Replace the classifier by a fresh one with this many classes.
     #[arg(long)]
     num_classes: Option<usize>,
+    /// The model output to train, for a model with several (default: the one whose last
+    /// dimension matches the classes and that comes from a classifier head).
+    #[arg(long)]
+    output: Option<String>,
     /// Train only weights whose name matches this regex.
     #[arg(long)]
     train: Option<String>,
@@ -330,6 +334,10 @@ struct EvalArgs {
     /// Keep the stored pixels of photos whose EXIF Orientation tag says they are rotated (default: rotate them upright).
     #[arg(long)]
     ignore_exif: bool,
+    /// Classifier: the output to score, for a model with several (default: chosen as
+    /// finetune chooses).
+    #[arg(long)]
+    output: Option<String>,
     /// ONNX Runtime threads.
     #[arg(long)]
     threads: Option<usize>,
@@ -488,6 +496,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         std,
         eval_data,
         num_classes,
+        output,
         train,
         freeze,
         lr,
@@ -609,15 +618,15 @@ fn eval(a: EvalArgs) -> Result<u8> {
     let read = koala::data::ReadOptions {
         ignore_exif: a.ignore_exif,
     };
-    let (r, unreadable) = koala::train::eval::evaluate_classifier_file(
-        &a.model,
-        &model,
-        &a.data,
-        &flags,
+    let options = koala::train::eval::ClassifierEvalOptions {
+        flags,
+        output: a.output.clone(),
         read,
-        a.batch_size,
-        a.threads,
-    )?;
+        batch_size: a.batch_size,
+        threads: a.threads,
+    };
+    let (r, unreadable) =
+        koala::train::eval::evaluate_classifier_file(&a.model, &model, &a.data, &options)?;
     out!(
         "{} samples of '{}'{}: loss {:.4}, top-1 {:.2}%",
         r.samples,

@@ -51,6 +51,13 @@ pub struct CheckReport {
     pub trainable: Vec<(String, usize)>,
     /// Graph inputs with their declared dims.
     pub inputs: Vec<String>,
+    /// Image classifiers: which output trains and which value the loss
+    /// reads, and why (None for language models or when koala cannot tell,
+    /// which is then a note among the problems).
+    pub output: Option<String>,
+    /// Preprocessing constants (frozen unless `--train` names them), one
+    /// line each.
+    pub preprocessing: Vec<String>,
     /// Findings.
     pub problems: Vec<Problem>,
 }
@@ -64,6 +71,15 @@ impl CheckReport {
 
 /// Checks a model against a trainable selection.
 pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
+    check_output(model, spec, None)
+}
+
+/// [`check`] with the classifier output to train (`--output`), if named.
+pub fn check_output(
+    model: &Model,
+    spec: &TrainableSpec,
+    output: Option<&str>,
+) -> Result<CheckReport> {
     let g = model.graph();
     let mut ops = BTreeMap::new();
     for n in &g.node {
@@ -116,7 +132,12 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         });
     }
     if selected.is_empty() {
-        problems.push(nothing_selected(model, &work, spec));
+        let (message, suggestion) = trainable::nothing_selected(&work, spec);
+        problems.push(Problem {
+            severity: Severity::Error,
+            message,
+            suggestion,
+        });
     }
     inputs_problems(model, &mut problems);
     problems.extend(training_mode_problems(model));
@@ -162,6 +183,15 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         });
     }
     path_problems(&work, &selected, &mut problems);
+    let preprocessing = preprocessing_lines(&work, &selected);
+    let output = match classifier_output_report(model, output) {
+        Some(Ok(line)) => Some(line),
+        Some(Err(p)) => {
+            problems.push(p);
+            None
+        }
+        None => None,
+    };
     let inputs = g
         .input
         .iter()
@@ -181,63 +211,10 @@ pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
         parameters,
         trainable: sizes,
         inputs,
+        output,
+        preprocessing,
         problems,
     })
-}
-
-/// Why nothing trains, in the user's terms: the patterns they gave, or weights that live in
-/// Constant nodes (`--train-constants`), or a model without float weights.
-fn nothing_selected(model: &Model, work: &Model, spec: &TrainableSpec) -> Problem {
-    let constants = model
-        .graph()
-        .node
-        .iter()
-        .filter(|n| n.op_type == "Constant")
-        .filter(|n| {
-            n.attribute.iter().any(|a| {
-                a.t.as_ref()
-                    .is_some_and(|t| tensor::to_f32(t).is_ok() && tensor::numel(&t.dims) > 1)
-            })
-        })
-        .count();
-    let patterns: Vec<String> = [("--train", &spec.include), ("--freeze", &spec.exclude)]
-        .into_iter()
-        .filter_map(|(flag, p)| p.as_ref().map(|p| format!("{flag} '{p}'")))
-        .collect();
-    if !patterns.is_empty() {
-        let names: Vec<&str> = work
-            .graph()
-            .initializer
-            .iter()
-            .filter(|t| tensor::to_f32(t).is_ok())
-            .map(|t| t.name.as_str())
-            .take(6)
-            .collect();
-        return Problem {
-            severity: Severity::Error,
-            message: format!("{} leave no weight to train", patterns.join(" and ")),
-            suggestion: if names.is_empty() {
-                "the model has no float initializers; use --train-constants if its weights live in Constant nodes".into()
-            } else {
-                format!(
-                    "the patterns are regexes matched against initializer names such as {}",
-                    names.join(", ")
-                )
-            },
-        };
-    }
-    if constants > 0 && !spec.train_constants {
-        return Problem {
-            severity: Severity::Error,
-            message: format!("the model has no float initializers: its weights live in {constants} float Constant nodes"),
-            suggestion: "pass --train-constants to train them (the export writes them back into the Constant nodes)".into(),
-        };
-    }
-    Problem {
-        severity: Severity::Error,
-        message: "the model has no float weights to train".into(),
-        suggestion: "koala trains float initializers (and, with --train-constants, float Constant nodes); this model has neither".into(),
-    }
 }
 
 /// Nodes exported in *training* mode: BatchNormalization with `training_mode=1` normalises
@@ -284,6 +261,49 @@ fn constant_bool(model: &Model, name: &str) -> Option<bool> {
             .and_then(|n| n.attribute.iter().find_map(|a| a.t.as_ref()))
     })?;
     tensor::to_i64(t).ok()?.first().map(|&v| v != 0)
+}
+
+/// The in-graph preprocessing constants (mean/std/255 applied to the raw
+/// input) and one-element constants of the architecture, one line each; they
+/// stay frozen unless `--train` names them.
+pub fn preprocessing_lines(model: &Model, selected: &[String]) -> Vec<String> {
+    let state = |name: &str| {
+        if selected.iter().any(|s| s == name) {
+            "trained: --train names it"
+        } else {
+            "frozen"
+        }
+    };
+    let pre = trainable::preprocessing_constants(model)
+        .into_iter()
+        .map(|p| format!("{} ({} in {}, {})", p.name, p.op, p.node, state(&p.name)));
+    let scalars = trainable::architecture_scalars(model).into_iter().map(|n| {
+        format!(
+            "{n} (a one-element constant of the architecture, {})",
+            state(&n)
+        )
+    });
+    pre.chain(scalars).collect()
+}
+
+/// Which output an image classifier trains and which value the loss reads,
+/// or (as a note) why koala cannot tell without the data's class count.
+/// None for language models: their loss reads the causal-LM logits.
+pub fn classifier_output_report(
+    model: &Model,
+    output: Option<&str>,
+) -> Option<std::result::Result<String, Problem>> {
+    if crate::lm_signature::is_language_model(model) {
+        return None;
+    }
+    Some(match crate::classifier_output::choose(model, output, None) {
+        Ok(c) => Ok(c.describe()),
+        Err(e) => Err(Problem {
+            severity: Severity::Note,
+            message: format!("{e:#}"),
+            suggestion: "finetune and eval pick the output whose last dimension matches the data's class count when only one does; otherwise pass --output NAME".into(),
+        }),
+    })
 }
 
 fn inputs_problems(model: &Model, problems: &mut Vec<Problem>) {
@@ -397,11 +417,16 @@ fn path_problems(model: &Model, selected: &[String], problems: &mut Vec<Problem>
         let control = matches!(n.op_type.as_str(), "If" | "Loop" | "Scan");
         let needs_rule = on_path.contains(&i) && !is_non_differentiable(n);
         if needs_rule && rule_for(n, opset).is_none() {
+            let remedy = backward::needs_gradient_remedy(&g.node, i, &live, selected);
+            let (why, fix) = remedy.split_once(". Freeze them").unwrap_or((&remedy, ""));
             problems.push(Problem {
                 severity: Severity::Error,
-                message: backward::missing_rule_message(i, n, opset).split("; it lies").next().unwrap_or_default().to_string() + " and lies between a trainable weight and the output",
+                message: format!(
+                    "{}{why}, and it lies between a trainable weight and the output",
+                    backward::missing_rule_message(i, n, opset)
+                ),
                 suggestion: if ort_has_domain(&n.domain) {
-                    "freeze the weights before it (--freeze '<regex>') so no gradient passes through it, or re-export the model without this op".into()
+                    format!("freeze them{fix}")
                 } else {
                     crate::lower::REEXPORT.into()
                 },
@@ -455,6 +480,19 @@ impl fmt::Display for CheckReport {
         }
         if self.trainable.len() > 8 {
             writeln!(f, "  … and {} more", self.trainable.len() - 8)?;
+        }
+        if !self.preprocessing.is_empty() {
+            writeln!(
+                f,
+                "preprocessing and architecture constants (frozen unless --train names them; not counted as trainable): {}",
+                self.preprocessing.len()
+            )?;
+            for p in &self.preprocessing {
+                writeln!(f, "  {p}")?;
+            }
+        }
+        if let Some(o) = &self.output {
+            writeln!(f, "output: {o}")?;
         }
         if self.problems.is_empty() {
             write!(f, "no problems: this model can be fine-tuned")

@@ -1,11 +1,13 @@
 //! Replacing the final classifier ("head") for a new number of classes.
 //!
-//! The head is the Gemm, or MatMul followed by Add, that produces the graph
-//! output (possibly through Identity/Flatten/Reshape). Its weight and bias
+//! The head is the Gemm, or MatMul followed by Add, that produces the chosen
+//! graph output's logits (see `classifier_output.rs`: through
+//! Identity/Flatten/Reshape and a final Softmax/LogSoftmax). Its weight and bias
 //! keep their names (so export stays recognisable) and get new shapes and a
 //! fresh initialisation, reproducible from a seed: PyTorch's nn.Linear
 //! default, U(−1/√fan_in, 1/√fan_in) for both.
 
+use crate::classifier_output::ClassifierOutput;
 use crate::model::{node_label, Model};
 use crate::proto::{dimension, type_proto};
 use crate::tensor;
@@ -26,14 +28,21 @@ pub struct HeadReplacement {
     pub classes: (usize, usize),
 }
 
-/// Replaces the head of `model` by a fresh one with `classes` outputs.
-pub fn replace_head(model: &mut Model, classes: usize, seed: u64) -> Result<HeadReplacement> {
+/// Replaces the head that produces `choice`'s logits by a fresh one with
+/// `classes` outputs.
+pub fn replace_head(
+    model: &mut Model,
+    choice: &ClassifierOutput,
+    classes: usize,
+    seed: u64,
+) -> Result<HeadReplacement> {
     if classes < 1 {
         bail!("--num-classes must be at least 1");
     }
     let name = model.display_name();
+    let resized = crate::classifier_output::outputs_of_logits(model, &choice.logits);
     let g = model.graph();
-    let mut value = g.output[0].name.clone();
+    let mut value = choice.logits.clone();
     // Walk back through shape-only nodes to the producing Gemm/Add.
     let producer = |v: &str| g.node.iter().position(|n| n.output.iter().any(|o| o == v));
     let mut idx =
@@ -108,8 +117,9 @@ pub fn replace_head(model: &mut Model, classes: usize, seed: u64) -> Result<Head
         bt.data_type = dt;
         tensor::overwrite_f32(bt, &bv)?;
     }
-    // The declared output shape's last axis changes too.
-    for o in gm.output.iter_mut().take(1) {
+    // The declared shapes' last axis changes too (the chosen output and
+    // every other output of the same logits, e.g. their Softmax).
+    for o in gm.output.iter_mut().filter(|o| resized.contains(&o.name)) {
         if let Some(type_proto::Value::TensorType(t)) =
             o.r#type.as_mut().and_then(|t| t.value.as_mut())
         {

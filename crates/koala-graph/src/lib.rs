@@ -20,6 +20,7 @@ pub use model::Model;
 pub use trainable::TrainableSpec;
 pub use training::{build, TrainingGraph, TrainingSpec};
 pub mod check;
+pub mod classifier_output;
 pub mod export;
 pub mod fold;
 pub mod gradcheck;

@@ -28,8 +28,15 @@ pub struct TrainingSpec {
     pub input_shapes: InputShapes,
     /// Loss head.
     pub loss: LossSpec,
-    /// The model output the loss reads (default: the first graph output).
+    /// The value the loss reads (default: the first graph output). For a
+    /// classifier ending in Softmax this is the Softmax's input (see
+    /// `classifier_output.rs`).
     pub output: Option<String>,
+    /// The value returned as the training graph's `model_output` (accuracy,
+    /// export check), default: `output`. A classifier reports the graph
+    /// output the user ships (e.g. the probabilities) while the loss reads
+    /// the logits before it.
+    pub reported_output: Option<String>,
     /// Which weights train.
     pub trainable: TrainableSpec,
     /// Backward formulation choices.
@@ -139,10 +146,8 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     tied::tie(&mut model, &tied);
     selected.retain(|w| !tied.iter().any(|c| &c.copy == w));
     if selected.is_empty() {
-        bail!(
-            "no trainable weights in {}: the include/exclude patterns match no float initializer",
-            model.display_name()
-        );
+        let (why, fix) = trainable::nothing_selected(&model, &spec.trainable);
+        bail!("{}: {why}; {fix}", model.display_name());
     }
     let output = match &spec.output {
         Some(o) => o.clone(),
@@ -169,9 +174,31 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     if facts.get(&output).is_none() {
         bail!("the model has no value named '{output}' to put the loss on");
     }
+    let reported = spec
+        .reported_output
+        .clone()
+        .unwrap_or_else(|| output.clone());
+    if facts.get(&reported).is_none() {
+        bail!("the model has no value named '{reported}' to report as its output");
+    }
     let g = model.graph();
     let mut ctx = GradCtx::new(&mut facts, model.opset());
-    let head = loss::append(&mut ctx, &spec.loss, &output, LABELS)?;
+    // A Softmax over `[N, C, 1, 1]` followed by Flatten: the logits have the
+    // reported output's elements in another shape. The loss reads them in
+    // the output's shape, and the seed goes back through the same Reshape.
+    let (loss_input, seed_shape) = {
+        let (at, to) = (ctx.shape(&output)?, ctx.shape(&reported)?);
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        if reported != output && at != to && numel(&at) == numel(&to) {
+            (ctx.reshape(&output, &to)?, Some(at))
+        } else {
+            (output.clone(), None)
+        }
+    };
+    let mut head = loss::append(&mut ctx, &spec.loss, &loss_input, LABELS)?;
+    if let Some(shape) = seed_shape {
+        head.seed = ctx.reshape(&head.seed, &shape)?;
+    }
     let loss_nodes = ctx.nodes.len();
     let grads = backward::differentiate(
         &mut ctx,
@@ -213,8 +240,10 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     if trainable.is_empty() {
         bail!("none of the selected weights influences the output '{output}'; nothing to train");
     }
-    let out_fact = ctx.shape(&output)?;
+    let out_fact = ctx.shape(&reported)?;
     let out_dt = ctx.dtype(&output)?;
+    let reported_dt = ctx.dtype(&reported)?;
+    let batch = ctx.shape(&output)?.first().copied().unwrap_or(1);
     let (new_nodes, new_inits) = (
         std::mem::take(&mut ctx.nodes),
         std::mem::take(&mut ctx.initializers),
@@ -249,7 +278,6 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         pg.node.push(identity(value, name));
     }
     pg.node.extend(new_nodes.into_iter().skip(loss_nodes));
-    let batch = out_fact.first().copied().unwrap_or(1);
     let mut outs = vec![
         value_info(LOSS, out_dt, &[]),
         value_info(PER_SAMPLE_LOSS, out_dt, &[batch]),
@@ -260,8 +288,8 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         (String::new(), Vec::new())
     } else {
         let model_out = "model_output".to_string();
-        pg.node.push(identity(&output, &model_out));
-        outs.push(value_info(&model_out, out_dt, &out_fact));
+        pg.node.push(identity(&reported, &model_out));
+        outs.push(value_info(&model_out, reported_dt, &out_fact));
         (model_out, out_fact)
     };
     pg.output = outs;

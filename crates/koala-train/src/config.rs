@@ -62,6 +62,9 @@ pub struct TrainConfig {
     pub ignore_exif: bool,
     /// Replace the classifier head by a fresh one with this many classes.
     pub num_classes: Option<usize>,
+    /// Image classification: the model output to train (default: chosen from
+    /// the outputs, see `koala_graph::classifier_output`).
+    pub output: Option<String>,
     /// Train only weights whose name matches.
     pub train: Option<String>,
     /// Freeze weights whose name matches.
@@ -159,6 +162,7 @@ impl Default for TrainConfig {
             std: None,
             ignore_exif: false,
             num_classes: None,
+            output: None,
             train: None,
             freeze: None,
             train_constants: false,

@@ -64,6 +64,31 @@ pub fn score_row(row: &[f32], label: i64) -> (f64, bool) {
     (lse - row[label as usize] as f64, arg as i64 == label)
 }
 
+/// An ORT session of the classifier at `path` (loaded as `model`) whose only
+/// output is the logits value `choice` names: what the training loss reads,
+/// so evaluation scores cross-entropy from logits even when the file ends in
+/// Softmax or has several outputs. A model whose only output already is its
+/// logits is opened from its file as is.
+pub fn logits_session(
+    path: &std::path::Path,
+    model: &Model,
+    choice: &koala_graph::classifier_output::ClassifierOutput,
+    opts: &SessionOptions,
+) -> Result<Session> {
+    let g = model.graph();
+    if g.output.len() == 1 && g.output[0].name == choice.logits {
+        return Ok(Session::from_file(path, opts)?);
+    }
+    let logits = koala_graph::classifier_output::logits_model(model, choice);
+    Session::from_bytes(&logits.to_bytes(), opts).with_context(|| {
+        format!(
+            "ONNX Runtime could not load '{}' with its logits '{}' as the output",
+            path.display(),
+            choice.logits
+        )
+    })
+}
+
 /// Evaluates an ORT session of the inference model on every batch of `loader`, fed to the
 /// image `input` in its layout and type (the same conversion training uses).
 pub fn evaluate_session(
@@ -120,7 +145,7 @@ fn evaluate_with_inputs(
             let classes = logits.len() / piece;
             for (i, &y) in batch.labels[start..start + real].iter().enumerate() {
                 if y < 0 || y as usize >= classes {
-                    bail!("label {y} is out of range for a model with {classes} outputs; pass --num-classes to replace the head");
+                    bail!("{}", label_out_of_range(y, classes, loader));
                 }
                 let (l, ok) = score_row(&logits[i * classes..(i + 1) * classes], y);
                 loss += l;
@@ -140,6 +165,17 @@ fn evaluate_with_inputs(
     })
 }
 
+/// Why a label does not fit the model, and what works: evaluation scores a
+/// model as it is (it has no `--num-classes`; a fresh head would be
+/// untrained), so the remedy is a fine-tuning run whose export has the
+/// data's classes.
+fn label_out_of_range(label: i64, outputs: usize, loader: &Loader) -> String {
+    let classes = loader.source().class_names().len();
+    format!(
+        "the data has {classes} classes (label {label} here) but the model has {outputs} outputs, so it cannot be scored on them. Fine-tune it on this data first with `koala finetune --num-classes {classes} ...` and evaluate the model that run exports (<run-dir>/model.onnx), or evaluate on data with at most {outputs} classes"
+    )
+}
+
 /// The batch size the model's data input is fixed to, if it is.
 fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
     let info = session.inputs().iter().find(|i| i.name == input)?;
@@ -150,7 +186,8 @@ fn fixed_batch_size(session: &Session, input: &str) -> Option<usize> {
 }
 
 /// One ORT session of the evaluation graph (the model with its trainable initializers as
-/// inputs), made once per run; [`WeightsAsInputs::evaluate`] binds the current weights.
+/// inputs; image classifiers pass the model with its logits as the only output, see
+/// `koala_graph::classifier_output::logits_model`), made once per run; [`WeightsAsInputs::evaluate`] binds the current weights.
 pub struct WeightsAsInputs {
     session: Session,
     input: ImageInput,
@@ -242,6 +279,21 @@ pub fn evaluate(
     evaluate_session(&mut s, &ImageInput::of_model(model)?, loader)
 }
 
+/// The options of `koala eval` for an image classifier.
+#[derive(Clone, Debug, Default)]
+pub struct ClassifierEvalOptions {
+    /// Preprocessing flags (each overrides the file's metadata).
+    pub flags: crate::preprocess_metadata::Flags,
+    /// The output to score, for a model with several (`--output`).
+    pub output: Option<String>,
+    /// How images are read (EXIF orientation).
+    pub read: koala_data::ReadOptions,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// ONNX Runtime threads.
+    pub threads: Option<usize>,
+}
+
 /// `koala eval` for an image classifier: evaluates the file at `path` (loaded as `model`) on
 /// every sample of `data` (an IDX folder's t10k split), in order, without augmentation.
 ///
@@ -253,12 +305,11 @@ pub fn evaluate_classifier_file(
     path: &std::path::Path,
     model: &Model,
     data: &std::path::Path,
-    flags: &crate::preprocess_metadata::Flags,
-    read: koala_data::ReadOptions,
-    batch_size: usize,
-    threads: Option<usize>,
+    o: &ClassifierEvalOptions,
 ) -> Result<(EvalResult, usize)> {
     use crate::preprocess_metadata as meta;
+    let (flags, output, read) = (&o.flags, o.output.as_deref(), o.read);
+    let (batch_size, threads) = (o.batch_size, o.threads);
     let input = ImageInput::of_model(model)?;
     let recorded = meta::Recorded::of_model(model);
     let resolved = meta::resolve(flags, &recorded, &input)?;
@@ -284,7 +335,11 @@ pub fn evaluate_classifier_file(
         intra_threads: threads,
         ..SessionOptions::default()
     };
-    let mut s = Session::from_file(path, &opts).with_context(|| {
+    // Scored on the logits the loss of a run reads (a final Softmax left out): cross-entropy
+    // from logits, accuracy from their arg-max.
+    let classes = loader.source().class_names().len();
+    let choice = koala_graph::classifier_output::choose(model, output, Some(classes))?;
+    let mut s = logits_session(path, model, &choice, &opts).with_context(|| {
         format!(
             "ONNX Runtime cannot load '{}' for evaluation (`koala check {}` reports what koala finds in it)",
             path.display(),

@@ -9,6 +9,7 @@ use crate::image_input::ImageInput;
 use crate::task::{BestMetric, DataStats, ExportCheck, Fed, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::{BatchIter, Cursor};
+use koala_graph::classifier_output::ClassifierOutput;
 use koala_graph::step::{Batch as GBatch, TrainStep};
 use koala_graph::training::TrainingGraph;
 use koala_graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
@@ -26,6 +27,9 @@ pub struct ImageClassification {
     input: Option<String>,
     /// Layout, type and channels of the model's image input: how every batch is fed.
     image: ImageInput,
+    /// The output trained and the logits value the loss reads (known once
+    /// the model is prepared).
+    choice: Option<ClassifierOutput>,
 }
 
 impl ImageClassification {
@@ -37,6 +41,8 @@ impl ImageClassification {
         if let Some(note) = &image.note {
             eprintln!("note: {note}");
         }
+        // Before the data: flags that cannot fit the input are the user's to fix first.
+        check_normalisation(&image, cfg, false)?;
         Ok(ImageClassification {
             cfg: cfg.clone(),
             data: open_datasets(cfg, &image)?,
@@ -45,15 +51,47 @@ impl ImageClassification {
             eval: None,
             input: None,
             image,
+            choice: None,
         })
     }
 }
 
-/// Replaces the classifier head when `--num-classes` asks for it (also used by
-/// `koala export`, which must rebuild the model the run trained).
+/// The output to train and the value its loss reads (see
+/// `koala_graph::classifier_output`). The data's class count helps choose
+/// among several outputs only when the head is kept: a head replaced by
+/// `--num-classes` has no class count to match yet, so a run and a later
+/// `koala export` of it (which has no data) choose alike.
+pub fn choose_output(
+    model: &Model,
+    cfg: &TrainConfig,
+    data_classes: Option<usize>,
+) -> Result<ClassifierOutput> {
+    let hint = if cfg.num_classes.is_some() {
+        None
+    } else {
+        data_classes
+    };
+    koala_graph::classifier_output::choose(model, cfg.output.as_deref(), hint)
+}
+
+/// The line a run prints about its output choice, when there was one to make (several
+/// outputs, or a Softmax walked through to its logits).
+pub fn output_choice_line(
+    model: &Model,
+    cfg: &TrainConfig,
+    data_classes: Option<usize>,
+) -> Option<String> {
+    let choice = choose_output(model, cfg, data_classes).ok()?;
+    (model.graph().output.len() > 1 || choice.through.is_some()).then(|| choice.describe())
+}
+
+/// Replaces the classifier head of the chosen output when `--num-classes`
+/// asks for it (also used by `koala export`, which must rebuild the model the
+/// run trained).
 pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Result<()> {
     if let Some(n) = cfg.num_classes {
-        let h = koala_graph::head::replace_head(model, n, cfg.seed)?;
+        let choice = choose_output(model, cfg, None)?;
+        let h = koala_graph::head::replace_head(model, &choice, n, cfg.seed)?;
         if !quiet {
             eprintln!(
                 "replaced head {} ({} → {} classes)",
@@ -65,16 +103,25 @@ pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Resul
 }
 
 /// The training specification for `cfg` on the prepared `model`: the image input (its layout
-/// and type, see [`ImageInput`]) at `--batch-size` and `--image-size`, softmax cross-entropy on the logits, the trainable
-/// selection. Needs no data, so `koala check` runs it too ([`crate::preflight`]).
-pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
+/// and type, see [`ImageInput`]) at `--batch-size` and `--image-size`, softmax cross-entropy on
+/// the logits of the chosen output ([`choose_output`]; `data_classes` helps choose among several
+/// outputs), the trainable selection. Needs no data, so `koala check` runs it too
+/// ([`crate::preflight`]).
+pub fn training_spec(
+    cfg: &TrainConfig,
+    model: &Model,
+    data_classes: Option<usize>,
+) -> Result<TrainingSpec> {
     let image = ImageInput::of_model(model)?;
-    check_normalisation(&image, cfg)?;
+    check_normalisation(&image, cfg, true)?;
     let input = eval::data_input(model)?;
     check_image_size(&image, cfg)?;
     let shape = image.shape(cfg.batch_size, cfg.image_size.height, cfg.image_size.width);
+    let choice = choose_output(model, cfg, data_classes)?;
     Ok(TrainingSpec {
         input_shapes: [(input, shape)].into_iter().collect(),
+        output: Some(choice.logits.clone()),
+        reported_output: Some(choice.output.clone()),
         loss: LossSpec::SoftmaxCrossEntropy {
             label_smoothing: cfg.label_smoothing,
             ignore_index: None,
@@ -92,6 +139,10 @@ pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
 impl Task for ImageClassification {
     fn kind(&self) -> TaskKind {
         TaskKind::ImageClassification
+    }
+
+    fn class_count(&self) -> Option<usize> {
+        Some(self.data.class_names.len())
     }
 
     fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()> {
@@ -168,8 +219,11 @@ impl Task for ImageClassification {
         model: &Model,
         trainable: &[(String, Vec<usize>)],
     ) -> Result<()> {
+        let choice = choose_output(model, &self.cfg, Some(self.data.class_names.len()))?;
+        let logits = koala_graph::classifier_output::logits_model(model, &choice);
+        self.choice = Some(choice);
         self.eval = Some(WeightsAsInputs::new(
-            model,
+            &logits,
             &self.image,
             trainable,
             self.cfg.threads,
@@ -209,9 +263,15 @@ impl Task for ImageClassification {
             intra_threads: self.cfg.threads,
             ..Default::default()
         };
+        let choice = self.choice()?.clone();
         let mut s = koala_runtime::Session::from_file(path, &opts)?;
-        let (max_diff, tract) = verify_export(path, &mut s, &self.image, step, &self.data)?;
-        let eval = eval::evaluate_session(&mut s, &self.image, &self.data.eval)?;
+        let (max_diff, tract) =
+            verify_export(path, &mut s, &self.image, &choice.output, step, &self.data)?;
+        // Scored like every evaluation of the run: on the logits value of the
+        // written file (its Softmax, if any, left out).
+        let written = Model::load(path)?;
+        let mut ls = eval::logits_session(path, &written, &choice, &opts)?;
+        let eval = eval::evaluate_session(&mut ls, &self.image, &self.data.eval)?;
         Ok(ExportCheck {
             max_diff,
             tract,
@@ -240,6 +300,7 @@ fn verify_export(
     path: &Path,
     exported_session: &mut koala_runtime::Session,
     input: &ImageInput,
+    output: &str,
     step: &mut TrainStep,
     data: &Datasets,
 ) -> Result<(f64, std::result::Result<f64, String>)> {
@@ -264,7 +325,17 @@ fn verify_export(
         input.name.as_str(),
         crate::image_input::view(&pixels, &shape),
     )])?;
-    let exported = out[0]
+    let index = exported_session
+        .outputs()
+        .iter()
+        .position(|o| o.name == output)
+        .with_context(|| {
+            format!(
+                "the exported model '{}' has no output '{output}'",
+                path.display()
+            )
+        })?;
+    let exported = out[index]
         .as_f32()
         .context("exported model output is not float32")?;
     let per_row = step.model_output().len() / b;
@@ -272,10 +343,19 @@ fn verify_export(
         bail!("the exported model '{}' returned {} values for {n} images; the training graph gives {per_row} per image", path.display(), exported.len());
     }
     let ours = &step.model_output()[..n * per_row];
-    let tract = crate::tract_check::first_output(path, &shape, &pixels)
+    let tract = crate::tract_check::output(path, index, &shape, &pixels)
         .map(|t| crate::tract_check::max_abs_diff(&t, exported))
         .map_err(|e| format!("{e:#}"));
     Ok((crate::tract_check::max_abs_diff(exported, ours), tract))
+}
+
+impl ImageClassification {
+    /// The output choice made in `prepare_model`.
+    fn choice(&self) -> Result<&ClassifierOutput> {
+        self.choice
+            .as_ref()
+            .context("the model's output was not chosen yet")
+    }
 }
 
 /// A model with a fixed input resolution needs `--image-size` to match it;
@@ -301,11 +381,13 @@ fn check_image_size(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
 
 /// `--mean`/`--std` need one value per channel of the input (a greyscale model takes one);
 /// for a uint8 input they do not apply, which the log says.
-fn check_normalisation(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
+fn check_normalisation(image: &ImageInput, cfg: &TrainConfig, quiet: bool) -> Result<()> {
     for (flag, v) in [("--mean", &cfg.mean), ("--std", &cfg.std)] {
         let Some(v) = v else { continue };
         if !image.normalised_by_koala() {
-            eprintln!("note: {flag} is ignored: input '{}' is uint8, so koala feeds raw 0–255 pixels and the model normalises them", image.name);
+            if !quiet {
+                eprintln!("note: {flag} is ignored: input '{}' is uint8, so koala feeds raw 0–255 pixels and the model normalises them", image.name);
+            }
         } else if v.len() != image.channels {
             bail!(
                 "{flag} has {} values but model input '{}' has {} channel(s); pass {flag} with {} value(s)",

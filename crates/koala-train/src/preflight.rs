@@ -56,10 +56,16 @@ impl Preflight {
 ///
 /// Errors only for what is not a finding about the model (an unreadable config); every
 /// refusal about the model is a [`Severity::Error`] problem in the report.
-pub fn run(cfg: &TrainConfig, mut model: Model, task: TaskKind, quiet: bool) -> Result<Preflight> {
+pub fn run(
+    cfg: &TrainConfig,
+    mut model: Model,
+    task: TaskKind,
+    data_classes: Option<usize>,
+    quiet: bool,
+) -> Result<Preflight> {
     let mut extra = Vec::new();
     let prepared = prepare_model(&mut model, cfg, task, quiet);
-    let spec = prepared.and_then(|()| training_spec(cfg, &model, task));
+    let spec = prepared.and_then(|()| training_spec(cfg, &model, task, data_classes));
     let trainable = match &spec {
         Ok(s) => s.trainable.clone(),
         Err(_) => koala_graph::TrainableSpec {
@@ -68,7 +74,7 @@ pub fn run(cfg: &TrainConfig, mut model: Model, task: TaskKind, quiet: bool) -> 
             train_constants: cfg.train_constants,
         },
     };
-    let mut report = check::check(&model, &trainable)
+    let mut report = check::check_output(&model, &trainable, cfg.output.as_deref())
         .with_context(|| format!("checking {}", model.display_name()))?;
     if task == TaskKind::ImageClassification {
         if let Ok(image) = crate::image_input::ImageInput::of_model(&model) {
@@ -78,6 +84,13 @@ pub fn run(cfg: &TrainConfig, mut model: Model, task: TaskKind, quiet: bool) -> 
                     + &image.note.map(|n| format!(" ({n})")).unwrap_or_default(),
                 suggestion: String::new(),
             });
+        }
+    }
+    if let (false, TaskKind::ImageClassification, Ok(_)) = (quiet, task, &spec) {
+        if let Some(line) =
+            crate::image_classification::output_choice_line(&model, cfg, data_classes)
+        {
+            eprintln!("{line}");
         }
     }
     let mut step = None;
@@ -118,10 +131,18 @@ pub fn prepare_model(
     }
 }
 
-/// The training specification of `task` for `cfg` on the prepared `model` (no data needed).
-pub fn training_spec(cfg: &TrainConfig, model: &Model, task: TaskKind) -> Result<TrainingSpec> {
+/// The training specification of `task` for `cfg` on the prepared `model` (no data needed;
+/// the data's class count, when known, helps an image classifier choose among its outputs).
+pub fn training_spec(
+    cfg: &TrainConfig,
+    model: &Model,
+    task: TaskKind,
+    data_classes: Option<usize>,
+) -> Result<TrainingSpec> {
     match task {
-        TaskKind::ImageClassification => crate::image_classification::training_spec(cfg, model),
+        TaskKind::ImageClassification => {
+            crate::image_classification::training_spec(cfg, model, data_classes)
+        }
         TaskKind::CausalLm => crate::causal_lm::training_spec(cfg, model),
     }
 }
@@ -172,19 +193,25 @@ fn error(message: String) -> Problem {
 pub fn check(cfg: &TrainConfig, with_data: bool) -> Result<CheckReport> {
     let model = Model::load(&cfg.model)?;
     let task = cfg.task.unwrap_or_else(|| crate::task::detect(&model));
-    let pf = run(cfg, model, task, true)?;
+    // As in finetune: the data first (its class count helps choose the output), then the model.
+    let data = with_data.then(|| crate::task::create(cfg, &model));
+    let classes = match &data {
+        Some(Ok(t)) => t.class_count(),
+        _ => None,
+    };
+    let pf = run(cfg, model, task, classes, true)?;
     let mut report = pf.report;
-    if let (true, Some(step)) = (with_data, &pf.step) {
-        let data = crate::task::create(cfg, &pf.model)
-            .and_then(|mut t| t.check_graph(step.graph()).map(|()| t));
-        match data {
-            Ok(_) => report.problems.push(Problem {
+    match (data, &pf.step) {
+        (Some(Err(e)), _) => report.problems.push(error(format!("{e:#}"))),
+        (Some(Ok(mut t)), Some(step)) => match t.check_graph(step.graph()) {
+            Ok(()) => report.problems.push(Problem {
                 severity: Severity::Note,
                 message: format!("data '{}' opened and matches the model", cfg.data.display()),
                 suggestion: String::new(),
             }),
             Err(e) => report.problems.push(error(format!("{e:#}"))),
-        }
+        },
+        _ => {}
     }
     Ok(report)
 }

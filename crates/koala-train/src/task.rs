@@ -166,6 +166,12 @@ pub trait Task {
     /// Which task this is.
     fn kind(&self) -> TaskKind;
 
+    /// The number of classes in the data, for a classification task (it helps choose the
+    /// model output to train when there are several).
+    fn class_count(&self) -> Option<usize> {
+        None
+    }
+
     /// Checks the built graph against the data (e.g. classes vs outputs) before training.
     fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()>;
 

@@ -10,6 +10,16 @@ use tract_onnx::prelude::*;
 
 /// Output 0 of the ONNX model at `model` for one input of `shape` (float32, or uint8
 /// for a model that takes raw pixels), as computed by tract.
+pub fn first_output(
+    model: &Path,
+    shape: &[usize],
+    input: &koala_data::ModelPixels<'_>,
+) -> Result<Vec<f32>> {
+    output(model, 0, shape, input)
+}
+
+/// Output `index` of the ONNX model at `model` for one input of `shape`, as computed by
+/// tract (a classifier's trained output need not be first).
 ///
 /// tract gets the concrete input shape and nothing else: the file's `value_info`
 /// and output shapes are ignored. They are only hints, and torch exports write
@@ -17,8 +27,9 @@ use tract_onnx::prelude::*;
 /// so checking them against the concrete batch failed ("Impossible to unify
 /// Sym(batch) with Val(2)") on files every runtime runs. Shapes are inferred from
 /// the input instead, so an error here means tract truly cannot run the model.
-pub fn first_output(
+pub fn output(
     model: &Path,
+    index: usize,
     shape: &[usize],
     input: &koala_data::ModelPixels<'_>,
 ) -> Result<Vec<f32>> {
@@ -39,10 +50,10 @@ pub fn first_output(
         .run(tvec!(tensor.into()))
         .with_context(|| format!("tract could not run '{}'", model.display()))?;
     let out = outputs
-        .first()
-        .context("tract returned no output")?
+        .get(index)
+        .with_context(|| format!("tract returned no output {index}"))?
         .to_plain_array_view::<f32>()
-        .context("tract's first output is not float32")?;
+        .with_context(|| format!("tract's output {index} is not float32"))?;
     Ok(out.iter().copied().collect())
 }
 

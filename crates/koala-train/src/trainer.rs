@@ -191,12 +191,16 @@ impl Run {
         let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
         // The same pre-flight as `koala check`: it refuses here exactly when check reports an
         // error, before any data is read.
-        let pf = crate::preflight::run(&cfg, model, kind, false)?;
+        // The data first: its class count helps choose a classifier's output. A problem with
+        // the model is reported before one with the data, in check's words.
+        let task = task::create(&cfg, &model);
+        let classes = task.as_ref().ok().and_then(|t| t.class_count());
+        let pf = crate::preflight::run(&cfg, model, kind, classes, false)?;
         let Some(step) = pf.step else {
             bail!("{}", pf.errors());
         };
+        let mut task = task?;
         let model = pf.model;
-        let mut task = task::create(&cfg, &model)?;
         task.check_graph(step.graph())?;
         for u in &step.graph().unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");

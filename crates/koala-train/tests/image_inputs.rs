@@ -169,21 +169,22 @@ fn config_channels(model_path: &Path, data: &Path, run_dir: &Path, channels: usi
     }
 }
 
+/// `koala eval`'s options with these preprocessing flags, batches of 8, one thread.
+fn options(flags: Flags) -> koala_train::eval::ClassifierEvalOptions {
+    koala_train::eval::ClassifierEvalOptions {
+        flags,
+        batch_size: 8,
+        threads: Some(1),
+        ..Default::default()
+    }
+}
+
 /// What `koala eval --model <path> --data <data>` computes, with no flags.
 fn eval_without_flags(path: &Path, data: &Path) -> koala_train::eval::EvalResult {
     let model = Model::load(path).unwrap();
-    let read = koala_data::ReadOptions::default();
-    koala_train::eval::evaluate_classifier_file(
-        path,
-        &model,
-        data,
-        &Flags::default(),
-        read,
-        8,
-        Some(1),
-    )
-    .unwrap()
-    .0
+    koala_train::eval::evaluate_classifier_file(path, &model, data, &options(Flags::default()))
+        .unwrap()
+        .0
 }
 
 /// Equal up to f32 rounding in ONNX Runtime's kernels (relative 1e-6 on an O(1) loss).
@@ -430,18 +431,9 @@ fn eval_of_an_export_uses_the_recorded_normalisation() {
             std: Some(koala_data::IMAGENET_STD.to_vec()),
             ..Flags::default()
         };
-        let read = koala_data::ReadOptions::default();
-        koala_train::eval::evaluate_classifier_file(
-            &s.export,
-            &model,
-            &data,
-            &flags,
-            read,
-            8,
-            Some(1),
-        )
-        .unwrap()
-        .0
+        koala_train::eval::evaluate_classifier_file(&s.export, &model, &data, &options(flags))
+            .unwrap()
+            .0
     };
     assert!((imagenet.loss - s.after.loss).abs() > 1e-3, "{imagenet:?}");
     // A second fine-tuning round from the export preprocesses as the first did, unless flags
@@ -511,10 +503,7 @@ fn eval_refuses_data_whose_classes_differ_from_the_recorded_ones() {
         &path,
         &model,
         &data,
-        &Flags::default(),
-        koala_data::ReadOptions::default(),
-        8,
-        Some(1),
+        &options(Flags::default()),
     )
     .unwrap_err()
     .to_string();

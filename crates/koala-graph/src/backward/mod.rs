@@ -207,8 +207,10 @@ pub fn differentiate(
             continue;
         }
         let needs: Vec<bool> = node.input.iter().map(|i| live.contains(i)).collect();
-        let rule = rule_for(node, ctx.opset())
-            .with_context(|| missing_rule_message(idx, node, ctx.opset()))?;
+        let rule = rule_for(node, ctx.opset()).with_context(|| {
+            missing_rule_message(idx, node, ctx.opset())
+                + &needs_gradient_remedy(nodes, idx, &live, wrt)
+        })?;
         ctx.set_scope(if node.name.is_empty() {
             &node.op_type
         } else {
@@ -251,7 +253,9 @@ fn take_sum(
     }))
 }
 
-/// The error text for an op without a gradient rule.
+/// The error text for an op without a gradient rule: the node and op, and
+/// why. [`needs_gradient_remedy`] adds which tensor needs the gradient and
+/// what to freeze.
 pub fn missing_rule_message(idx: usize, node: &NodeProto, opset: i64) -> String {
     let other_opsets = RULES.iter().find(|e| e.op == node.op_type);
     let what = if let (Some(e), true) = (
@@ -272,9 +276,59 @@ pub fn missing_rule_message(idx: usize, node: &NodeProto, opset: i64) -> String 
     } else {
         "has no gradient rule in koala".to_string()
     };
+    format!("{} {what}", node_label(idx, node))
+}
+
+/// Which inputs of node `idx` need a gradient (they depend on a trainable
+/// weight), which trainable weights they depend on, and the `--freeze` flag
+/// that removes the need: freezing exactly those weights leaves no gradient
+/// to pass through the node. (Advice to "freeze the layers before it" alone
+/// fails when the tensor needing the gradient is a weight of the node itself.)
+pub fn needs_gradient_remedy(
+    nodes: &[NodeProto],
+    idx: usize,
+    live: &HashSet<String>,
+    trainable: &[String],
+) -> String {
+    let node = &nodes[idx];
+    let needed: Vec<&str> = node
+        .input
+        .iter()
+        .filter(|i| live.contains(*i))
+        .map(|s| s.as_str())
+        .collect();
+    let upstream = upstream_weights(nodes, &needed, trainable);
+    let shown: Vec<String> = needed.iter().map(|n| format!("'{n}'")).collect();
+    let alternatives: Vec<String> = upstream.iter().map(|w| regex::escape(w)).collect();
+    let freeze = format!("--freeze '^({})$'", alternatives.join("|"));
+    let listed = if upstream.len() <= 6 {
+        upstream.join(", ")
+    } else {
+        format!(
+            "{}, … ({} in all)",
+            upstream[..6].join(", "),
+            upstream.len()
+        )
+    };
     format!(
-        "{} {what}; it lies between a trainable weight and the loss. Freeze the weights before it (--freeze <regex>) so no gradient has to pass through it, or re-export the model without this op. Supported ops: {}",
-        node_label(idx, node),
+        "; its input {} needs a gradient because it depends on the trainable weight(s) {listed}. Freeze them so no gradient has to pass through {}: {freeze} (or re-export the model without this op). Supported ops: {}",
+        shown.join(", "),
+        node.op_type,
         supported_op_names().join(", ")
     )
+}
+
+/// The trainable weights that `values` depend on (in `trainable` order).
+pub fn upstream_weights(nodes: &[NodeProto], values: &[&str], trainable: &[String]) -> Vec<String> {
+    let mut wanted: HashSet<String> = values.iter().map(|v| v.to_string()).collect();
+    for n in nodes.iter().rev() {
+        if n.output.iter().any(|o| wanted.contains(o)) {
+            wanted.extend(reads(n).into_iter().map(str::to_string));
+        }
+    }
+    trainable
+        .iter()
+        .filter(|w| wanted.contains(*w))
+        .cloned()
+        .collect()
 }

@@ -346,6 +346,13 @@ impl Net {
                 )
                 .collect(),
             loss,
+            // Every weight of a test net is checked, including leaves the
+            // default selection would take for input preprocessing (a
+            // per-channel constant added to a data input).
+            trainable: koala_graph::TrainableSpec {
+                include: Some(".*".into()),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
