@@ -58,7 +58,8 @@ enum Command {
     /// as `finetune` (head replacement, training-graph build, ONNX Runtime load), so it accepts
     /// the same options and fails exactly when finetune would refuse the model.
     #[command(
-        after_help = "Examples:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'\n  koala check --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96\n  koala check --resume runs/latest"
+        mut_arg("resume", |a| a.help(CHECK_RESUME_HELP)),
+        after_help = "Options that only shape a run's output (--run-dir, --export, --checkpoint-minutes, --log-every, --eval-every, --seed, --prompt, --sample-tokens) are accepted, so a finetune command line can be pasted, and ignored.\n\nExamples:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'\n  koala check --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96\n  koala check --resume runs/latest"
     )]
     Check(Box<CheckArgs>),
     /// Compare koala's gradients with a PyTorch reference case directory.
@@ -355,6 +356,9 @@ struct ExportArgs {
     #[arg(long)]
     output: PathBuf,
 }
+
+/// `--resume` for `koala check`: it checks a run's recorded options, it continues nothing.
+const CHECK_RESUME_HELP: &str = "Check the run in this directory: its config.toml, as `koala finetune --resume` would use it (no other option)";
 
 #[derive(Args)]
 struct CheckArgs {

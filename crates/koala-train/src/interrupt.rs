@@ -39,9 +39,41 @@ fn on_interrupt() {
             "\ninterrupted: finishing the current step, then writing a checkpoint (Ctrl-C again stops at once, losing the steps since the last checkpoint)"
         );
     } else {
-        eprintln!("\ninterrupted again: stopping now without a checkpoint");
-        std::process::exit(i32::from(EXIT_INTERRUPTED));
+        stop_now();
     }
+}
+
+/// The second Ctrl-C: says so and ends the process, with nothing printed after.
+///
+/// `std::process::exit` ran the C exit handlers and C++ static destructors while the main
+/// thread was still inside an ONNX Runtime kernel; that kernel then failed, and the main
+/// thread printed the raw ONNX Runtime error (and out-of-memory advice), or finished its
+/// step and printed "checkpoint written", after "stopping now". `_exit` ends the process
+/// without running anything, and the stderr lock, held until then, keeps every other
+/// thread's message out.
+fn stop_now() -> ! {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(
+        stderr,
+        "\ninterrupted again: stopping now without a checkpoint"
+    );
+    let _ = stderr.flush();
+    exit_immediately(i32::from(EXIT_INTERRUPTED))
+}
+
+/// Ends the process at once: no exit handlers, destructors or buffer flushes. Checkpoints
+/// are written atomically, so nothing already saved is lost.
+#[cfg(unix)]
+fn exit_immediately(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and takes no pointers; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Elsewhere, the closest std offers.
+#[cfg(not(unix))]
+fn exit_immediately(code: i32) -> ! {
+    std::process::exit(code)
 }
 
 /// Asks the training loop to stop at the next step boundary (what the first Ctrl-C does;

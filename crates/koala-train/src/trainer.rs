@@ -148,21 +148,58 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
         *p = std::path::absolute(&*p)
             .with_context(|| format!("cannot resolve the path '{}'", p.display()))?;
     }
+    let created = first_missing_dir(&cfg.run_dir);
     std::fs::create_dir_all(&cfg.run_dir)
         .with_context(|| format!("cannot create run directory '{}'", cfg.run_dir.display()))?;
-    // Held until this function returns: through training, export and its checks.
-    let _lock = RunLock::acquire(&cfg.run_dir, "finetune")?;
-    if !checkpoint::list(&cfg.run_dir)?.is_empty() {
-        bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
+    let run_dir = cfg.run_dir.clone();
+    let started = start(cfg);
+    if started.is_err() {
+        // A refused start leaves nothing behind: a directory it created would later make
+        // `--resume` say "no checkpoint to resume from" instead of showing the refusal.
+        if let Some(top) = created {
+            remove_empty_dirs(&run_dir, &top);
+        }
     }
-    let text = toml::to_string_pretty(&cfg)?;
-    koala_graph::model::write_atomic(&cfg.run_dir.join("config.toml"), text.as_bytes())?;
-    let _ = std::fs::remove_file(cfg.run_dir.join("metrics.jsonl"));
-    let mut run = Run::new(cfg)?;
+    let (mut run, _lock) = started?;
     let before = run.evaluate()?;
     eprintln!("before training: {}", run.task.describe(&before));
     run.record_eval(&before)?;
     run.train(Some(before))
+}
+
+/// Starts a fresh run in its (existing) directory: takes the lock, runs the pre-flight
+/// (`Run::new`), and only then writes `config.toml`, so a refused start writes nothing. The
+/// lock is held until the caller drops it: through training, export and its checks.
+fn start(cfg: TrainConfig) -> Result<(Run, RunLock)> {
+    let lock = RunLock::acquire(&cfg.run_dir, "finetune")?;
+    if !checkpoint::list(&cfg.run_dir)?.is_empty() {
+        bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
+    }
+    let text = toml::to_string_pretty(&cfg)?;
+    let run = Run::new(cfg)?;
+    let dir = &run.cfg.run_dir;
+    koala_graph::model::write_atomic(&dir.join("config.toml"), text.as_bytes())?;
+    let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
+    Ok((run, lock))
+}
+
+/// The outermost directory of `dir` (itself or an ancestor) that does not exist yet: what
+/// `create_dir_all(dir)` will create. None when `dir` exists.
+fn first_missing_dir(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// Removes `dir` and its ancestors up to and including `top`, each only if empty (so
+/// nothing anyone put there meanwhile is lost).
+fn remove_empty_dirs(dir: &Path, top: &Path) {
+    for d in dir.ancestors() {
+        if std::fs::remove_dir(d).is_err() || d == top {
+            break;
+        }
+    }
 }
 
 /// Continues a run from its latest checkpoint.
