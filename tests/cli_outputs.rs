@@ -457,7 +457,7 @@ fn a_second_model_input_is_named() {
     scale.name = "scale".into();
     m.graph_mut().input.push(scale);
     let model = save(&m, &tmp.path().join("twoin.onnx"));
-    let err = fails(&["check", &model]);
+    let err = check_refuses(&model);
     assert!(
         err.contains("one image input ('input')")
             && err.contains("no values for 'scale'")
@@ -480,7 +480,7 @@ fn float16_weights_are_named() {
         t.raw_data = vec![0; 2 * n as usize];
     }
     let model = save(&m, &tmp.path().join("fp16.onnx"));
-    let err = fails(&["check", &model]);
+    let err = check_refuses(&model);
     assert!(
         err.contains("initializer(s) are float16") && err.contains("convert the model to float32"),
         "{err}"
@@ -522,4 +522,12 @@ fn resize_scales_are_listed_as_an_operator_setting() {
         out.contains("resize.scales (an operator setting of Resize resize, frozen)"),
         "{out}"
     );
+}
+
+/// `koala check MODEL` that reports problems (exit 3): its stdout and stderr together.
+fn check_refuses(model: &str) -> String {
+    let o = koala(&["check", model]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
+    out + &err
 }
