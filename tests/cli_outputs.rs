@@ -393,3 +393,141 @@ fn advice_names_flags_that_exist() {
         "{err}"
     );
 }
+
+/// The output named with `--output` is recorded in the export (`koala.output`), so `koala
+/// eval` scores it without `--output` again; `check` on the ambiguous model says why once.
+#[test]
+fn the_trained_output_is_recorded_for_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_data(tmp.path(), 2);
+    let model = save(
+        &tiny_cnn(Outputs::TwoHeads, Preprocessing::None),
+        &tmp.path().join("two.onnx"),
+    );
+    let o = koala(&["check", &model]);
+    let (out, err) = text(&o);
+    let all = out + &err;
+    assert_eq!(
+        all.matches("cannot tell which one holds the class scores")
+            .count(),
+        1,
+        "{all}"
+    );
+    let run = tmp.path().join("run");
+    ok(&refs(&finetune(
+        &model,
+        &data,
+        &run,
+        &["--max-steps", "2", "--output", "logits2"],
+    )));
+    let export = run.join("model.onnx");
+    let recorded: Vec<(String, String)> = Model::load(&export)
+        .unwrap()
+        .proto
+        .metadata_props
+        .iter()
+        .filter(|p| p.key == "koala.output")
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![("koala.output".to_string(), "logits2".to_string())]
+    );
+    let (out, err) = ok(&[
+        "eval",
+        "--model",
+        export.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.contains("top-1"), "{out}");
+    assert!(
+        err.contains("output: 'logits2' (model metadata koala.output)"),
+        "{err}"
+    );
+}
+
+/// A second graph input is refused by check and eval, naming it and the remedy.
+#[test]
+fn a_second_model_input_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_data(tmp.path(), 2);
+    let mut m = tiny_cnn(Outputs::Logits, Preprocessing::None);
+    let mut scale = m.graph().input[0].clone();
+    scale.name = "scale".into();
+    m.graph_mut().input.push(scale);
+    let model = save(&m, &tmp.path().join("twoin.onnx"));
+    let err = check_refuses(&model);
+    assert!(
+        err.contains("one image input ('input')")
+            && err.contains("no values for 'scale'")
+            && err.contains("fold the extra input(s) into constants"),
+        "{err}"
+    );
+    let err = fails(&["eval", "--model", &model, "--data", data.to_str().unwrap()]);
+    assert!(err.contains("no values for 'scale'"), "{err}");
+}
+
+/// float16 weights: check says so and names the conversion, not `--train`.
+#[test]
+fn float16_weights_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = tiny_cnn(Outputs::Logits, Preprocessing::None);
+    for t in &mut m.graph_mut().initializer {
+        let n: i64 = t.dims.iter().product();
+        t.data_type = 10; // FLOAT16
+        t.float_data.clear();
+        t.raw_data = vec![0; 2 * n as usize];
+    }
+    let model = save(&m, &tmp.path().join("fp16.onnx"));
+    let err = check_refuses(&model);
+    assert!(
+        err.contains("initializer(s) are float16") && err.contains("convert the model to float32"),
+        "{err}"
+    );
+    assert!(!err.contains("--train '<regex>'"), "{err}");
+}
+
+/// A Resize `scales` initializer is listed among the frozen constants as an operator setting.
+#[test]
+fn resize_scales_are_listed_as_an_operator_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = tiny_cnn(Outputs::Logits, Preprocessing::None);
+    let g = m.graph_mut();
+    for n in &mut g.node {
+        for i in &mut n.input {
+            if i == "input" {
+                *i = "resized".into();
+            }
+        }
+    }
+    g.node.insert(
+        0,
+        koala::graph::proto::NodeProto {
+            op_type: "Resize".into(),
+            name: "resize".into(),
+            input: vec!["input".into(), String::new(), "resize.scales".into()],
+            output: vec!["resized".into()],
+            ..Default::default()
+        },
+    );
+    g.initializer.push(tensor::from_f32(
+        "resize.scales",
+        &[4],
+        &[1.0, 1.0, 1.0, 1.0],
+    ));
+    let model = save(&m, &tmp.path().join("resize.onnx"));
+    let (out, _) = ok(&["check", &model]);
+    assert!(
+        out.contains("resize.scales (an operator setting of Resize resize, frozen)"),
+        "{out}"
+    );
+}
+
+/// `koala check MODEL` that reports problems (exit 3): its stdout and stderr together.
+fn check_refuses(model: &str) -> String {
+    let o = koala(&["check", model]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
+    out + &err
+}

@@ -283,7 +283,36 @@ pub fn preprocessing_lines(model: &Model, selected: &[String]) -> Vec<String> {
             state(&n)
         )
     });
-    pre.chain(scalars).collect()
+    pre.chain(scalars)
+        .chain(operator_setting_lines(model))
+        .collect()
+}
+
+/// Float initializers used only as operator settings (Resize `scales`, Pad values …): frozen
+/// like every setting, and listed so the user sees why they are not trained.
+fn operator_setting_lines(model: &Model) -> Vec<String> {
+    let g = model.graph();
+    let settings = trainable::operator_settings(model);
+    let mut lines: Vec<String> = g
+        .initializer
+        .iter()
+        .filter(|t| settings.contains(&t.name))
+        .filter(|t| {
+            matches!(
+                crate::proto::DataType::try_from(t.data_type),
+                Ok(crate::proto::DataType::Float | crate::proto::DataType::Double)
+            )
+        })
+        .filter_map(|t| {
+            let n = g.node.iter().find(|n| n.input.contains(&t.name))?;
+            Some(format!(
+                "{} (an operator setting of {} {}, frozen)",
+                t.name, n.op_type, n.name
+            ))
+        })
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// Which output an image classifier trains and which value the loss reads,

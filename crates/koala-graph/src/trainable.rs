@@ -347,6 +347,38 @@ pub fn architecture_scalars(model: &Model) -> Vec<String> {
         .collect()
 }
 
+/// A model whose weights are all float16/bfloat16 has no float32 initializer to train, and
+/// naming tensors with `--train` cannot change that: say so, with the conversion that does.
+/// `floats`: the model's float32/float64 initializers (None of this applies when there are).
+fn half_precision_weights(model: &Model, floats: usize) -> Option<(String, String)> {
+    let mut half: Vec<(&str, &str)> = model
+        .graph()
+        .initializer
+        .iter()
+        .filter_map(|t| match DataType::try_from(t.data_type) {
+            Ok(DataType::Float16) => Some((t.name.as_str(), "float16")),
+            Ok(DataType::Bfloat16) => Some((t.name.as_str(), "bfloat16")),
+            _ => None,
+        })
+        .collect();
+    if floats > 0 || half.is_empty() {
+        return None;
+    }
+    half.sort_unstable();
+    let mut kinds: Vec<&str> = half.iter().map(|h| h.1).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    Some((
+        format!(
+            "no trainable weights: the model's {} weight initializer(s) are {} (e.g. '{}'); koala trains float32 weights",
+            half.len(),
+            kinds.join("/"),
+            half[0].0
+        ),
+        "convert the model to float32 (PyTorch: export after `model.float()`; an ONNX file: convert its float16 initializers and Casts to float32) and fine-tune that".into(),
+    ))
+}
+
 /// Why nothing is selected, and what to do: `(reason, remedy)`. Blames the
 /// `--train`/`--freeze` patterns only when the user gave some, and names
 /// `--train-constants` when the weights live in `Constant` nodes (as some
@@ -378,6 +410,9 @@ pub fn nothing_selected(model: &Model, spec: &TrainableSpec) -> (String, String)
             held_in_constants[0]
         )
     });
+    if let Some(found) = half_precision_weights(model, floats) {
+        return found;
+    }
     match (patterns.is_empty(), constants_hint) {
         (true, Some(hint)) => (
             format!("no trainable weights: the model has {floats} float initializer(s) to train, and {hint}"),

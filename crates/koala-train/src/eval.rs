@@ -41,14 +41,33 @@ impl EvalResult {
     }
 }
 
-/// The model's data input name (its first graph input that is not an initializer).
+/// The model's data input name (its only graph input that is not an initializer).
+///
+/// koala feeds one image batch; a second graph input (e.g. `scale[batch,1]`) would have no
+/// value, and ONNX Runtime would only say it is missing. It is refused here, naming the
+/// extra input(s) and what to do.
 pub fn data_input(model: &Model) -> Result<String> {
     let g = model.graph();
-    g.input
+    let data: Vec<&str> = g
+        .input
         .iter()
-        .find(|i| !g.initializer.iter().any(|t| t.name == i.name))
-        .map(|i| i.name.clone())
-        .context("the model has no data input")
+        .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+        .map(|i| i.name.as_str())
+        .collect();
+    match data.as_slice() {
+        [] => anyhow::bail!("{} has no data input", model.display_name()),
+        [one] => Ok(one.to_string()),
+        [first, extra @ ..] => anyhow::bail!(
+            "{} has {} graph inputs but koala feeds an image classifier one image input ('{first}'); it has no values for {}. Export the model with the image as its only input, or fold the extra input(s) into constants (an initializer of the same name holding the value)",
+            model.display_name(),
+            data.len(),
+            extra
+                .iter()
+                .map(|e| format!("'{e}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// Cross-entropy and correctness of one row of logits.
@@ -279,6 +298,22 @@ pub fn evaluate(
     evaluate_session(&mut s, &ImageInput::of_model(model)?, loader)
 }
 
+/// The output a koala export records as trained (`koala.output`), when the file still has it;
+/// `--output` overrides it.
+fn recorded_output<'a>(
+    recorded: &'a crate::preprocess_metadata::Recorded,
+    model: &Model,
+) -> Option<&'a str> {
+    let o = recorded.output.as_deref()?;
+    if model.graph().output.iter().any(|g| g.name == o) {
+        eprintln!("output: '{o}' (model metadata koala.output)");
+        Some(o)
+    } else {
+        eprintln!("warning: ignoring the model's metadata koala.output = '{o}': the model has no such output");
+        None
+    }
+}
+
 /// The options of `koala eval` for an image classifier.
 #[derive(Clone, Debug, Default)]
 pub struct ClassifierEvalOptions {
@@ -338,6 +373,7 @@ pub fn evaluate_classifier_file(
     // Scored on the logits the loss of a run reads (a final Softmax left out): cross-entropy
     // from logits, accuracy from their arg-max.
     let classes = loader.source().class_names().len();
+    let output = output.or_else(|| recorded_output(&recorded, model));
     let choice = koala_graph::classifier_output::choose(model, output, Some(classes))?;
     let mut s = logits_session(path, model, &choice, &opts).with_context(|| {
         format!(

@@ -30,6 +30,8 @@ pub struct ImageClassification {
     /// The output trained and the logits value the loss reads (known once
     /// the model is prepared).
     choice: Option<ClassifierOutput>,
+    /// How many outputs the model has (the choice is recorded in the export when several).
+    model_outputs: usize,
 }
 
 impl ImageClassification {
@@ -52,6 +54,7 @@ impl ImageClassification {
             input: None,
             image,
             choice: None,
+            model_outputs: model.graph().output.len(),
         })
     }
 }
@@ -280,11 +283,18 @@ impl Task for ImageClassification {
     }
 
     fn export_metadata(&self) -> Vec<(String, String)> {
-        crate::preprocess_metadata::entries(
+        let mut entries = crate::preprocess_metadata::entries(
             &crate::data::preprocess(&self.cfg, &self.image, false),
             &self.image,
             &self.data.class_names,
-        )
+        );
+        if let Some(choice) = &self.choice {
+            entries.extend(crate::preprocess_metadata::output_entry(
+                self.model_outputs,
+                choice,
+            ));
+        }
+        entries
     }
 }
 

@@ -107,6 +107,7 @@ pub fn run(
         // repeat it less clearly.
         Ok(_) => {}
     }
+    drop_notes_repeated_as_errors(&mut report.problems, &extra);
     report.problems.extend(extra);
     Ok(Preflight {
         task,
@@ -178,6 +179,17 @@ fn built_note(step: &TrainStep) -> Problem {
         message,
         suggestion: String::new(),
     }
+}
+
+/// The static report's note (e.g. "cannot tell which output holds the class scores") is left
+/// out when the pre-flight's error says the same: the user reads it once, as the error.
+fn drop_notes_repeated_as_errors(problems: &mut Vec<Problem>, errors: &[Problem]) {
+    problems.retain(|p| {
+        p.severity != Severity::Note
+            || !errors
+                .iter()
+                .any(|e| e.severity == Severity::Error && e.message.contains(&p.message))
+    });
 }
 
 fn error(message: String) -> Problem {

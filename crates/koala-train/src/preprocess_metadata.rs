@@ -18,6 +18,7 @@
 //! | `koala.preprocess.channel_order` | `RGB` or `L` (greyscale) |
 //! | `koala.input.name`, `koala.input.layout`, `koala.input.dtype` | `input`, `NHWC`, `uint8` |
 //! | `koala.classes` | `["cat","dog"]` (JSON, in label order) |
+//! | `koala.output` | `logits` (the output trained, when the model has several or ends in Softmax) |
 //!
 //! Writing replaces earlier `koala.*` entries and keeps every other entry the model had.
 
@@ -46,6 +47,18 @@ pub mod keys {
     pub const INPUT_LAYOUT: &str = "koala.input.layout";
     pub const INPUT_DTYPE: &str = "koala.input.dtype";
     pub const CLASSES: &str = "koala.classes";
+    pub const OUTPUT: &str = "koala.output";
+}
+
+/// The `koala.output` entry: the output a run trained, recorded when choosing it took a
+/// decision (several outputs, or a Softmax walked back to its logits), so `koala eval` and a
+/// second `finetune` score and train the same output without `--output` again.
+pub fn output_entry(
+    model_outputs: usize,
+    choice: &koala_graph::classifier_output::ClassifierOutput,
+) -> Option<(String, String)> {
+    (model_outputs > 1 || choice.through.is_some())
+        .then(|| (keys::OUTPUT.to_string(), choice.output.clone()))
 }
 
 /// The `(key, value)` entries describing the evaluation preprocessing `pre` (the loader's,
@@ -126,6 +139,8 @@ pub struct Recorded {
     pub mean: Option<Option<Vec<f32>>>,
     pub std: Option<Option<Vec<f32>>>,
     pub class_names: Option<Vec<String>>,
+    /// The output the run trained (`koala.output`).
+    pub output: Option<String>,
 }
 
 impl Recorded {
@@ -164,6 +179,7 @@ impl Recorded {
                 Err(e) => warn(keys::CLASSES, &v, e.to_string()),
             }
         }
+        r.output = get(keys::OUTPUT).filter(|o| !o.is_empty());
         r
     }
 
@@ -355,6 +371,10 @@ pub fn adopt_for_finetune(cfg: &mut crate::TrainConfig, image_size_given: bool) 
     if recorded.is_empty() {
         return Ok(());
     }
+    if let (None, Some(o)) = (&cfg.output, &recorded.output) {
+        eprintln!("output: '{o}' (model metadata koala.output; --output overrides it)");
+        cfg.output = Some(o.clone());
+    }
     let flags = Flags {
         image_size: image_size_given.then_some(cfg.image_size),
         mean: cfg.mean.clone(),
@@ -403,6 +423,7 @@ mod tests {
             mean: Some(Some(vec![0.5; 3])),
             std: Some(Some(vec![0.25; 3])),
             class_names: None,
+            output: None,
         };
         let flags = Flags {
             std: Some(vec![0.1; 3]),
@@ -443,6 +464,20 @@ mod tests {
                 && e.to_string().contains("[\"dog\", \"cat\"]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_output_is_recorded_only_when_it_was_a_choice() {
+        let choice = |through: Option<&str>| koala_graph::classifier_output::ClassifierOutput {
+            output: "probs".into(),
+            logits: "logits".into(),
+            through: through.map(String::from),
+            reason: String::new(),
+        };
+        let entry = Some((keys::OUTPUT.to_string(), "probs".to_string()));
+        assert_eq!(output_entry(2, &choice(None)), entry);
+        assert_eq!(output_entry(1, &choice(Some("Softmax softmax"))), entry);
+        assert_eq!(output_entry(1, &choice(None)), None);
     }
 
     #[test]

@@ -820,9 +820,17 @@ fn image_metadata(cfg: &TrainConfig, model: &Model) -> Result<Vec<(String, Strin
         eprintln!("warning: the exported file records no class names: cannot read the training data ({e:#})");
         Vec::new()
     });
-    Ok(crate::preprocess_metadata::entries(
+    let mut entries = crate::preprocess_metadata::entries(
         &crate::data::preprocess(cfg, &input, false),
         &input,
         &classes,
-    ))
+    );
+    let hint = (!classes.is_empty()).then_some(classes.len());
+    if let Ok(choice) = crate::image_classification::choose_output(model, cfg, hint) {
+        entries.extend(crate::preprocess_metadata::output_entry(
+            model.graph().output.len(),
+            &choice,
+        ));
+    }
+    Ok(entries)
 }
