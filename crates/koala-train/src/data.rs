@@ -175,9 +175,9 @@ pub fn preprocess(cfg: &TrainConfig, input: &ImageInput, train: bool) -> Preproc
     }
 }
 
-/// The class names of the training data of `cfg`, in label order (for the export's
-/// metadata when only the run's config is at hand).
-pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
+/// The data format of `cfg` (`--format`, else detected from `--data`) and how its images are
+/// read (`--ignore-exif`): shared by the run's data and the export's class names.
+fn format_and_read(cfg: &TrainConfig) -> (DataFormat, ReadOptions) {
     let format = if cfg.format == DataFormat::Auto {
         detect(&cfg.data)
     } else {
@@ -186,6 +186,13 @@ pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
     let read = ReadOptions {
         ignore_exif: cfg.ignore_exif,
     };
+    (format, read)
+}
+
+/// The class names of the training data of `cfg`, in label order (for the export's
+/// metadata when only the run's config is at hand).
+pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
+    let (format, read) = format_and_read(cfg);
     let train_path = match format {
         DataFormat::Folder => koala_data::find_split_folders(&cfg.data)?
             .and_then(|s| s.train)
@@ -200,14 +207,7 @@ pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
 /// Opens the training and evaluation data described by `cfg`, printing the classes and their
 /// sample counts.
 pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> {
-    let format = if cfg.format == DataFormat::Auto {
-        detect(&cfg.data)
-    } else {
-        cfg.format
-    };
-    let read = ReadOptions {
-        ignore_exif: cfg.ignore_exif,
-    };
+    let (format, read) = format_and_read(cfg);
     let (train_path, split_eval) = resolve_split_folders(cfg, format)?;
     let train_src = open(&train_path, format, IdxSplit::Train, read)?;
     let class_names = train_src.class_names().to_vec();
