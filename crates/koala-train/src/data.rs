@@ -137,7 +137,8 @@ fn warn_on_skip(loader: Loader) -> Loader {
 
 /// The preprocessing for the model's image `input`: ImageNet-normalised unless
 /// `--mean`/`--std` say otherwise (greyscale inputs get ImageNet's channel average, and one
-/// value each), and not normalised at all for a uint8 input, which is fed raw 0–255 pixels
+/// value each) or the model normalises inside (then mean 0 and std 1 or 1/255, see
+/// [`ImageInput::default_std`]), and not normalised at all for a uint8 input, which is fed raw 0–255 pixels
 /// because the model normalises inside (normalising twice would be silently wrong). Square
 /// sizes get the ImageNet recipe (resize the shorter side, center crop; random resized crop
 /// and flip for training). Other sizes (text lines, banners) are resized to exactly H×W,
@@ -156,14 +157,8 @@ pub fn preprocess(cfg: &TrainConfig, input: &ImageInput, train: bool) -> Preproc
         Preprocess::plain(size.height, size.width, channels)
     };
     if input.normalised_by_koala() {
-        p.mean = cfg
-            .mean
-            .clone()
-            .unwrap_or_else(|| crate::preprocess_metadata::default_mean(channels));
-        p.std = cfg
-            .std
-            .clone()
-            .unwrap_or_else(|| crate::preprocess_metadata::default_std(channels));
+        p.mean = cfg.mean.clone().unwrap_or_else(|| input.default_mean());
+        p.std = cfg.std.clone().unwrap_or_else(|| input.default_std());
     } else {
         p.mean = vec![0.0; channels];
         p.std = vec![1.0; channels];

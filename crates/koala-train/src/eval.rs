@@ -348,6 +348,13 @@ pub fn evaluate_classifier_file(
     let input = ImageInput::of_model(model)?;
     let recorded = meta::Recorded::of_model(model);
     let resolved = meta::resolve(flags, &recorded, &input)?;
+    let setting = match resolved.image_size.1 {
+        meta::Source::Metadata => {
+            "the image size recorded in its metadata (koala.preprocess.image_size)"
+        }
+        _ => "--image-size",
+    };
+    input.check_size(resolved.image_size.0, setting)?;
     eprintln!("{}", input.describe());
     if let Some(note) = &input.note {
         eprintln!("note: {note}");

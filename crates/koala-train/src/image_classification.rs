@@ -372,21 +372,7 @@ impl ImageClassification {
 /// say so up front instead of failing inside the graph builder. (The height and
 /// width come from the axes of the detected layout, so the advice always fits.)
 fn check_image_size(image: &ImageInput, cfg: &TrainConfig) -> Result<()> {
-    if let Some((h, w)) = image.fixed_size {
-        let size = &cfg.image_size;
-        if (h, w) != (size.height, size.width) {
-            let want = if h == w {
-                h.to_string()
-            } else {
-                format!("{h}x{w}")
-            };
-            bail!(
-                "model input '{}' takes {h}×{w} images but --image-size is {size}; pass --image-size {want}",
-                image.name
-            );
-        }
-    }
-    Ok(())
+    image.check_size(cfg.image_size, "--image-size")
 }
 
 /// `--mean`/`--std` need one value per channel of the input (a greyscale model takes one);

@@ -7,6 +7,7 @@
 //! the model's layout and type happens on the host ([`koala_data::to_model_input`]), never in
 //! the graph, so the exported file is the user's model.
 
+use crate::image_size::ImageSize;
 use anyhow::{bail, Context, Result};
 use koala_data::{InputLayout, ModelPixels, PixelType};
 use koala_graph::proto::DataType;
@@ -28,6 +29,74 @@ pub struct ImageInput {
     pub fixed_size: Option<(u32, u32)>,
     /// A remark for the log (an ambiguous shape read one way).
     pub note: Option<String>,
+    /// Whether the graph normalises its float input itself, which sets the default mean/std.
+    pub in_graph: InGraphNormalisation,
+    /// The normalising constants as `Sub 'mean'`, in node order (for the log).
+    pub in_graph_constants: Vec<String>,
+}
+
+/// How a float model normalises its input inside the graph (`Sub(mean)`, `Div(std)`,
+/// `Div(255)`… before its first parametrised op, see
+/// [`koala_graph::trainable::preprocessing_constants`]). Such a model must not also be fed
+/// ImageNet-normalised pixels: that normalises twice, silently. The default mean/std are
+/// chosen so the model sees the pixel range its constants were written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InGraphNormalisation {
+    /// No normalising constants: koala normalises (ImageNet statistics by default).
+    None,
+    /// Constants written for pixels in [0, 1] (torchvision's `Sub(0.485…)`, `Div(0.229…)`):
+    /// koala feeds `x/255` (mean 0, std 1).
+    UnitRange,
+    /// A first `Div(~255)`/`Mul(~1/255)`, or Caffe-style means > 1 (`Sub(123.68…)`): koala
+    /// feeds raw 0–255 floats (mean 0, std 1/255).
+    RawPixels,
+}
+
+/// A multiplier below this (a division by more than 10) only makes sense on 0–255 pixels:
+/// `1/255`, `1/127.5`, Caffe's `1/58`. On [0, 1] pixels normalising multiplies by ≥ 1 (1/std).
+const RAW_SCALE_BELOW: f32 = 0.1;
+
+/// Reads how `model` normalises inside from its first readable preprocessing constant in node
+/// order (the one applied to the pixels as fed), and lists the constants as `Op 'name'`.
+pub fn in_graph_normalisation(model: &Model) -> (InGraphNormalisation, Vec<String>) {
+    let g = model.graph();
+    let first_use = |name: &str| {
+        g.node
+            .iter()
+            .position(|n| n.input.iter().any(|x| x == name))
+            .unwrap_or(usize::MAX)
+    };
+    let mut constants = koala_graph::trainable::preprocessing_constants(model);
+    if constants.is_empty() {
+        return (InGraphNormalisation::None, Vec::new());
+    }
+    constants.sort_by_key(|c| first_use(&c.name));
+    let labels = constants
+        .iter()
+        .map(|c| format!("{} '{}'", c.op, c.name))
+        .collect();
+    let values = |name: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| koala_graph::tensor::to_f32(t).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let decided = constants.iter().find_map(|c| {
+        let v = values(&c.name)?;
+        let raw = match c.op.as_str() {
+            "Sub" | "Add" => v.iter().any(|m| m.abs() > 1.0),
+            "Div" => v.iter().all(|d| d.abs() > 1.0 / RAW_SCALE_BELOW),
+            "Mul" => v.iter().all(|m| m.abs() < RAW_SCALE_BELOW),
+            _ => return None,
+        };
+        Some(if raw {
+            InGraphNormalisation::RawPixels
+        } else {
+            InGraphNormalisation::UnitRange
+        })
+    });
+    (decided.unwrap_or(InGraphNormalisation::UnitRange), labels)
 }
 
 /// The layouts koala accepts, for refusals.
@@ -45,7 +114,9 @@ impl ImageInput {
             .context("the data input has no declaration")?;
         let dims = koala_graph::training::declared_dims(info);
         let dtype = koala_graph::probe::input_dtype(info).unwrap_or(DataType::Float);
-        Self::from_declaration(&name, &dims, dtype)
+        let mut input = Self::from_declaration(&name, &dims, dtype)?;
+        (input.in_graph, input.in_graph_constants) = in_graph_normalisation(model);
+        Ok(input)
     }
 
     /// Decides the layout from declared `dims` (None = dynamic) and the element type.
@@ -103,7 +174,49 @@ impl ImageInput {
             channels,
             fixed_size,
             note,
+            in_graph: InGraphNormalisation::None,
+            in_graph_constants: Vec::new(),
         })
+    }
+
+    /// The mean koala subtracts when `--mean` is not given: ImageNet's, or 0 when the model
+    /// normalises inside (see [`InGraphNormalisation`]).
+    pub fn default_mean(&self) -> Vec<f32> {
+        match self.in_graph {
+            InGraphNormalisation::None => crate::preprocess_metadata::default_mean(self.channels),
+            _ => vec![0.0; self.channels],
+        }
+    }
+
+    /// The std koala divides by when `--std` is not given: ImageNet's; 1 (pixels in [0, 1])
+    /// or 1/255 (raw 0–255 floats) when the model normalises inside.
+    pub fn default_std(&self) -> Vec<f32> {
+        match self.in_graph {
+            InGraphNormalisation::None => crate::preprocess_metadata::default_std(self.channels),
+            InGraphNormalisation::UnitRange => vec![1.0; self.channels],
+            InGraphNormalisation::RawPixels => vec![1.0 / 255.0; self.channels],
+        }
+    }
+
+    /// Refuses an image size other than the model's fixed one, naming the remedy (`setting`
+    /// says where the size came from, e.g. `--image-size`). Checked before any batch so the
+    /// user never sees ONNX Runtime's shape error.
+    pub fn check_size(&self, size: ImageSize, setting: &str) -> Result<()> {
+        let Some((h, w)) = self.fixed_size else {
+            return Ok(());
+        };
+        if (h, w) == (size.height, size.width) {
+            return Ok(());
+        }
+        let want = if h == w {
+            h.to_string()
+        } else {
+            format!("{h}x{w}")
+        };
+        bail!(
+            "model input '{}' takes {h}×{w} images but {setting} is {size}; pass --image-size {want}",
+            self.name
+        )
     }
 
     /// The input's shape for a batch of `n` images of `height × width`, in its axis order.
@@ -135,9 +248,22 @@ impl ImageInput {
             InputLayout::Nchw => "NCHW",
             InputLayout::Nhwc => "NHWC",
         };
-        let what = match self.pixels {
-            PixelType::F32 => "float32, normalised by koala".to_string(),
-            PixelType::U8 => {
+        let what = match (self.pixels, self.in_graph) {
+            (PixelType::F32, InGraphNormalisation::None) => {
+                "float32, normalised by koala".to_string()
+            }
+            (PixelType::F32, in_graph) => {
+                let fed = if in_graph == InGraphNormalisation::RawPixels {
+                    "raw 0–255 floats (mean 0, std 1/255)"
+                } else {
+                    "pixels in [0, 1] (mean 0, std 1)"
+                };
+                format!(
+                    "float32, the model normalises inside ({}): koala feeds {fed} unless --mean/--std say otherwise",
+                    self.in_graph_constants.join(", ")
+                )
+            }
+            (PixelType::U8, _) => {
                 "uint8: raw 0–255 pixels, no mean/std (the model normalises inside)".to_string()
             }
         };

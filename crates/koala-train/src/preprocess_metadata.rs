@@ -220,6 +220,8 @@ pub enum Source {
     Metadata,
     ModelInput,
     Default,
+    /// The model normalises its float input inside (Sub/Div constants): mean 0, std 1 or 1/255.
+    InGraph,
     /// uint8 input: the model normalises; koala feeds raw bytes.
     RawBytes,
 }
@@ -231,6 +233,7 @@ impl std::fmt::Display for Source {
             Source::Metadata => "model metadata",
             Source::ModelInput => "model input shape",
             Source::Default => "default",
+            Source::InGraph => "the model normalises inside",
             Source::RawBytes => "uint8 input, the model normalises",
         })
     }
@@ -271,7 +274,8 @@ pub struct Flags {
 }
 
 /// Resolves image size, mean and std with the precedence flag > metadata > default (the
-/// model's fixed input size, else 224; ImageNet statistics). A uint8 input gets no mean/std.
+/// model's fixed input size, else 224; ImageNet statistics, or the range the model's own
+/// normalisation expects, see [`ImageInput::default_std`]). A uint8 input gets no mean/std.
 pub fn resolve(flags: &Flags, recorded: &Recorded, input: &ImageInput) -> Result<Resolved> {
     let image_size = match (flags.image_size, recorded.image_size, input.fixed_size) {
         (Some(s), _, _) => (s, Source::Flag),
@@ -295,15 +299,19 @@ pub fn resolve(flags: &Flags, recorded: &Recorded, input: &ImageInput) -> Result
             std: (Vec::new(), Source::RawBytes),
         });
     }
+    let default_source = match input.in_graph {
+        crate::image_input::InGraphNormalisation::None => Source::Default,
+        _ => Source::InGraph,
+    };
     let pick = |flag: &Option<Vec<f32>>, rec: &Option<Option<Vec<f32>>>, default: Vec<f32>| match (
         flag, rec,
     ) {
         (Some(v), _) => (v.clone(), Source::Flag),
         (None, Some(Some(v))) => (v.clone(), Source::Metadata),
-        _ => (default, Source::Default),
+        _ => (default, default_source),
     };
-    let mean = pick(&flags.mean, &recorded.mean, default_mean(input.channels));
-    let std = pick(&flags.std, &recorded.std, default_std(input.channels));
+    let mean = pick(&flags.mean, &recorded.mean, input.default_mean());
+    let std = pick(&flags.std, &recorded.std, input.default_std());
     for (name, (v, src)) in [("mean", &mean), ("std", &std)] {
         if v.len() != input.channels {
             bail!(
@@ -413,6 +421,8 @@ mod tests {
             channels: 3,
             fixed_size: fixed,
             note: None,
+            in_graph: crate::image_input::InGraphNormalisation::None,
+            in_graph_constants: Vec::new(),
         }
     }
 
