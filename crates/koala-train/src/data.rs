@@ -135,6 +135,12 @@ fn warn_on_skip(loader: Loader) -> Loader {
     loader.on_skip(|s| eprintln!("warning: {s}"))
 }
 
+/// [`warn_on_skip`] for evaluation data, read in order in one pass: the warning names the file
+/// without an epoch and batch.
+fn warn_on_eval_skip(loader: Loader) -> Loader {
+    loader.on_skip(|s| eprintln!("warning: {}", s.without_position()))
+}
+
 /// The preprocessing for the model's image `input`: ImageNet-normalised unless
 /// `--mean`/`--std` say otherwise (greyscale inputs get ImageNet's channel average, and one
 /// value each), and not normalised at all for a uint8 input, which is fed raw 0–255 pixels
@@ -172,6 +178,13 @@ pub fn preprocess(cfg: &TrainConfig, input: &ImageInput, train: bool) -> Preproc
         p
     } else {
         p.without_augmentation()
+    }
+}
+
+/// How the images of `cfg` are read (`--ignore-exif`); recorded in the export's metadata.
+pub fn read_options(cfg: &TrainConfig) -> ReadOptions {
+    ReadOptions {
+        ignore_exif: cfg.ignore_exif,
     }
 }
 
@@ -264,7 +277,7 @@ pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> 
     let mut tc = LoaderConfig::train(cfg.batch_size, cfg.seed);
     tc.drop_last = true;
     let train = warn_on_skip(Loader::new(train_src, preprocess(cfg, input, true), tc)?);
-    let eval = warn_on_skip(Loader::new(
+    let eval = warn_on_eval_skip(Loader::new(
         eval_src,
         preprocess(cfg, input, false),
         LoaderConfig::eval(cfg.batch_size),
@@ -280,15 +293,15 @@ pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> 
 /// The data of `koala eval --data PATH`: like the evaluation data of `koala finetune --data PATH` (a folder
 /// of split folders gives its `val/`, else `test/` folder; an IDX folder its t10k files), with its classes
 /// and sample counts printed and a warning naming each unreadable file, its class names checked against the
-/// ones the model records (`recorded_classes`). Returns the loader and a counter of
-/// the unreadable files met, for the summary line.
+/// ones the model records (`recorded_classes`). Returns the loader, a counter of
+/// the unreadable files met and the folder evaluated (`PATH/val` for split folders), for the summary line.
 pub fn open_eval_data(
     path: &Path,
     read: ReadOptions,
     preprocess: Preprocess,
     batch_size: usize,
     recorded_classes: Option<&[String]>,
-) -> Result<(Loader, Arc<AtomicUsize>)> {
+) -> Result<(Loader, Arc<AtomicUsize>, PathBuf)> {
     let mut path = path.to_path_buf();
     if let Some(splits) = koala_data::find_split_folders(&path)? {
         let Some(eval) = splits.eval.clone() else {
@@ -314,7 +327,7 @@ pub fn open_eval_data(
     let loader =
         Loader::new(source, preprocess, LoaderConfig::eval(batch_size))?.on_skip(move |s| {
             counter.fetch_add(1, Ordering::Relaxed);
-            eprintln!("warning: {s}");
+            eprintln!("warning: {}", s.without_position());
         });
-    Ok((loader, unreadable))
+    Ok((loader, unreadable, path))
 }

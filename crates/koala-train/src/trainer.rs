@@ -585,7 +585,10 @@ impl Run {
         self.state.add_skipped(&stats.skipped);
         let skipped_samples = self.state.skipped_samples as usize;
         if stats.short_batches > 0 {
-            eprintln!("note: {} training batch(es) were short because of unreadable samples and were not used", stats.short_batches);
+            eprintln!(
+                "note: {} training batch(es) were short because of unreadable samples and were filled up from the batches after them ({} readable sample(s) of those left over)",
+                stats.short_batches, stats.unused_samples
+            );
         }
         let after = match seg.last_eval {
             Some(r) => r,
@@ -783,9 +786,13 @@ fn image_metadata(cfg: &TrainConfig, model: &Model) -> Result<Vec<(String, Strin
         eprintln!("warning: the exported file records no class names: cannot read the training data ({e:#})");
         Vec::new()
     });
-    Ok(crate::preprocess_metadata::entries(
+    let mut entries = crate::preprocess_metadata::entries(
         &crate::data::preprocess(cfg, &input, false),
         &input,
         &classes,
-    ))
+    );
+    entries.push(crate::preprocess_metadata::exif_orientation_entry(
+        crate::data::read_options(cfg),
+    ));
+    Ok(entries)
 }
