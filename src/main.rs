@@ -332,9 +332,14 @@ struct EvalArgs {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Keep the stored pixels of photos whose EXIF Orientation tag says they are rotated (default: rotate them upright).
-    #[arg(long)]
+    /// Keep the stored pixels of photos whose EXIF Orientation tag says they are rotated.
+    /// Default: what the model's metadata records (a run with --ignore-exif), else rotate them upright.
+    #[arg(long, conflicts_with = "apply_exif")]
     ignore_exif: bool,
+    /// Rotate photos upright by their EXIF Orientation tag even if the model's metadata records
+    /// that its run ignored it.
+    #[arg(long)]
+    apply_exif: bool,
     /// Classifier: the output to score, for a model with several (default: chosen as
     /// finetune chooses).
     #[arg(long)]
@@ -618,23 +623,24 @@ fn eval(a: EvalArgs) -> Result<u8> {
         image_size: a.image_size,
         mean: a.mean.clone(),
         std: a.std.clone(),
-    };
-    let read = koala::data::ReadOptions {
-        ignore_exif: a.ignore_exif,
+        ignore_exif: match (a.ignore_exif, a.apply_exif) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
     };
     let options = koala::train::eval::ClassifierEvalOptions {
         flags,
         output: a.output.clone(),
-        read,
         batch_size: a.batch_size,
         threads: a.threads,
     };
-    let (r, unreadable) =
+    let (r, unreadable, evaluated) =
         koala::train::eval::evaluate_classifier_file(&a.model, &model, &a.data, &options)?;
     out!(
         "{} samples of '{}'{}: loss {:.4}, top-1 {:.2}%",
         r.samples,
-        a.data.display(),
+        evaluated.display(),
         unreadable_note(unreadable),
         r.loss,
         100.0 * r.accuracy

@@ -170,7 +170,11 @@ fn eval_of_a_split_root_uses_its_val_folder() {
         )),
         "{stderr}"
     );
-    assert!(stdout.starts_with("4 samples"), "{stdout}");
+    // The summary names the folder evaluated, not the root given.
+    assert!(
+        stdout.starts_with(&format!("4 samples of '{d}/val':")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -205,12 +209,23 @@ fn a_bad_file_over_three_epochs_is_warned_and_counted_once() {
         .lines()
         .filter(|l| l.contains("broken.jpg"))
         .collect::<Vec<_>>();
-    // One warning for the training stream, one for the evaluation data (the same file, read by both).
+    // One warning for the training stream, one for the evaluation data (the same file, read by both):
+    // the training one says where in the stream, the evaluation one (one pass, in order) does not.
     assert_eq!(named.len(), 2, "{stderr}");
-    assert!(
+    assert_eq!(
         named
             .iter()
-            .all(|l| l.starts_with("warning: unreadable sample skipped (epoch 0")),
+            .filter(|l| l.starts_with("warning: unreadable sample skipped (epoch 0, batch "))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        named
+            .iter()
+            .filter(|l| l.starts_with("warning: unreadable sample skipped: "))
+            .count(),
+        1,
         "{stderr}"
     );
     assert!(
@@ -261,4 +276,116 @@ fn a_validation_folder_missing_a_class_keeps_the_training_labels() {
         )),
         "{stderr}"
     );
+}
+
+/// A big-endian TIFF structure with one IFD entry: Orientation (0x0112), SHORT, count 1, `value`.
+fn exif_orientation_tiff(value: u16) -> Vec<u8> {
+    let mut t = b"MM\x00\x2A".to_vec();
+    t.extend_from_slice(&8u32.to_be_bytes()); // offset of the first IFD
+    t.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    t.extend_from_slice(&0x0112u16.to_be_bytes());
+    t.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    t.extend_from_slice(&1u32.to_be_bytes());
+    t.extend_from_slice(&value.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // value padding, no next IFD
+    t
+}
+
+/// `n` 16×16 JPEGs in `dir`, red on top and blue below as stored; with `rotated` each carries
+/// EXIF Orientation = 3 (rotate 180°), so a viewer shows blue on top.
+fn half_and_half_photos(dir: &Path, n: usize, rotated: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        let img = RgbImage::from_fn(16, 16, |x, y| {
+            let v = ((x + i as u32) % 4) as u8;
+            if y < 8 {
+                Rgb([220 + v, 20, 20])
+            } else {
+                Rgb([20, 20, 220 + v])
+            }
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+            .encode_image(&img)
+            .unwrap();
+        if rotated {
+            let tiff = exif_orientation_tiff(3);
+            let mut with_exif = jpeg[..2].to_vec();
+            with_exif.extend_from_slice(&[0xFF, 0xE1]);
+            with_exif.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+            with_exif.extend_from_slice(b"Exif\x00\x00");
+            with_exif.extend_from_slice(&tiff);
+            with_exif.extend_from_slice(&jpeg[2..]);
+            jpeg = with_exif;
+        }
+        std::fs::write(dir.join(format!("{i:02}.jpg")), jpeg).unwrap();
+    }
+}
+
+/// The `accuracy after: ..% (loss ..` part of a finetune summary.
+fn accuracy_after(stdout: &str) -> String {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("accuracy after:"))
+        .unwrap_or_else(|| panic!("no final accuracy in:\n{stdout}"));
+    let tail = line.trim_start_matches("accuracy after:").trim();
+    tail[..tail.find(',').unwrap_or(tail.len())].to_string()
+}
+
+#[test]
+fn a_run_with_ignore_exif_is_evaluated_with_it_from_the_export() {
+    // Stored pixels: every photo is red over blue; class `flipped` is tagged "rotate 180°". Read as
+    // stored (--ignore-exif) the classes look alike, turned upright they differ: the choice
+    // changes what the model sees, so eval must read as the run did.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("photos");
+    half_and_half_photos(&data.join("flipped"), 4, true);
+    half_and_half_photos(&data.join("plain"), 4, false);
+    let run_dir = tmp.path().join("run");
+    let (stdout, _) = run_ok(&[
+        "finetune",
+        "--model",
+        &s(&tiny_model()),
+        "--data",
+        &s(&data),
+        "--eval-data",
+        &s(&data),
+        "--image-size",
+        "16",
+        "--num-classes",
+        "2",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--no-augment",
+        "--threads",
+        "1",
+        "--ignore-exif",
+        "--run-dir",
+        &s(&run_dir),
+    ]);
+    let run = accuracy_after(&stdout);
+    let (export, data) = (s(&run_dir.join("model.onnx")), s(&data));
+    let eval = |extra: &[&str]| {
+        let mut args: Vec<&str> = vec!["eval", "--model", export.as_str(), "--data", data.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--threads", "1"]);
+        run_ok(&args)
+    };
+    let (out, err) = eval(&[]);
+    assert!(
+        err.contains("EXIF orientation ignored (model metadata)"),
+        "{err}"
+    );
+    // "8 samples of '…': loss L, top-1 A%" carries the run's loss and accuracy.
+    let (acc, loss) = run.split_once(" (loss ").unwrap();
+    assert!(
+        out.contains(&format!("loss {loss}, top-1 {acc}")),
+        "run: {run}\neval: {out}"
+    );
+    // --apply-exif overrides the record and reads other pixels: another loss.
+    let (out, err) = eval(&["--apply-exif"]);
+    assert!(err.contains("EXIF orientation applied (flag)"), "{err}");
+    assert!(!out.contains(&format!("loss {loss},")), "{out}");
 }

@@ -400,6 +400,7 @@ impl Task for CausalLm {
                 .as_ref()
                 .map_or(0.0, |s| s.wait_time().as_secs_f64()),
             short_batches: 0,
+            unused_samples: 0,
         }
     }
 

@@ -135,6 +135,12 @@ fn warn_on_skip(loader: Loader) -> Loader {
     loader.on_skip(|s| eprintln!("warning: {s}"))
 }
 
+/// [`warn_on_skip`] for evaluation data, read in order in one pass: the warning names the file
+/// without an epoch and batch.
+fn warn_on_eval_skip(loader: Loader) -> Loader {
+    loader.on_skip(|s| eprintln!("warning: {}", s.without_position()))
+}
+
 /// The preprocessing for the model's image `input`: ImageNet-normalised unless
 /// `--mean`/`--std` say otherwise (greyscale inputs get ImageNet's channel average, and one
 /// value each) or the model normalises inside (then mean 0 and std 1 or 1/255, see
@@ -170,6 +176,13 @@ pub fn preprocess(cfg: &TrainConfig, input: &ImageInput, train: bool) -> Preproc
     }
 }
 
+/// How the images of `cfg` are read (`--ignore-exif`); recorded in the export's metadata.
+pub fn read_options(cfg: &TrainConfig) -> ReadOptions {
+    ReadOptions {
+        ignore_exif: cfg.ignore_exif,
+    }
+}
+
 /// The data format of `cfg` (`--format`, else detected from `--data`) and how its images are
 /// read (`--ignore-exif`): shared by the run's data and the export's class names.
 fn format_and_read(cfg: &TrainConfig) -> (DataFormat, ReadOptions) {
@@ -178,10 +191,7 @@ fn format_and_read(cfg: &TrainConfig) -> (DataFormat, ReadOptions) {
     } else {
         cfg.format
     };
-    let read = ReadOptions {
-        ignore_exif: cfg.ignore_exif,
-    };
-    (format, read)
+    (format, read_options(cfg))
 }
 
 /// The class names of the training data of `cfg`, in label order (for the export's
@@ -259,7 +269,7 @@ pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> 
     let mut tc = LoaderConfig::train(cfg.batch_size, cfg.seed);
     tc.drop_last = true;
     let train = warn_on_skip(Loader::new(train_src, preprocess(cfg, input, true), tc)?);
-    let eval = warn_on_skip(Loader::new(
+    let eval = warn_on_eval_skip(Loader::new(
         eval_src,
         preprocess(cfg, input, false),
         LoaderConfig::eval(cfg.batch_size),
@@ -275,15 +285,15 @@ pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> 
 /// The data of `koala eval --data PATH`: like the evaluation data of `koala finetune --data PATH` (a folder
 /// of split folders gives its `val/`, else `test/` folder; an IDX folder its t10k files), with its classes
 /// and sample counts printed and a warning naming each unreadable file, its class names checked against the
-/// ones the model records (`recorded_classes`). Returns the loader and a counter of
-/// the unreadable files met, for the summary line.
+/// ones the model records (`recorded_classes`). Returns the loader, a counter of
+/// the unreadable files met and the folder evaluated (`PATH/val` for split folders), for the summary line.
 pub fn open_eval_data(
     path: &Path,
     read: ReadOptions,
     preprocess: Preprocess,
     batch_size: usize,
     recorded_classes: Option<&[String]>,
-) -> Result<(Loader, Arc<AtomicUsize>)> {
+) -> Result<(Loader, Arc<AtomicUsize>, PathBuf)> {
     let mut path = path.to_path_buf();
     if let Some(splits) = koala_data::find_split_folders(&path)? {
         let Some(eval) = splits.eval.clone() else {
@@ -309,7 +319,7 @@ pub fn open_eval_data(
     let loader =
         Loader::new(source, preprocess, LoaderConfig::eval(batch_size))?.on_skip(move |s| {
             counter.fetch_add(1, Ordering::Relaxed);
-            eprintln!("warning: {s}");
+            eprintln!("warning: {}", s.without_position());
         });
-    Ok((loader, unreadable))
+    Ok((loader, unreadable, path))
 }

@@ -321,8 +321,6 @@ pub struct ClassifierEvalOptions {
     pub flags: crate::preprocess_metadata::Flags,
     /// The output to score, for a model with several (`--output`).
     pub output: Option<String>,
-    /// How images are read (EXIF orientation).
-    pub read: koala_data::ReadOptions,
     /// Images per batch.
     pub batch_size: usize,
     /// ONNX Runtime threads.
@@ -332,18 +330,20 @@ pub struct ClassifierEvalOptions {
 /// `koala eval` for an image classifier: evaluates the file at `path` (loaded as `model`) on
 /// every sample of `data` (an IDX folder's t10k split), in order, without augmentation.
 ///
-/// The preprocessing is resolved flag > the file's `koala.*` metadata > default and reported
+/// The preprocessing (and the EXIF orientation choice) is resolved flag > the file's `koala.*`
+/// metadata > default and reported
 /// on stderr in one line with each setting's source, and the batches go through the same
 /// layout/type conversion as training. Class names recorded in the file must match the
-/// data's class folders.
+/// data's class folders. Returns the result, the number of unreadable files skipped and the
+/// folder evaluated (`data/val` when `data` holds split folders).
 pub fn evaluate_classifier_file(
     path: &std::path::Path,
     model: &Model,
     data: &std::path::Path,
     o: &ClassifierEvalOptions,
-) -> Result<(EvalResult, usize)> {
+) -> Result<(EvalResult, usize, std::path::PathBuf)> {
     use crate::preprocess_metadata as meta;
-    let (flags, output, read) = (&o.flags, o.output.as_deref(), o.read);
+    let (flags, output) = (&o.flags, o.output.as_deref());
     let (batch_size, threads) = (o.batch_size, o.threads);
     let input = ImageInput::of_model(model)?;
     let recorded = meta::Recorded::of_model(model);
@@ -366,9 +366,9 @@ pub fn evaluate_classifier_file(
         std: Some(resolved.std.0).filter(|s| !s.is_empty()),
         ..crate::TrainConfig::default()
     };
-    let (loader, unreadable) = crate::data::open_eval_data(
+    let (loader, unreadable, evaluated) = crate::data::open_eval_data(
         data,
-        read,
+        resolved.read.0,
         crate::data::preprocess(&cfg, &input, false),
         batch_size,
         recorded.class_names.as_deref(),
@@ -390,5 +390,9 @@ pub fn evaluate_classifier_file(
         )
     })?;
     let r = evaluate_session(&mut s, &input, &loader)?;
-    Ok((r, unreadable.load(std::sync::atomic::Ordering::Relaxed)))
+    Ok((
+        r,
+        unreadable.load(std::sync::atomic::Ordering::Relaxed),
+        evaluated,
+    ))
 }

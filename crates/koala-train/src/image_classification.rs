@@ -20,8 +20,9 @@ pub struct ImageClassification {
     cfg: TrainConfig,
     data: Datasets,
     train: Option<BatchIter>,
-    /// Batches of the current step not used because unreadable samples made them short.
-    short_batches: usize,
+    /// Training batches that unreadable samples made short, and the readable samples left over
+    /// from the batches that filled them up.
+    fill: FillCounts,
     eval: Option<WeightsAsInputs>,
     /// The model's data input (known once evaluation is prepared).
     input: Option<String>,
@@ -49,7 +50,7 @@ impl ImageClassification {
             cfg: cfg.clone(),
             data: open_datasets(cfg, &image)?,
             train: None,
-            short_batches: 0,
+            fill: FillCounts::default(),
             eval: None,
             input: None,
             image,
@@ -170,23 +171,30 @@ impl Task for ImageClassification {
             .as_mut()
             .context("the training stream was not started")?;
         let b = self.cfg.batch_size;
+        let mut fill = FillUp::new(b);
         loop {
             let batch = it.next().context("the data loader stopped unexpectedly")?;
-            if batch.shape[0] != b {
-                // Skipped (corrupt) samples made this batch short; the training graph has a
-                // fixed batch size.
-                self.short_batches += 1;
+            if batch.shape[0] == b && fill.is_empty() {
+                set_images(step, &self.image, &batch.images, batch.shape, &batch.labels)?;
+                let next = batch.next;
                 it.recycle(batch);
-                continue;
+                return Ok(Fed {
+                    samples: b,
+                    tokens: 0,
+                    next,
+                });
             }
-            set_images(step, &self.image, &batch.images, batch.shape, &batch.labels)?;
+            let full = fill.add(&batch, &mut self.fill);
             let next = batch.next;
             it.recycle(batch);
-            return Ok(Fed {
-                samples: b,
-                tokens: 0,
-                next,
-            });
+            if let Some((images, shape, labels)) = full {
+                set_images(step, &self.image, &images, shape, &labels)?;
+                return Ok(Fed {
+                    samples: b,
+                    tokens: 0,
+                    next,
+                });
+            }
         }
     }
 
@@ -213,7 +221,8 @@ impl Task for ImageClassification {
         DataStats {
             skipped,
             wait_time,
-            short_batches: self.short_batches,
+            short_batches: self.fill.short_batches,
+            unused_samples: self.fill.unused_samples,
         }
     }
 
@@ -294,6 +303,9 @@ impl Task for ImageClassification {
                 choice,
             ));
         }
+        entries.push(crate::preprocess_metadata::exif_orientation_entry(
+            crate::data::read_options(&self.cfg),
+        ));
         entries
     }
 }
@@ -399,6 +411,70 @@ fn check_normalisation(image: &ImageInput, cfg: &TrainConfig, quiet: bool) -> Re
 
 /// Writes NCHW float32 loader `images` of `shape` into the training graph's data input in
 /// the model's layout and type, and the labels.
+/// Counts of [`FillUp`] over a run segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FillCounts {
+    /// Batches that arrived with fewer rows than the batch size, each counted once.
+    pub short_batches: usize,
+    /// Readable rows of the last batch used to fill up a short one, beyond the batch size.
+    pub unused_samples: usize,
+}
+
+/// Builds one full training batch out of short ones. The training graph has a fixed batch size;
+/// a batch that unreadable samples made short used to be thrown away, so with many unreadable
+/// files almost every batch was (143 dropped for 20 steps with 4 of 10 files unreadable and
+/// batches of 4). Now the rows of consecutive batches are joined until there are enough; the
+/// rest of the last one is left over, so the step ends on a batch boundary and a resumed run
+/// (which starts at the next batch's cursor) sees exactly the same batches.
+pub struct FillUp {
+    batch_size: usize,
+    images: Vec<f32>,
+    labels: Vec<i64>,
+}
+
+impl FillUp {
+    pub fn new(batch_size: usize) -> FillUp {
+        FillUp {
+            batch_size,
+            images: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// Whether no row is collected yet.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Adds the rows of `batch` (counting it in `counts` if it is short); returns the full batch
+    /// (images, shape, labels) once there are `batch_size` rows.
+    pub fn add(
+        &mut self,
+        batch: &koala_data::Batch,
+        counts: &mut FillCounts,
+    ) -> Option<(Vec<f32>, [usize; 4], Vec<i64>)> {
+        let rows = batch.shape[0];
+        if rows < self.batch_size {
+            counts.short_batches += 1;
+        }
+        let per = batch.images.len() / rows.max(1);
+        let take = (self.batch_size - self.labels.len()).min(rows);
+        self.images.extend_from_slice(&batch.images[..take * per]);
+        self.labels.extend_from_slice(&batch.labels[..take]);
+        if self.labels.len() < self.batch_size {
+            return None;
+        }
+        counts.unused_samples += rows - take;
+        let mut shape = batch.shape;
+        shape[0] = self.batch_size;
+        Some((
+            std::mem::take(&mut self.images),
+            shape,
+            std::mem::take(&mut self.labels),
+        ))
+    }
+}
+
 fn set_images(
     step: &mut TrainStep,
     image: &ImageInput,
@@ -431,4 +507,55 @@ fn check_classes(data: &Datasets, outputs: usize, replaced: bool) -> Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fill_up_tests {
+    use super::*;
+    use koala_data::Batch;
+
+    /// A batch of `rows` one-value images whose pixels and labels are `first..first + rows`.
+    fn batch(first: usize, rows: usize) -> Batch {
+        let v: Vec<usize> = (first..first + rows).collect();
+        Batch {
+            images: v.iter().map(|&i| i as f32).collect(),
+            labels: v.iter().map(|&i| i as i64).collect(),
+            indices: v,
+            shape: [rows, 1, 1, 1],
+            cursor: Cursor::new(0, 0),
+            next: Cursor::new(0, 1),
+        }
+    }
+
+    #[test]
+    fn short_batches_are_joined_counted_once_and_the_rest_is_left_over() {
+        let mut counts = FillCounts::default();
+        let mut fill = FillUp::new(4);
+        // 2 + 1 rows: still short; + 3 rows: full with 1 row left over.
+        assert!(fill.add(&batch(0, 2), &mut counts).is_none());
+        assert!(fill.add(&batch(10, 1), &mut counts).is_none());
+        let (images, shape, labels) = fill.add(&batch(20, 3), &mut counts).unwrap();
+        assert_eq!(labels, vec![0, 1, 10, 20]);
+        assert_eq!(images, vec![0.0, 1.0, 10.0, 20.0]);
+        assert_eq!(shape, [4, 1, 1, 1]);
+        assert_eq!(
+            counts,
+            FillCounts {
+                short_batches: 3,
+                unused_samples: 2
+            }
+        );
+        // A full batch completing a short one is not short itself.
+        assert!(fill.is_empty());
+        assert!(fill.add(&batch(30, 3), &mut counts).is_none());
+        let (_, _, labels) = fill.add(&batch(40, 4), &mut counts).unwrap();
+        assert_eq!(labels, vec![30, 31, 32, 40]);
+        assert_eq!(
+            counts,
+            FillCounts {
+                short_batches: 4,
+                unused_samples: 5
+            }
+        );
+    }
 }

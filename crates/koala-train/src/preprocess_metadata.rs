@@ -19,13 +19,14 @@
 //! | `koala.input.name`, `koala.input.layout`, `koala.input.dtype` | `input`, `NHWC`, `uint8` |
 //! | `koala.classes` | `["cat","dog"]` (JSON, in label order) |
 //! | `koala.output` | `logits` (the output trained, when the model has several or ends in Softmax) |
+//! | `koala.preprocess.exif_orientation` | `applied` (photos turned upright) or `ignored` (`--ignore-exif`) |
 //!
 //! Writing replaces earlier `koala.*` entries and keeps every other entry the model had.
 
 use crate::image_input::ImageInput;
 use crate::image_size::ImageSize;
 use anyhow::{bail, Result};
-use koala_data::{InputLayout, PixelType, Preprocess, Resize};
+use koala_data::{InputLayout, PixelType, Preprocess, ReadOptions, Resize};
 use koala_graph::proto::StringStringEntryProto;
 use koala_graph::Model;
 
@@ -48,6 +49,7 @@ pub mod keys {
     pub const INPUT_DTYPE: &str = "koala.input.dtype";
     pub const CLASSES: &str = "koala.classes";
     pub const OUTPUT: &str = "koala.output";
+    pub const EXIF_ORIENTATION: &str = "koala.preprocess.exif_orientation";
 }
 
 /// The `koala.output` entry: the output a run trained, recorded when choosing it took a
@@ -59,6 +61,35 @@ pub fn output_entry(
 ) -> Option<(String, String)> {
     (model_outputs > 1 || choice.through.is_some())
         .then(|| (keys::OUTPUT.to_string(), choice.output.clone()))
+}
+
+/// The `koala.preprocess.exif_orientation` entry of a run that read its images with `read`:
+/// `applied` (photos turned upright by their EXIF Orientation tag) or `ignored`
+/// (`--ignore-exif`). Recorded because a rotated photo fed the other way round is a different
+/// image: a run trained with `--ignore-exif` scores 0 % when evaluated with the default.
+pub fn exif_orientation_entry(read: ReadOptions) -> (String, String) {
+    (
+        keys::EXIF_ORIENTATION.to_string(),
+        exif_word(read.ignore_exif).to_string(),
+    )
+}
+
+/// `ignored` / `applied`: the recorded value and the word of the report line.
+fn exif_word(ignore_exif: bool) -> &'static str {
+    if ignore_exif {
+        "ignored"
+    } else {
+        "applied"
+    }
+}
+
+/// Reads a recorded `applied` / `ignored` value as `ignore_exif`.
+fn parse_exif_orientation(v: &str) -> std::result::Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "applied" => Ok(false),
+        "ignored" => Ok(true),
+        _ => Err("expected 'applied' or 'ignored'".into()),
+    }
 }
 
 /// The `(key, value)` entries describing the evaluation preprocessing `pre` (the loader's,
@@ -141,6 +172,8 @@ pub struct Recorded {
     pub class_names: Option<Vec<String>>,
     /// The output the run trained (`koala.output`).
     pub output: Option<String>,
+    /// `Some(true)`: the run read its images with `--ignore-exif`.
+    pub ignore_exif: Option<bool>,
 }
 
 impl Recorded {
@@ -180,6 +213,12 @@ impl Recorded {
             }
         }
         r.output = get(keys::OUTPUT).filter(|o| !o.is_empty());
+        if let Some(v) = get(keys::EXIF_ORIENTATION) {
+            match parse_exif_orientation(&v) {
+                Ok(b) => r.ignore_exif = Some(b),
+                Err(e) => warn(keys::EXIF_ORIENTATION, &v, e),
+            }
+        }
         r
     }
 
@@ -246,6 +285,8 @@ pub struct Resolved {
     /// Empty for a uint8 input.
     pub mean: (Vec<f32>, Source),
     pub std: (Vec<f32>, Source),
+    /// How images are read (EXIF orientation applied or ignored).
+    pub read: (ReadOptions, Source),
 }
 
 impl Resolved {
@@ -254,13 +295,15 @@ impl Resolved {
     pub fn describe(&self) -> String {
         let list = |v: &[f32]| if v.is_empty() { "none".into() } else { join(v) };
         format!(
-            "preprocessing: image size {} ({}), mean {} ({}), std {} ({})",
+            "preprocessing: image size {} ({}), mean {} ({}), std {} ({}), EXIF orientation {} ({})",
             self.image_size.0,
             self.image_size.1,
             list(&self.mean.0),
             self.mean.1,
             list(&self.std.0),
-            self.std.1
+            self.std.1,
+            exif_word(self.read.0.ignore_exif),
+            self.read.1
         )
     }
 }
@@ -271,6 +314,18 @@ pub struct Flags {
     pub image_size: Option<ImageSize>,
     pub mean: Option<Vec<f32>>,
     pub std: Option<Vec<f32>>,
+    /// `Some(true)`: `--ignore-exif`; `Some(false)`: `--apply-exif`.
+    pub ignore_exif: Option<bool>,
+}
+
+/// How images are read: flag > the model's metadata > default (EXIF orientation applied).
+fn resolve_read(flags: &Flags, recorded: &Recorded) -> (ReadOptions, Source) {
+    let (ignore_exif, source) = match (flags.ignore_exif, recorded.ignore_exif) {
+        (Some(b), _) => (b, Source::Flag),
+        (None, Some(b)) => (b, Source::Metadata),
+        (None, None) => (false, Source::Default),
+    };
+    (ReadOptions { ignore_exif }, source)
 }
 
 /// Resolves image size, mean and std with the precedence flag > metadata > default (the
@@ -289,6 +344,7 @@ pub fn resolve(flags: &Flags, recorded: &Recorded, input: &ImageInput) -> Result
         ),
         (None, None, None) => (ImageSize::square(224), Source::Default),
     };
+    let read = resolve_read(flags, recorded);
     if !input.normalised_by_koala() {
         if flags.mean.is_some() || flags.std.is_some() {
             eprintln!("note: --mean/--std are ignored: input '{}' is uint8, so koala feeds raw 0–255 pixels and the model normalises them", input.name);
@@ -297,6 +353,7 @@ pub fn resolve(flags: &Flags, recorded: &Recorded, input: &ImageInput) -> Result
             image_size,
             mean: (Vec::new(), Source::RawBytes),
             std: (Vec::new(), Source::RawBytes),
+            read,
         });
     }
     let default_source = match input.in_graph {
@@ -327,6 +384,7 @@ pub fn resolve(flags: &Flags, recorded: &Recorded, input: &ImageInput) -> Result
         image_size,
         mean,
         std,
+        read,
     })
 }
 
@@ -387,9 +445,12 @@ pub fn adopt_for_finetune(cfg: &mut crate::TrainConfig, image_size_given: bool) 
         image_size: image_size_given.then_some(cfg.image_size),
         mean: cfg.mean.clone(),
         std: cfg.std.clone(),
+        // `--ignore-exif` or the config's `ignore_exif = true`; false is "not given".
+        ignore_exif: cfg.ignore_exif.then_some(true),
     };
     let r = resolve(&flags, &recorded, &input)?;
     cfg.image_size = r.image_size.0;
+    cfg.ignore_exif = r.read.0.ignore_exif;
     if input.normalised_by_koala() {
         cfg.mean = Some(r.mean.0.clone());
         cfg.std = Some(r.std.0.clone());
@@ -434,6 +495,7 @@ mod tests {
             std: Some(Some(vec![0.25; 3])),
             class_names: None,
             output: None,
+            ignore_exif: None,
         };
         let flags = Flags {
             std: Some(vec![0.1; 3]),
@@ -488,6 +550,45 @@ mod tests {
         assert_eq!(output_entry(2, &choice(None)), entry);
         assert_eq!(output_entry(1, &choice(Some("Softmax softmax"))), entry);
         assert_eq!(output_entry(1, &choice(None)), None);
+    }
+
+    #[test]
+    fn the_exif_choice_is_recorded_and_read_back_and_a_flag_overrides_it() {
+        let mut model = Model {
+            proto: Default::default(),
+            source: None,
+        };
+        let ignored = exif_orientation_entry(ReadOptions { ignore_exif: true });
+        assert_eq!(
+            ignored,
+            (keys::EXIF_ORIENTATION.to_string(), "ignored".to_string())
+        );
+        write(&mut model, &[ignored]);
+        let rec = Recorded::of_model(&model);
+        assert_eq!(rec.ignore_exif, Some(true));
+        let input = input(PixelType::F32, Some((16, 16)));
+        let r = resolve(&Flags::default(), &rec, &input).unwrap();
+        assert_eq!(
+            r.read,
+            (ReadOptions { ignore_exif: true }, Source::Metadata)
+        );
+        assert!(
+            r.describe()
+                .ends_with("EXIF orientation ignored (model metadata)"),
+            "{}",
+            r.describe()
+        );
+        let apply = Flags {
+            ignore_exif: Some(false),
+            ..Flags::default()
+        };
+        let r = resolve(&apply, &rec, &input).unwrap();
+        assert_eq!(r.read, (ReadOptions { ignore_exif: false }, Source::Flag));
+        let r = resolve(&Flags::default(), &Recorded::default(), &input).unwrap();
+        assert_eq!(r.read, (ReadOptions::default(), Source::Default));
+        assert!(r.describe().ends_with("EXIF orientation applied (default)"));
+        assert_eq!(parse_exif_orientation("Applied"), Ok(false));
+        assert!(parse_exif_orientation("upright").is_err());
     }
 
     #[test]

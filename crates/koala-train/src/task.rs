@@ -152,8 +152,12 @@ pub struct DataStats {
     pub skipped: Vec<usize>,
     /// Seconds the loop waited for data.
     pub wait_time: f64,
-    /// Batches not used because skipped samples made them short.
+    /// Training batches that unreadable samples made short (each counted once; each was filled
+    /// up with the samples of the batches after it).
     pub short_batches: usize,
+    /// Readable samples of the batches that filled up short ones and were left over (not trained
+    /// on in that epoch; the next step starts at the next batch so a resumed run sees the same).
+    pub unused_samples: usize,
 }
 
 /// A fine-tuning task: everything the shared loop does not know.

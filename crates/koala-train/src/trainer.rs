@@ -622,7 +622,10 @@ impl Run {
         self.state.add_skipped(&stats.skipped);
         let skipped_samples = self.state.skipped_samples as usize;
         if stats.short_batches > 0 {
-            eprintln!("note: {} training batch(es) were short because of unreadable samples and were not used", stats.short_batches);
+            eprintln!(
+                "note: {} training batch(es) were short because of unreadable samples and were filled up from the batches after them ({} readable sample(s) of those left over)",
+                stats.short_batches, stats.unused_samples
+            );
         }
         let after = match seg.last_eval {
             Some(r) => r,
@@ -832,5 +835,8 @@ fn image_metadata(cfg: &TrainConfig, model: &Model) -> Result<Vec<(String, Strin
             &choice,
         ));
     }
+    entries.push(crate::preprocess_metadata::exif_orientation_entry(
+        crate::data::read_options(cfg),
+    ));
     Ok(entries)
 }

@@ -48,22 +48,32 @@ pub struct SkippedSample {
     pub error: String,
 }
 
+impl SkippedSample {
+    /// The warning without the epoch and batch: for evaluation data, read in one pass in order,
+    /// where "(epoch 0, batch 0)" says nothing.
+    pub fn without_position(&self) -> String {
+        self.message(None)
+    }
+
+    /// `unreadable sample [WHAT] skipped[ (POSITION)]: ERROR`.
+    fn message(&self, position: Option<String>) -> String {
+        // Decoding errors already name the file; saying it twice makes the line hard to read.
+        let what = if self.error.contains(&self.what) {
+            String::new()
+        } else {
+            format!(" {}", self.what)
+        };
+        let position = position.map(|p| format!(" ({p})")).unwrap_or_default();
+        format!("unreadable sample{what} skipped{position}: {}", self.error)
+    }
+}
+
 impl std::fmt::Display for SkippedSample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Decoding errors already name the file; saying it twice makes the line hard to read.
-        if self.error.contains(&self.what) {
-            write!(
-                f,
-                "unreadable sample skipped (epoch {}, batch {}): {}",
-                self.cursor.epoch, self.cursor.position, self.error
-            )
-        } else {
-            write!(
-                f,
-                "unreadable sample {} skipped (epoch {}, batch {}): {}",
-                self.what, self.cursor.epoch, self.cursor.position, self.error
-            )
-        }
+        f.write_str(&self.message(Some(format!(
+            "epoch {}, batch {}",
+            self.cursor.epoch, self.cursor.position
+        ))))
     }
 }
 
