@@ -252,8 +252,14 @@ enum DataFormatArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LossVarArg {
+    /// mean(lᵢ²) of the per-sample losses (original KOALA).
     SecondMoment,
+    /// L², the square of the batch-mean loss (KOALA++ vision scripts).
     Square,
+    /// mean(lᵢ²) − L², the per-sample variance.
+    Variance,
+    /// Exactly 0 (KOALA++ language-model scripts).
+    Zero,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -534,6 +540,8 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         c.loss_var = match v {
             LossVarArg::SecondMoment => LossVar::SecondMoment,
             LossVarArg::Square => LossVar::Square,
+            LossVarArg::Variance => LossVar::Variance,
+            LossVarArg::Zero => LossVar::Zero,
         };
     }
     if let Some(s) = a.schedule {

@@ -33,6 +33,13 @@ pub enum LossVar {
     SecondMoment,
     /// L², the square of the batch-mean loss (the KOALA++ vision scripts).
     Square,
+    /// The per-sample variance mean(lᵢ²) − L² (clamped at 0): what the name "loss variance"
+    /// says, used by none of the published loops (koala-spec §2.4).
+    Variance,
+    /// Exactly 0: what the KOALA++ language-model scripts pass (`mean(L²) − L²` of a scalar
+    /// loss, koala-spec §2.4), so R decays as 0.9ᵏ from 1 and the step is the plain
+    /// Kalman/Polyak step with no noise term after a few hundred steps.
+    Zero,
 }
 
 /// All options of `koala finetune`.

@@ -462,10 +462,7 @@ impl Run {
             grad_pipeline::clip_by_global_norm(&mut seg.grads.grads, grad_norm, c);
         }
         let lr = self.schedule.lr(self.state.step);
-        let loss_var = match self.cfg.loss_var {
-            LossVar::SecondMoment => per_sample_sq / k,
-            LossVar::Square => loss * loss,
-        };
+        let loss_var = loss_variance(self.cfg.loss_var, loss, per_sample_sq / k);
         let ctx = StepContext {
             loss,
             loss_var,
@@ -839,4 +836,47 @@ fn image_metadata(cfg: &TrainConfig, model: &Model) -> Result<Vec<(String, Strin
         crate::data::read_options(cfg),
     ));
     Ok(entries)
+}
+
+/// The V handed to the optimizer (koala-spec §2.4) for the batch-mean loss `loss` and the
+/// mean of the squared per-sample losses `second_moment`.
+fn loss_variance(mode: LossVar, loss: f64, second_moment: f64) -> f64 {
+    match mode {
+        LossVar::SecondMoment => second_moment,
+        LossVar::Square => loss * loss,
+        // Rounding can make E[l²] − L² slightly negative when all losses are equal.
+        LossVar::Variance => (second_moment - loss * loss).max(0.0),
+        LossVar::Zero => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod loss_variance_tests {
+    use super::*;
+
+    /// Per-sample losses 1 and 3: L = 2, E[l²] = 5, variance 1.
+    #[test]
+    fn each_mode_passes_its_formula() {
+        let (loss, m2) = (2.0, 5.0);
+        assert_eq!(loss_variance(LossVar::SecondMoment, loss, m2), 5.0);
+        assert_eq!(loss_variance(LossVar::Square, loss, m2), 4.0);
+        assert_eq!(loss_variance(LossVar::Variance, loss, m2), 1.0);
+        assert_eq!(loss_variance(LossVar::Zero, loss, m2), 0.0);
+        // Equal losses: E[l²] − L² may round below 0; V never does.
+        let l = 0.1f64;
+        assert_eq!(loss_variance(LossVar::Variance, l, l * l - 1e-18), 0.0);
+    }
+
+    #[test]
+    fn modes_have_the_command_line_names_in_config_files() {
+        for (mode, name) in [
+            (LossVar::SecondMoment, "second-moment"),
+            (LossVar::Square, "square"),
+            (LossVar::Variance, "variance"),
+            (LossVar::Zero, "zero"),
+        ] {
+            let v = toml::Value::try_from(mode).unwrap();
+            assert_eq!(v.as_str(), Some(name));
+        }
+    }
 }

@@ -28,9 +28,10 @@ fn garbage_jpg_is_skipped_and_counted() {
     let cfg = koala_train::TrainConfig {
         eval_data: Some(eval.clone()),
         batch_size: 5,
-        // Each epoch yields 4 full batches and 1 short one (not trained on: the
-        // training graph has a fixed batch), so step 9 needs epoch 2's first
-        // batch: epochs 0 and 1 both meet the garbage file.
+        // Each epoch yields 4 full batches: the batch the garbage file makes
+        // short is filled up from the next one, and the 4 readable samples left
+        // at the epoch's end are unused (the training graph has a fixed batch).
+        // So step 9 runs in epoch 2: epochs 0 and 1 both meet the garbage file.
         max_steps: Some(9),
         optimizer: "adamw".into(),
         checkpoint_every: Some(1),
