@@ -537,12 +537,12 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         };
     }
     if let Some(v) = a.loss_var {
-        c.loss_var = match v {
+        c.loss_var = Some(match v {
             LossVarArg::SecondMoment => LossVar::SecondMoment,
             LossVarArg::Square => LossVar::Square,
             LossVarArg::Variance => LossVar::Variance,
             LossVarArg::Zero => LossVar::Zero,
-        };
+        });
     }
     if let Some(s) = a.schedule {
         c.schedule = match s {

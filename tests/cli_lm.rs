@@ -144,6 +144,45 @@ fn a_causal_lm_fine_tunes_exports_and_the_file_reproduces_the_training_graph() {
     );
 }
 
+/// KOALA++ on a language model gets V = 0 by default (the KOALA++ LM scripts' value; with
+/// the second moment, R ≈ E[l²] ≈ 12 swamps the innovation variance and the steps all but
+/// stop, README "What KOALA++ gets as loss variance"). The run records the value it used, so
+/// `--resume` keeps it; a flag overrides it.
+#[test]
+fn koala_on_a_language_model_defaults_to_zero_loss_variance_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = split_play(dir.path());
+    let m = model();
+    let config = |run_dir: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            train.to_str().unwrap(),
+            "--block-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "1",
+            "--sample-tokens",
+            "0",
+            "--threads",
+            "1",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        std::fs::read_to_string(run_dir.join("config.toml")).unwrap()
+    };
+    let default = config(&dir.path().join("default"), &[]);
+    assert!(default.contains("loss_var = \"zero\""), "{default}");
+    let flag = config(&dir.path().join("flag"), &["--loss-var", "second-moment"]);
+    assert!(flag.contains("loss_var = \"second-moment\""), "{flag}");
+}
+
 fn assert_fails(args: &[&str], needles: &[&str]) {
     let out = run(args);
     let err = text(&out.stderr);

@@ -85,12 +85,13 @@ fn open_eval(
     )?)
 }
 
-/// The training folder and the evaluation folder (with its split name) when `--data` holds split folders
-/// (`train/`, `val/`, … each holding class folders) instead of class folders; says which became what.
-fn resolve_split_folders(
+/// The folder of class folders to train on: `--data` itself, or its `train/` (`training/`)
+/// when it holds split folders (returned too). Split folders without a training folder are
+/// an error. Prints nothing: shared by the run's data and the export's class names.
+fn training_folder(
     cfg: &TrainConfig,
     format: DataFormat,
-) -> Result<(PathBuf, Option<(PathBuf, &'static str)>)> {
+) -> Result<(PathBuf, Option<koala_data::SplitFolders>)> {
     let splits = match format {
         DataFormat::Folder => koala_data::find_split_folders(&cfg.data)?,
         _ => None,
@@ -103,6 +104,19 @@ fn resolve_split_folders(
             "{}, but no training folder (train/ or training/); pass the folder of class folders to train on with --data",
             splits.describe()
         );
+    };
+    Ok((train, Some(splits)))
+}
+
+/// The training folder and the evaluation folder (with its split name) when `--data` holds split folders
+/// (`train/`, `val/`, … each holding class folders) instead of class folders; says which became what.
+fn resolve_split_folders(
+    cfg: &TrainConfig,
+    format: DataFormat,
+) -> Result<(PathBuf, Option<(PathBuf, &'static str)>)> {
+    let (train, splits) = training_folder(cfg, format)?;
+    let Some(splits) = splits else {
+        return Ok((train, None));
     };
     eprintln!("{}", splits.describe());
     let eval = match (&cfg.eval_data, splits.eval) {
@@ -198,12 +212,7 @@ fn format_and_read(cfg: &TrainConfig) -> (DataFormat, ReadOptions) {
 /// metadata when only the run's config is at hand).
 pub fn class_names(cfg: &TrainConfig) -> Result<Vec<String>> {
     let (format, read) = format_and_read(cfg);
-    let train_path = match format {
-        DataFormat::Folder => koala_data::find_split_folders(&cfg.data)?
-            .and_then(|s| s.train)
-            .unwrap_or_else(|| cfg.data.clone()),
-        _ => cfg.data.clone(),
-    };
+    let (train_path, _) = training_folder(cfg, format)?;
     Ok(open(&train_path, format, IdxSplit::Train, read)?
         .class_names()
         .to_vec())

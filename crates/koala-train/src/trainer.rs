@@ -175,8 +175,10 @@ fn start(cfg: TrainConfig) -> Result<(Run, RunLock)> {
     if !checkpoint::list(&cfg.run_dir)?.is_empty() {
         bail!("run directory '{}' already holds checkpoints: use --resume {} to continue it, or choose another --run-dir", cfg.run_dir.display(), cfg.run_dir.display());
     }
-    let text = toml::to_string_pretty(&cfg)?;
     let run = Run::new(cfg)?;
+    // After Run::new: the config it resolved (e.g. the task's default --loss-var) is what a
+    // resumed run must use.
+    let text = toml::to_string_pretty(&run.cfg)?;
     let dir = &run.cfg.run_dir;
     koala_graph::model::write_atomic(&dir.join("config.toml"), text.as_bytes())?;
     let _ = std::fs::remove_file(dir.join("metrics.jsonl"));
@@ -226,6 +228,8 @@ impl Run {
     fn new(cfg: TrainConfig) -> Result<Run> {
         let model = Model::load(&cfg.model)?;
         let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
+        let mut cfg = cfg;
+        cfg.loss_var.get_or_insert(LossVar::default_for(kind));
         // The same pre-flight as `koala check`: it refuses here exactly when check reports an
         // error, before any data is read.
         // The data first: its class count helps choose a classifier's output. A problem with
@@ -462,7 +466,11 @@ impl Run {
             grad_pipeline::clip_by_global_norm(&mut seg.grads.grads, grad_norm, c);
         }
         let lr = self.schedule.lr(self.state.step);
-        let loss_var = loss_variance(self.cfg.loss_var, loss, per_sample_sq / k);
+        let loss_var = loss_variance(
+            self.cfg.loss_var.unwrap_or_default(),
+            loss,
+            per_sample_sq / k,
+        );
         let ctx = StepContext {
             loss,
             loss_var,
