@@ -144,12 +144,12 @@ fn a_causal_lm_fine_tunes_exports_and_the_file_reproduces_the_training_graph() {
     );
 }
 
-/// KOALA++ on a language model gets V = 0 by default (the KOALA++ LM scripts' value; with
-/// the second moment, R ≈ E[l²] ≈ 12 swamps the innovation variance and the steps all but
-/// stop, README "What KOALA++ gets as loss variance"). The run records the value it used, so
+/// KOALA++ on a language model gets the per-sample loss variance as V by default (with the
+/// second moment, R ≈ E[l²] ≈ 12 swamps the innovation variance and the steps all but stop,
+/// README "What KOALA++ gets as loss variance"). The run records the value it used, so
 /// `--resume` keeps it; a flag overrides it.
 #[test]
-fn koala_on_a_language_model_defaults_to_zero_loss_variance_and_records_it() {
+fn koala_on_a_language_model_defaults_to_the_loss_variance_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let (train, _) = split_play(dir.path());
     let m = model();
@@ -178,7 +178,7 @@ fn koala_on_a_language_model_defaults_to_zero_loss_variance_and_records_it() {
         std::fs::read_to_string(run_dir.join("config.toml")).unwrap()
     };
     let default = config(&dir.path().join("default"), &[]);
-    assert!(default.contains("loss_var = \"zero\""), "{default}");
+    assert!(default.contains("loss_var = \"variance\""), "{default}");
     let flag = config(&dir.path().join("flag"), &["--loss-var", "second-moment"]);
     assert!(flag.contains("loss_var = \"second-moment\""), "{flag}");
 }
