@@ -361,6 +361,8 @@ fn config_file_with_overriding_flags() {
         max_steps: Some(2),
         batch_size: 4,
         augment: false,
+        // Not in the file or the flags: the run records the task's default it used.
+        loss_var: Some(koala::train::config::LossVar::SecondMoment),
         ..file_cfg
     };
     assert_eq!(
