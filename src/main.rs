@@ -475,8 +475,13 @@ fn finetune(a: FinetuneArgs) -> Result<u8> {
             || a.config
                 .as_deref()
                 .is_some_and(koala::train::preprocess_metadata::config_sets_image_size);
+        let given = koala::train::preflight::SizesGiven {
+            image_size: image_size_given,
+            batch_size: a.batch_size.is_some() || a.config.is_some(),
+            accumulate: a.accumulate.is_some() || a.config.is_some(),
+        };
         apply(&mut cfg, a);
-        koala::train::preprocess_metadata::adopt_for_finetune(&mut cfg, image_size_given)?;
+        koala::train::preprocess_metadata::adopt_for_finetune(&mut cfg, given)?;
         koala::train::finetune(cfg)?
     };
     out!("{}", koala::summary_text(&summary));
@@ -592,7 +597,11 @@ fn check(a: CheckArgs) -> Result<u8> {
     };
     let from_file = a.run.resume.is_some() || a.run.config.is_some();
     let with_data = from_file || a.run.data.is_some();
-    let (size_given, batch_given) = (a.run.image_size.is_some(), a.run.batch_size.is_some());
+    let given = koala::train::preflight::SizesGiven {
+        image_size: a.run.image_size.is_some(),
+        batch_size: a.run.batch_size.is_some(),
+        accumulate: a.run.accumulate.is_some(),
+    };
     let model_file = a.model_file.clone();
     if a.run.resume.is_none() {
         apply(&mut cfg, a.run);
@@ -605,9 +614,7 @@ fn check(a: CheckArgs) -> Result<u8> {
     }
     if !from_file {
         let model = koala::graph::Model::load(&cfg.model)?;
-        for note in
-            koala::train::preflight::sizes_from_model(&model, &mut cfg, size_given, batch_given)
-        {
+        for note in koala::train::preflight::sizes_from_model(&model, &mut cfg, given) {
             out!("note: {note}");
         }
     }

@@ -744,6 +744,93 @@ fn fixed_batch_of_one_trains_with_accumulation() {
     assert_eq!(eval_ok(&model, "16"), eval_ok(&tiny_model(), "16"));
 }
 
+/// `fast_flags` without one flag and its value.
+fn without(mut args: Vec<String>, flag: &str) -> Vec<String> {
+    let i = value_index(&args, flag) - 1;
+    args.drain(i..=i + 1);
+    args
+}
+
+/// A model with a fixed input size and batch, and no --image-size/--batch-size: finetune
+/// uses the model's size and batch (making the default batch up by accumulation), exactly
+/// as `check` does, instead of check saying "no problems" and finetune refusing (found by a
+/// new-user tryout).
+#[test]
+fn finetune_takes_a_fixed_size_and_batch_from_the_model_as_check_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("batch1.onnx");
+    model_with_batch_of_one(&model);
+    let mut args = vec!["finetune".to_string()];
+    args.extend(without(
+        without(fast_flags(&tmp.path().join("run")), "--image-size"),
+        "--batch-size",
+    ));
+    let mi = value_index(&args, "--model");
+    args[mi] = model.display().to_string();
+    args.extend(["--max-steps", "1", "--eval-every", "1"].map(String::from));
+    let out = run(&refs(&args));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for needle in [
+        "image size 16: the model's fixed input size",
+        "the model's fixed batch size is 1: --batch-size 1 --accumulate 32",
+    ] {
+        assert!(all.contains(needle), "'{needle}' missing from:\n{all}");
+    }
+    let cfg = TrainConfig::from_toml_file(&tmp.path().join("run/config.toml")).unwrap();
+    assert_eq!((cfg.batch_size, cfg.accumulate), (1, 32));
+    assert_eq!(cfg.image_size.to_string(), "16");
+    // check, with the same options, reports the same adoption and no problem.
+    let mut check = vec!["check".to_string()];
+    check.extend(args[1..].iter().cloned());
+    let out = run(&refs(&check));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("--batch-size 1 --accumulate 32"), "{all}");
+}
+
+/// An input declared `[N, 3, 16, 3]` reads as NCHW 16×3: the size finetune advises trains
+/// (it used to be refused by a minimum of 8 pixels), and `check` refuses whatever finetune
+/// refuses (a zero size), with the same message.
+#[test]
+fn the_image_size_finetune_advises_is_one_it_accepts() {
+    use koala::graph::proto::dimension::Value;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("narrow.onnx");
+    tiny_cnn_with_dims(&model, |k, dims| {
+        if k == 0 {
+            dims[3].value = Some(Value::DimValue(3));
+        }
+    });
+    let mut args = vec!["finetune".to_string()];
+    args.extend(fast_flags(&tmp.path().join("run")));
+    let mi = value_index(&args, "--model");
+    args[mi] = model.display().to_string();
+    args.extend(["--max-steps", "1"].map(String::from));
+    assert_fails(&refs(&args), 1, "pass --image-size 16x3");
+    let si = value_index(&args, "--image-size");
+    args[si] = "16x3".into();
+    let out = run(&refs(&args));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut check = vec!["check".to_string()];
+    check.extend(args[1..].iter().cloned());
+    let out = run(&refs(&check));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // A setting finetune refuses is a problem for check too (exit 3), in finetune's words.
+    let li = value_index(&check, "--threads");
+    check.splice(
+        li - 1..li - 1,
+        ["--label-smoothing", "1.5"].map(String::from),
+    );
+    let out = run(&refs(&check));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("--label-smoothing must be in [0, 1)"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// tiny_cnn with free height and width (it ends in a global average pool, so
 /// any size works).
 fn model_with_free_height_and_width(path: &Path) {

@@ -389,3 +389,49 @@ fn a_run_with_ignore_exif_is_evaluated_with_it_from_the_export() {
     assert!(err.contains("EXIF orientation applied (flag)"), "{err}");
     assert!(!out.contains(&format!("loss {loss},")), "{out}");
 }
+
+/// Too few images for `--val-fraction` to hold any out (it rounds per class): finetune and
+/// check say so and name both remedies, instead of "the data source holds no samples"
+/// (found by a new-user tryout).
+#[test]
+fn an_empty_validation_split_names_the_remedies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("few");
+    images(&data.join("a"), 3, [200, 40, 40]);
+    images(&data.join("b"), 3, [40, 40, 200]);
+    let run_dir = tmp.path().join("run");
+    for cmd in ["finetune", "check"] {
+        let out = run(&[
+            cmd,
+            "--model",
+            &s(&tiny_model()),
+            "--data",
+            &s(&data),
+            "--image-size",
+            "16",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "1",
+            "--threads",
+            "1",
+            "--run-dir",
+            &s(&run_dir),
+        ]);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{cmd}: {all}");
+        for needle in [
+            "no validation images: --val-fraction 0.1 of the 6 images",
+            "--eval-data",
+        ] {
+            assert!(
+                all.contains(needle),
+                "{cmd}: '{needle}' missing from:\n{all}"
+            );
+        }
+    }
+}

@@ -519,7 +519,8 @@ fn resize_scales_are_listed_as_an_operator_setting() {
     let model = save(&m, &tmp.path().join("resize.onnx"));
     let (out, _) = ok(&["check", &model]);
     assert!(
-        out.contains("resize.scales (an operator setting of Resize resize, frozen)"),
+        out.contains("resize.scales (an operator setting of node #")
+            && out.contains("'resize' (Resize), frozen)"),
         "{out}"
     );
 }

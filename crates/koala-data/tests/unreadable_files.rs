@@ -77,7 +77,27 @@ fn every_other_format_cut_to_a_third_is_refused() {
         write(&tmp.path().join("c").join(&name), &bytes[..bytes.len() / 3]);
         let err = load_error(tmp.path());
         assert!(err.contains(&name), "{ext}: {err}");
+        // Called truncated with the remedy, not the decoder's bare "unexpected end of file".
+        let kind = format!("truncated {}", ext.to_ascii_uppercase());
+        assert!(err.contains(&kind), "{ext}: {err}");
+        assert!(
+            err.contains("replace the file or delete it"),
+            "{ext}: {err}"
+        );
     }
+}
+
+/// A JPEG cut inside its header segments (before any image data) is called truncated too,
+/// not the decoder's "Not enough bytes" (found by a new-user tryout).
+#[test]
+fn a_jpeg_cut_inside_its_headers_is_refused_as_truncated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = textured_jpeg();
+    write(&tmp.path().join("c/head.jpg"), &jpeg[..120]);
+    let err = load_error(tmp.path());
+    assert!(err.contains("head.jpg"), "{err}");
+    assert!(err.contains("truncated JPEG"), "{err}");
+    assert!(err.contains("replace the file or delete it"), "{err}");
 }
 
 #[test]

@@ -71,14 +71,17 @@ impl CheckReport {
 
 /// Checks a model against a trainable selection.
 pub fn check(model: &Model, spec: &TrainableSpec) -> Result<CheckReport> {
-    check_output(model, spec, None)
+    check_output(model, spec, None, None)
 }
 
-/// [`check`] with the classifier output to train (`--output`), if named.
+/// [`check`] with the classifier output to train (`--output`), if named, and the data's
+/// class count when known: the output is chosen exactly as a run chooses it
+/// ([`crate::classifier_output::choose`]).
 pub fn check_output(
     model: &Model,
     spec: &TrainableSpec,
     output: Option<&str>,
+    classes: Option<usize>,
 ) -> Result<CheckReport> {
     let g = model.graph();
     let mut ops = BTreeMap::new();
@@ -184,7 +187,7 @@ pub fn check_output(
     }
     path_problems(&work, &selected, &mut problems);
     let preprocessing = preprocessing_lines(&work, &selected);
-    let output = match classifier_output_report(model, output) {
+    let output = match classifier_output_report(model, output, classes) {
         Some(Ok(line)) => Some(line),
         Some(Err(p)) => {
             problems.push(p);
@@ -304,10 +307,15 @@ fn operator_setting_lines(model: &Model) -> Vec<String> {
             )
         })
         .filter_map(|t| {
-            let n = g.node.iter().find(|n| n.input.contains(&t.name))?;
+            let (i, n) = g
+                .node
+                .iter()
+                .enumerate()
+                .find(|(_, n)| n.input.contains(&t.name))?;
             Some(format!(
-                "{} (an operator setting of {} {}, frozen)",
-                t.name, n.op_type, n.name
+                "{} (an operator setting of {}, frozen)",
+                t.name,
+                crate::model::node_label(i, n)
             ))
         })
         .collect();
@@ -321,11 +329,12 @@ fn operator_setting_lines(model: &Model) -> Vec<String> {
 pub fn classifier_output_report(
     model: &Model,
     output: Option<&str>,
+    classes: Option<usize>,
 ) -> Option<std::result::Result<String, Problem>> {
     if crate::lm_signature::is_language_model(model) {
         return None;
     }
-    Some(match crate::classifier_output::choose(model, output, None) {
+    Some(match crate::classifier_output::choose(model, output, classes) {
         Ok(c) => Ok(c.describe()),
         Err(e) => Err(Problem {
             severity: Severity::Note,

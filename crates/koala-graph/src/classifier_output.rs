@@ -18,7 +18,10 @@
 //!   and whose producer is a classifier head (Gemm, MatMul(+Add), Conv,
 //!   Conv → GlobalAveragePool…); a fully connected head over pooled
 //!   features; of one head's outputs the logits over the probabilities; still
-//!   ambiguous → refuse, listing the outputs and naming `--output`.
+//!   ambiguous → refuse, listing the outputs and naming `--output`. When only
+//!   pooled features match the class count but a fully connected head exists,
+//!   refuse too, naming `--output` and `--num-classes`: that is a classifier
+//!   to re-head far more often than features meant as class scores.
 
 use crate::model::{node_label, Model};
 use crate::proto::{type_proto, GraphProto, NodeProto, ValueInfoProto};
@@ -240,6 +243,7 @@ pub fn choose(
             .copied()
             .filter(|t| t.last_dim == Some(c as i64))
             .collect();
+        refuse_pooled_over_dense(&name, &traces, &pool, &fit, c)?;
         if !fit.is_empty() {
             pool = fit;
             why.push(format!("its last dimension matches the {c} classes"));
@@ -283,6 +287,34 @@ pub fn choose(
         why.push("the only candidate".into());
     }
     Ok(chosen(t, why.join("; ")))
+}
+
+/// Refuses when only pooled features (no fully connected head) match the data's `classes`
+/// while the model has a fully connected head: `[features [N,4], logits [N,2]]` on 4-class
+/// data is most likely a 2-class classifier to re-head, and training the features as class
+/// scores would leave the real head frozen (found by a new-user tryout).
+fn refuse_pooled_over_dense(
+    name: &str,
+    traces: &[Trace],
+    pool: &[&Trace],
+    fit: &[&Trace],
+    classes: usize,
+) -> Result<()> {
+    let dense: Vec<&&Trace> = pool.iter().filter(|t| t.dense).collect();
+    if fit.is_empty() || fit.iter().any(|t| t.dense) || dense.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{name} has {} outputs: {}. Only '{}' has {classes} values, one per class of the data, but it is not a fully connected classifier; the fully connected head '{}' has {}. Pass --output {} --num-classes {classes} to give that head {classes} classes, or --output {} to train '{}' as class scores",
+        traces.len(),
+        listing(traces),
+        fit[0].output,
+        dense[0].output,
+        dense[0].shape,
+        dense[0].output,
+        fit[0].output,
+        fit[0].output,
+    )
 }
 
 fn chosen(t: &Trace, reason: String) -> ClassifierOutput {

@@ -197,6 +197,28 @@ pub struct PreprocessingConstant {
     pub op: String,
     /// The node that applies it (its label).
     pub node: String,
+    /// Its values (empty when they cannot be read as floats).
+    pub values: Vec<f32>,
+}
+
+/// Float tensors of the graph that are constants: initializers, and the `value` of
+/// `Constant` nodes (named by the node's output; torch exports often hold a normalisation's
+/// mean and std there), as `(name, tensor)`.
+fn float_constants(model: &Model) -> Vec<(String, &crate::proto::TensorProto)> {
+    let g = model.graph();
+    let initializers = g.initializer.iter().map(|t| (t.name.clone(), t));
+    let nodes = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Constant" && n.output.len() == 1)
+        .filter_map(|n| {
+            let t = n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()?;
+            Some((n.output[0].clone(), t))
+        });
+    initializers
+        .chain(nodes)
+        .filter(|(_, t)| is_float(t))
+        .collect()
 }
 
 /// Values computed from the data inputs alone, before any parametrised op.
@@ -242,12 +264,12 @@ pub fn preprocessing_constants(model: &Model) -> Vec<PreprocessingConstant> {
     let g = model.graph();
     let raw = raw_data_values(model);
     let mut out = Vec::new();
-    for t in g.initializer.iter().filter(|t| is_float(t)) {
+    for (name, t) in float_constants(model) {
         let uses: Vec<(usize, &crate::proto::NodeProto)> = g
             .node
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.input.iter().any(|x| x == &t.name))
+            .filter(|(_, n)| n.input.iter().any(|x| x == &name))
             .collect();
         // Normalisation constants are per-channel or scalar (`[1,3,1,1]`,
         // `[3]`, `[]`); a full-size tensor added to the input is a learned
@@ -257,14 +279,15 @@ pub fn preprocessing_constants(model: &Model) -> Vec<PreprocessingConstant> {
             && !uses.is_empty()
             && uses.iter().all(|(_, n)| {
                 PREPROCESSING_OPS.contains(&n.op_type.as_str())
-                    && n.input.iter().any(|x| x != &t.name && raw.contains(x))
+                    && n.input.iter().any(|x| x != &name && raw.contains(x))
             });
         if preprocessing {
             let (i, n) = uses[0];
             out.push(PreprocessingConstant {
-                name: t.name.clone(),
+                name,
                 op: n.op_type.clone(),
                 node: crate::model::node_label(i, n),
+                values: tensor::to_f32(t).unwrap_or_default(),
             });
         }
     }
@@ -424,7 +447,7 @@ pub fn nothing_selected(model: &Model, spec: &TrainableSpec) -> (String, String)
         ),
         (false, hint) => (
             format!(
-                "no trainable weights: {} select(s) none of the model's {floats} float initializer(s){}",
+                "no trainable weights: {} leave(s) none of the model's {floats} float initializer(s) to train{}",
                 patterns.join(" with "),
                 hint.map(|h| format!("; {h}")).unwrap_or_default()
             ),

@@ -57,6 +57,44 @@ fn the_output_whose_last_dimension_matches_the_classes_is_trained() {
     assert_eq!(c.output, "features");
 }
 
+/// 4-class data and `[features [N,4], logits [N,2]]`: only the pooled features match the
+/// class count, but the model has a fully connected head. Training the features as class
+/// scores would leave that head frozen (a new-user tryout found finetune doing so while
+/// `check` named the other output), so both refuse naming `--output` and `--num-classes`,
+/// and each remedy works.
+#[test]
+fn pooled_features_matching_the_classes_do_not_win_over_a_dense_head() {
+    let m = cnn(Outputs::FeaturesAndLogits);
+    let e = choose(&m, None, Some(4)).unwrap_err();
+    let msg = format!("{e:#}");
+    for needle in [
+        "'features' [?, 4]",
+        "'logits' [?, 2]",
+        "--output logits --num-classes 4",
+        "--output features",
+    ] {
+        assert!(msg.contains(needle), "'{needle}' missing from: {msg}");
+    }
+    assert_eq!(
+        choose(&m, Some("features"), Some(4)).unwrap().output,
+        "features"
+    );
+    // --num-classes: the head is chosen without the class count (choose_output in
+    // koala-train passes none), so the dense head is re-headed.
+    assert_eq!(choose(&m, Some("logits"), None).unwrap().output, "logits");
+    // The static check chooses with the same class count as the run.
+    let report =
+        koala_graph::check::check_output(&m, &TrainableSpec::default(), None, Some(4)).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.message.contains("--output logits --num-classes 4")),
+        "{:?}",
+        report.problems
+    );
+}
+
 #[test]
 fn ambiguous_outputs_are_refused_naming_the_flag() {
     let e = choose(&cnn(Outputs::TwoHeads), None, Some(2)).unwrap_err();

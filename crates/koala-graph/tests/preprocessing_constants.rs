@@ -137,3 +137,50 @@ fn one_element_constants_of_the_architecture_are_frozen() {
         "{text}"
     );
 }
+
+/// Moves the initializers `names` of `m` into `Constant` nodes at the graph's start, as
+/// torch exports often hold a normalisation's mean and std.
+fn into_constant_nodes(m: &Model, names: &[&str]) -> Model {
+    let mut proto = m.proto.clone();
+    let g = proto.graph.as_mut().unwrap();
+    let mut nodes = Vec::new();
+    for name in names {
+        let at = g.initializer.iter().position(|t| t.name == *name).unwrap();
+        let mut t = g.initializer.remove(at);
+        t.name = String::new();
+        nodes.push(koala_graph::proto::NodeProto {
+            op_type: "Constant".into(),
+            name: format!("const_{name}"),
+            output: vec![name.to_string()],
+            attribute: vec![koala_graph::proto::AttributeProto {
+                name: "value".into(),
+                r#type: koala_graph::proto::AttributeType::Tensor as i32,
+                t: Some(t),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    nodes.append(&mut g.node);
+    g.node = nodes;
+    Model::from_proto(proto).unwrap()
+}
+
+/// A mean and std held in `Constant` nodes are preprocessing too, with their values read
+/// (found by a new-user tryout: they were missed, so koala normalised a second time).
+#[test]
+fn mean_and_std_in_constant_nodes_are_preprocessing() {
+    let with_inits = tiny_cnn(Outputs::Logits, Preprocessing::MeanStd);
+    let m = into_constant_nodes(&with_inits, &["mean", "std"]);
+    let pre = trainable::preprocessing_constants(&m);
+    let found: Vec<(&str, &str)> = pre
+        .iter()
+        .map(|p| (p.name.as_str(), p.op.as_str()))
+        .collect();
+    assert_eq!(found, [("mean", "Sub"), ("std", "Div")]);
+    let expected = trainable::preprocessing_constants(&with_inits);
+    for (p, e) in pre.iter().zip(&expected) {
+        assert_eq!(p.values, e.values, "{}", p.name);
+        assert_eq!(p.values.len(), 3, "{}", p.name);
+    }
+}

@@ -247,6 +247,22 @@ impl TrainConfig {
         if self.data.as_os_str().is_empty() {
             bail!("no training data given: pass --data <folder|file.csv>");
         }
+        self.validate_settings()?;
+        let export = self.export_path();
+        if same_file(&self.model, &export) {
+            bail!(
+                "the export path '{}' is the input model '{}'; koala never overwrites the model it fine-tunes: pass --export <other file> or another --run-dir",
+                export.display(),
+                self.model.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The checks of [`TrainConfig::validate`] on the settings alone (no model, data or
+    /// export path needed): `koala check` runs them too, so it fails whenever `finetune`
+    /// would refuse the same options.
+    pub fn validate_settings(&self) -> Result<()> {
         if self.block_size < 2 {
             bail!("--block-size must be at least 2 (one token to read, one to predict)");
         }
@@ -276,9 +292,11 @@ impl TrainConfig {
         {
             bail!("--std values must be positive");
         }
-        if self.image_size.height < 8 || self.image_size.width < 8 {
+        // Any size a model can take trains (a text-line model may take 48×3); only 0 is
+        // meaningless.
+        if self.image_size.height == 0 || self.image_size.width == 0 {
             bail!(
-                "--image-size must be at least 8 pixels each way, got {}",
+                "--image-size must be at least 1 pixel each way, got {}",
                 self.image_size
             );
         }
@@ -299,14 +317,6 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1)");
-        }
-        let export = self.export_path();
-        if same_file(&self.model, &export) {
-            bail!(
-                "the export path '{}' is the input model '{}'; koala never overwrites the model it fine-tunes: pass --export <other file> or another --run-dir",
-                export.display(),
-                self.model.display()
-            );
         }
         Ok(())
     }

@@ -250,7 +250,15 @@ pub fn open_datasets(cfg: &TrainConfig, input: &ImageInput) -> Result<Datasets> 
             format!("test data '{}' (t10k files)", train_path.display()),
         ),
         (None, None, _) => {
+            let total = train_src.len();
             let (t, v) = koala_data::train_val_split(train_src, cfg.val_fraction, cfg.seed)?;
+            if v.is_empty() {
+                bail!(
+                    "no validation images: --val-fraction {} of the {total} images in '{}' holds out none (it rounds per class). Pass a larger --val-fraction (e.g. 0.25), or --eval-data <folder of class folders>",
+                    cfg.val_fraction,
+                    train_path.display()
+                );
+            }
             let what = format!(
                 "val data (--val-fraction {} of '{}')",
                 cfg.val_fraction,

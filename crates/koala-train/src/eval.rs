@@ -382,6 +382,9 @@ pub fn evaluate_classifier_file(
     let classes = loader.source().class_names().len();
     let output = output.or_else(|| recorded_output(&recorded, model));
     let choice = koala_graph::classifier_output::choose(model, output, Some(classes))?;
+    if model.graph().output.len() > 1 || choice.through.is_some() {
+        eprintln!("{}", choice.describe());
+    }
     let mut s = logits_session(path, model, &choice, &opts).with_context(|| {
         format!(
             "ONNX Runtime cannot load '{}' for evaluation (`koala check {}` reports what koala finds in it)",

@@ -70,12 +70,21 @@ pub fn choose_output(
     cfg: &TrainConfig,
     data_classes: Option<usize>,
 ) -> Result<ClassifierOutput> {
-    let hint = if cfg.num_classes.is_some() {
+    koala_graph::classifier_output::choose(
+        model,
+        cfg.output.as_deref(),
+        class_hint(cfg, data_classes),
+    )
+}
+
+/// The class count that helps choose the output: the data's, unless `--num-classes`
+/// replaces the head (see [`choose_output`]).
+pub fn class_hint(cfg: &TrainConfig, data_classes: Option<usize>) -> Option<usize> {
+    if cfg.num_classes.is_some() {
         None
     } else {
         data_classes
-    };
-    koala_graph::classifier_output::choose(model, cfg.output.as_deref(), hint)
+    }
 }
 
 /// The line a run prints about its output choice, when there was one to make (several

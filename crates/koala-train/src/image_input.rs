@@ -75,15 +75,8 @@ pub fn in_graph_normalisation(model: &Model) -> (InGraphNormalisation, Vec<Strin
         .iter()
         .map(|c| format!("{} '{}'", c.op, c.name))
         .collect();
-    let values = |name: &str| {
-        g.initializer
-            .iter()
-            .find(|t| t.name == name)
-            .and_then(|t| koala_graph::tensor::to_f32(t).ok())
-            .filter(|v| !v.is_empty())
-    };
     let decided = constants.iter().find_map(|c| {
-        let v = values(&c.name)?;
+        let v = Some(&c.values).filter(|v| !v.is_empty())?;
         let raw = match c.op.as_str() {
             "Sub" | "Add" => v.iter().any(|m| m.abs() > 1.0),
             "Div" => v.iter().all(|d| d.abs() > 1.0 / RAW_SCALE_BELOW),

@@ -74,7 +74,8 @@ pub fn run(
             train_constants: cfg.train_constants,
         },
     };
-    let mut report = check::check_output(&model, &trainable, cfg.output.as_deref())
+    let hint = crate::image_classification::class_hint(cfg, data_classes);
+    let mut report = check::check_output(&model, &trainable, cfg.output.as_deref(), hint)
         .with_context(|| format!("checking {}", model.display_name()))?;
     if task == TaskKind::ImageClassification {
         if let Ok(image) = crate::image_input::ImageInput::of_model(&model) {
@@ -108,7 +109,13 @@ pub fn run(
         Ok(_) => {}
     }
     drop_notes_repeated_as_errors(&mut report.problems, &extra);
-    report.problems.extend(extra);
+    for p in extra {
+        // The static check and the training specification can find the same fault
+        // (e.g. a --mean of the wrong length): say it once.
+        if !report.problems.iter().any(|q| q.message == p.message) {
+            report.problems.push(p);
+        }
+    }
     Ok(Preflight {
         task,
         model,
@@ -204,6 +211,8 @@ fn error(message: String) -> Problem {
 /// checks `finetune` makes next (classes against outputs, tokenizer against embedding).
 pub fn check(cfg: &TrainConfig, with_data: bool) -> Result<CheckReport> {
     let model = Model::load(&cfg.model)?;
+    // The option checks finetune runs first: check fails whenever finetune would.
+    let settings = cfg.validate_settings().err();
     let task = cfg.task.unwrap_or_else(|| crate::task::detect(&model));
     // As in finetune: the data first (its class count helps choose the output), then the model.
     let data = with_data.then(|| crate::task::create(cfg, &model));
@@ -213,6 +222,9 @@ pub fn check(cfg: &TrainConfig, with_data: bool) -> Result<CheckReport> {
     };
     let pf = run(cfg, model, task, classes, true)?;
     let mut report = pf.report;
+    if let Some(e) = settings {
+        report.problems.insert(0, error(format!("{e:#}")));
+    }
     match (data, &pf.step) {
         (Some(Err(e)), _) => report.problems.push(error(format!("{e:#}"))),
         (Some(Ok(mut t)), Some(step)) => match t.check_graph(step.graph()) {
@@ -228,15 +240,20 @@ pub fn check(cfg: &TrainConfig, with_data: bool) -> Result<CheckReport> {
     Ok(report)
 }
 
-/// For `koala check` without --image-size / --batch-size: an image model's fixed input size and
-/// batch (as `finetune` would need them passed) instead of the defaults. Returns what it set,
-/// phrased as the finetune flags to pass.
-pub fn sizes_from_model(
-    model: &Model,
-    cfg: &mut TrainConfig,
-    size_given: bool,
-    batch_given: bool,
-) -> Vec<String> {
+/// Which sizes the command line (or a config file) set: the ones a model's fixed input
+/// shape must not override.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SizesGiven {
+    pub image_size: bool,
+    pub batch_size: bool,
+    pub accumulate: bool,
+}
+
+/// For `finetune` and `check` alike: an image model's fixed input size and batch instead of
+/// the defaults, where not given. A fixed batch smaller than the default one is made up by
+/// gradient accumulation (fixed batch 1: `--batch-size 1 --accumulate 32`), so the
+/// effective batch stays the default. Returns one line per adopted value, for the log.
+pub fn sizes_from_model(model: &Model, cfg: &mut TrainConfig, given: SizesGiven) -> Vec<String> {
     let mut notes = Vec::new();
     if koala_graph::lm_signature::is_language_model(model) {
         return notes;
@@ -251,19 +268,25 @@ pub fn sizes_from_model(
     if dims.is_empty() {
         return notes;
     }
-    if let (false, Some(b)) = (batch_given, dims[0]) {
+    if let (false, Some(b)) = (given.batch_size, dims[0]) {
         if b > 0 && b as usize != cfg.batch_size {
-            cfg.batch_size = b as usize;
+            let b = b as usize;
+            if !given.accumulate {
+                cfg.accumulate = (cfg.batch_size / b).max(1);
+            }
+            cfg.batch_size = b;
             notes.push(format!(
-                "checking with the model's fixed batch size: finetune needs --batch-size {b}"
+                "the model's fixed batch size is {b}: --batch-size {b} --accumulate {} (effective batch {}; pass --batch-size {b} --accumulate N to choose)",
+                cfg.accumulate,
+                b * cfg.accumulate
             ));
         }
     }
-    if let (false, Some((height, width))) = (size_given, image.fixed_size) {
+    if let (false, Some((height, width))) = (given.image_size, image.fixed_size) {
         let size = crate::image_size::ImageSize { height, width };
         if size != cfg.image_size {
             notes.push(format!(
-                "checking with the model's fixed input size: finetune needs --image-size {size}"
+                "image size {size}: the model's fixed input size (--image-size cannot change it)"
             ));
             cfg.image_size = size;
         }

@@ -418,18 +418,28 @@ pub fn check_classes(recorded: &[String], data: &[String]) -> Result<()> {
     )
 }
 
-/// `koala finetune` on a model that carries koala's metadata (a previous koala export):
-/// image size, mean and std come from it unless given (`image_size_given`: on the command
-/// line or in the config file; mean/std: `cfg.mean`/`cfg.std` set), so a second fine-tuning
-/// round preprocesses as the first did. Prints one line saying what was used and why. A model
-/// that cannot be read, or is not an image classifier, is left to the run to report.
-pub fn adopt_for_finetune(cfg: &mut crate::TrainConfig, image_size_given: bool) -> Result<()> {
+/// `koala finetune` on an image classifier: a fixed input size and batch come from the
+/// model's input shape unless given ([`crate::preflight::sizes_from_model`], as `koala check`
+/// does). On a model that carries koala's metadata (a previous koala export), image size,
+/// mean and std come from it unless given (`given.image_size`: on the command line or in the
+/// config file; mean/std: `cfg.mean`/`cfg.std` set), so a second fine-tuning round
+/// preprocesses as the first did. Prints one line saying what was used and why. A model that
+/// cannot be read, or is not an image classifier, is left to the run to report.
+pub fn adopt_for_finetune(
+    cfg: &mut crate::TrainConfig,
+    given: crate::preflight::SizesGiven,
+) -> Result<()> {
     let Ok(model) = Model::load(&cfg.model) else {
         return Ok(());
     };
     if crate::task::create_kind(cfg, &model) != crate::TaskKind::ImageClassification {
         return Ok(());
     }
+    // As `koala check` does: the model's fixed input size and batch where not given.
+    for note in crate::preflight::sizes_from_model(&model, cfg, given) {
+        eprintln!("{note}");
+    }
+    let image_size_given = given.image_size;
     let recorded = Recorded::of_model(&model);
     let Ok(input) = ImageInput::of_model(&model) else {
         return Ok(());

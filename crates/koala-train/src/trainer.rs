@@ -628,7 +628,7 @@ impl Run {
         let skipped_samples = self.state.skipped_samples as usize;
         if stats.short_batches > 0 {
             eprintln!(
-                "note: {} training batch(es) were short because of unreadable samples and were filled up from the batches after them ({} readable sample(s) of those left over)",
+                "note: unreadable samples made {} batch(es) read from the data short; consecutive ones were joined into full training batches ({} readable sample(s) past the last full one were not trained on)",
                 stats.short_batches, stats.unused_samples
             );
         }

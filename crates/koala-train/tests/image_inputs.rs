@@ -20,6 +20,7 @@ use koala_graph::proto::{
 };
 use koala_graph::Model;
 use koala_train::image_input::ImageInput;
+use koala_train::preflight::SizesGiven;
 use koala_train::preprocess_metadata::{self as meta, keys, Flags};
 use koala_train::TrainConfig;
 use std::path::{Path, PathBuf};
@@ -443,7 +444,7 @@ fn eval_of_an_export_uses_the_recorded_normalisation() {
         image_size: koala_train::config::ImageSize::square(224),
         ..TrainConfig::default()
     };
-    meta::adopt_for_finetune(&mut again, false).unwrap();
+    meta::adopt_for_finetune(&mut again, SizesGiven::default()).unwrap();
     assert_eq!(
         (again.image_size, again.mean.clone(), again.std.clone()),
         (
@@ -458,7 +459,14 @@ fn eval_of_an_export_uses_the_recorded_normalisation() {
         std: Some(vec![0.25; 3]),
         ..TrainConfig::default()
     };
-    meta::adopt_for_finetune(&mut flagged, true).unwrap();
+    meta::adopt_for_finetune(
+        &mut flagged,
+        SizesGiven {
+            image_size: true,
+            ..SizesGiven::default()
+        },
+    )
+    .unwrap();
     assert_eq!(
         (flagged.image_size, flagged.mean, flagged.std),
         (

@@ -36,9 +36,18 @@ enum Norm {
     Mul255,
     /// Caffe-style `(x − 127.5) / 63.75` on 0–255 pixels (the same function).
     Caffe,
+    /// [`Norm::MeanStd`] with the mean and std in `Constant` nodes (as torch exports often
+    /// hold them) instead of initializers.
+    ConstantNodes,
 }
 
-const IN_GRAPH: [Norm; 4] = [Norm::MeanStd, Norm::Div255, Norm::Mul255, Norm::Caffe];
+const IN_GRAPH: [Norm; 5] = [
+    Norm::MeanStd,
+    Norm::Div255,
+    Norm::Mul255,
+    Norm::Caffe,
+    Norm::ConstantNodes,
+];
 
 fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
     NodeProto {
@@ -61,6 +70,23 @@ fn batched(name: &str, dims: &[usize]) -> koala_graph::proto::ValueInfoProto {
         t.shape.as_mut().unwrap().dim[0].value = Some(dimension::Value::DimParam("batch".into()));
     }
     v
+}
+
+/// A `Constant` node whose output is `t`'s name and whose value is `t`.
+fn constant_node(mut t: koala_graph::proto::TensorProto) -> NodeProto {
+    let name = std::mem::take(&mut t.name);
+    NodeProto {
+        op_type: "Constant".into(),
+        name: format!("const_{name}"),
+        output: vec![name],
+        attribute: vec![koala_graph::proto::AttributeProto {
+            name: "value".into(),
+            r#type: koala_graph::proto::AttributeType::Tensor as i32,
+            t: Some(t),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 fn model(norm: Norm) -> Model {
@@ -103,6 +129,11 @@ fn model(norm: Norm) -> Model {
         -1.0, -1.0, 1.0, -1.0,
     ];
     let mut initializer = vec![from_f32("W", &[3, 4], &w), from_f32("B", &[4], &[0.0; 4])];
+    if matches!(norm, Norm::ConstantNodes) {
+        let mut constants: Vec<NodeProto> = inits.drain(..).map(constant_node).collect();
+        constants.append(&mut nodes);
+        nodes = constants;
+    }
     initializer.extend(inits);
     let proto = ModelProto {
         ir_version: 8,
@@ -154,6 +185,7 @@ fn the_default_mean_and_std_follow_the_models_own_normalisation() {
         (Norm::Div255, InGraphNormalisation::RawPixels, 1.0 / 255.0),
         (Norm::Mul255, InGraphNormalisation::RawPixels, 1.0 / 255.0),
         (Norm::Caffe, InGraphNormalisation::RawPixels, 1.0 / 255.0),
+        (Norm::ConstantNodes, InGraphNormalisation::UnitRange, 1.0),
     ] {
         let input = ImageInput::of_model(&model(norm)).unwrap();
         assert_eq!(input.in_graph, kind, "{norm:?}");
@@ -214,6 +246,7 @@ fn a_run_records_the_in_graph_default_in_its_export() {
     for (norm, std) in [
         (Norm::MeanStd, "1,1,1"),
         (Norm::Div255, "0.003921569,0.003921569,0.003921569"),
+        (Norm::ConstantNodes, "1,1,1"),
     ] {
         let path = save(&model(norm), tmp.path(), &format!("{norm:?}.onnx"));
         let cfg = TrainConfig {

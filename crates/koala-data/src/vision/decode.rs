@@ -28,15 +28,16 @@ pub(crate) fn decode_file(path: &Path, options: ReadOptions) -> Result<DynamicIm
     let reader = image::ImageReader::new(Cursor::new(&bytes[..]))
         .with_guessed_format()
         .map_err(|e| DataError::io(path, e))?;
-    match reader.format() {
+    let format = match reader.format() {
         None => return Err(not_an_image(path, &bytes)),
-        Some(ImageFormat::Jpeg) => check_jpeg_complete(path, &bytes)?,
-        Some(_) => {}
-    }
-    let decode_error = |source| DataError::Decode {
-        what: path.display().to_string(),
-        source,
+        Some(f) => f,
     };
+    match format {
+        ImageFormat::Jpeg => check_jpeg_complete(path, &bytes)?,
+        ImageFormat::WebP => check_riff_complete(path, &bytes)?,
+        _ => {}
+    }
+    let decode_error = |source| decode_error(path, format, bytes.len(), source);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let orientation = if options.ignore_exif {
         image::metadata::Orientation::NoTransforms
@@ -80,6 +81,59 @@ fn not_an_image(path: &Path, bytes: &[u8]) -> DataError {
             super::source::IMAGE_EXTENSIONS.join(", ")
         ),
     }
+}
+
+/// The error for a file the decoder gave up on: a file that ends too early (the decoder's
+/// "unexpected end of file", "not enough bytes"…) is called truncated, with the remedy; any
+/// other decoder error keeps its text, named as a damaged file of its format.
+fn decode_error(
+    path: &Path,
+    format: ImageFormat,
+    len: usize,
+    source: image::ImageError,
+) -> DataError {
+    let text = source.to_string().to_ascii_lowercase();
+    let eof = matches!(&source, image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+        || [
+            "end of file",
+            "not enough bytes",
+            "unexpected eof",
+            "unexpected end",
+        ]
+        .iter()
+        .any(|t| text.contains(t));
+    let name = format!("{format:?}").to_ascii_uppercase(); // JPEG, PNG, WEBP, GIF, BMP
+    if eof {
+        return DataError::Unreadable {
+            what: path.display().to_string(),
+            message: format!(
+                "truncated {name}: the file ends after {len} bytes, before its image data is complete (an interrupted download or copy); replace the file or delete it"
+            ),
+        };
+    }
+    DataError::Decode {
+        what: path.display().to_string(),
+        source,
+    }
+}
+
+/// Refuses a WebP file shorter than its RIFF header says: its decoder reports only "corrupt
+/// bitstream" for a file cut short.
+fn check_riff_complete(path: &Path, bytes: &[u8]) -> Result<()> {
+    let Some(size) = bytes.get(4..8) else {
+        return Ok(());
+    };
+    let declared = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize + 8;
+    if bytes.len() >= declared {
+        return Ok(());
+    }
+    Err(DataError::Unreadable {
+        what: path.display().to_string(),
+        message: format!(
+            "truncated WEBP: the file ends after {} of its {declared} bytes (an interrupted download or copy); replace the file or delete it",
+            bytes.len()
+        ),
+    })
 }
 
 /// Refuses a JPEG that has no end-of-image marker (`FF D9`) after its first scan: the file was cut short
