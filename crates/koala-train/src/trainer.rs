@@ -633,9 +633,14 @@ impl Run {
         };
         self.plot();
         let export = self.cfg.export_path();
-        let mut updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
-        crate::preprocess_metadata::write(&mut updated, &self.task.export_metadata());
-        koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
+        if let Some(lora) = self.cfg.lora() {
+            // The original graph with the adapters merged, and the PEFT adapter beside it.
+            crate::lora::export(&self.cfg, &lora, &self.weight_pairs(), &export)?;
+        } else {
+            let mut updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
+            crate::preprocess_metadata::write(&mut updated, &self.task.export_metadata());
+            koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
+        }
         let check = self
             .task
             .check_export(&export, &mut self.step)
@@ -781,9 +786,6 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             })?,
         None => latest.clone(),
     };
-    let mut model = Model::load(&cfg.model)?;
-    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
-    crate::preflight::prepare_model(&mut model, &cfg, kind, true)?;
     let path = dir.join("weights.safetensors");
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
@@ -802,6 +804,17 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             )
         })
         .collect();
+    if let Some(lora) = cfg.lora() {
+        let pairs: Vec<(&str, &[f32])> = tensors
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_slice()))
+            .collect();
+        crate::lora::export(&cfg, &lora, &pairs, output)?;
+        return Ok(output.to_path_buf());
+    }
+    let mut model = Model::load(&cfg.model)?;
+    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
+    crate::preflight::prepare_model(&mut model, &cfg, kind, true)?;
     let mut updated = koala_graph::export::with_weights(
         &model,
         tensors.iter().map(|(n, w)| (n.as_str(), w.as_slice())),
