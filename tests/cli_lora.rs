@@ -318,3 +318,61 @@ fn bad_lora_options_are_named_with_a_remedy() {
         "{s}"
     );
 }
+
+#[test]
+fn a_resumed_lora_run_ends_where_an_uninterrupted_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, d) = (model(), play());
+    let run = |name: &str| {
+        let r = dir.path().join(name);
+        ok(&[
+            "finetune",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            d.to_str().unwrap(),
+            "--block-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--lora-rank",
+            "2",
+            "--lora-targets",
+            "q_proj|v_proj",
+            "--sample-tokens",
+            "0",
+            "--threads",
+            "1",
+            "--run-dir",
+            r.to_str().unwrap(),
+        ]);
+        r
+    };
+    let (whole, cut) = (run("whole"), run("cut"));
+    // The run's config records the LoRA settings in effect (α: the default 2·r).
+    let config = std::fs::read_to_string(cut.join("config.toml")).unwrap();
+    assert!(
+        config.contains("lora_rank = 2") && config.contains("lora_alpha = 4.0"),
+        "{config}"
+    );
+    assert!(
+        config.contains("lora_targets = \"q_proj|v_proj\""),
+        "{config}"
+    );
+    // Lose the last checkpoint and the export, then resume from step 2: the adapters (A's
+    // seeded start, both tensors' KOALA++ state) continue exactly.
+    std::fs::remove_dir_all(cut.join("checkpoints/step-00000004")).unwrap();
+    std::fs::remove_dir_all(cut.join("adapter")).unwrap();
+    std::fs::remove_file(cut.join("model.onnx")).unwrap();
+    ok(&["finetune", "--resume", cut.to_str().unwrap()]);
+    let adapter = |r: &Path| std::fs::read(r.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(adapter(&whole), adapter(&cut));
+    assert_eq!(
+        std::fs::read(whole.join("model.onnx")).unwrap(),
+        std::fs::read(cut.join("model.onnx")).unwrap()
+    );
+}

@@ -172,5 +172,17 @@ pub fn export(
 ) -> Result<()> {
     let (merged, adapters) = merged_model(cfg, lora, trained)?;
     koala_graph::export::save(&merged, export, Some(&cfg.model))?;
-    write_peft_adapter(&adapter_dir(export), &cfg.model, lora, &adapters, trained)
+    let dir = adapter_dir(export);
+    write_peft_adapter(&dir, &cfg.model, lora, &adapters, trained)?;
+    eprintln!(
+        "wrote the merged model {} (W + {}·B·A in {} weights) and the PEFT adapter {} ({ADAPTER_WEIGHTS}, {ADAPTER_CONFIG}: {} tensors, rank {}, alpha {})",
+        export.display(),
+        lora.scaling(),
+        adapters.len(),
+        dir.display(),
+        2 * adapters.len(),
+        lora.rank,
+        lora.alpha
+    );
+    Ok(())
 }

@@ -139,6 +139,8 @@ impl Segment {
 /// Fine-tunes from scratch: writes `config.toml`, runs, exports.
 pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
+    // The LoRA α in effect is recorded, so `--resume` keeps it if the default ever changes.
+    cfg.lora_alpha = cfg.lora().map(|l| l.alpha);
     // config.toml must work from any directory: `--resume` may run elsewhere.
     for p in [&mut cfg.model, &mut cfg.data, &mut cfg.run_dir]
         .into_iter()
