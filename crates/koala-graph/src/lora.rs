@@ -305,6 +305,20 @@ fn select(model: &Model, cfg: &LoraConfig) -> Result<Vec<Candidate>> {
         bail!("--lora-alpha must be a positive number, got {}", cfg.alpha);
     }
     let re = parse_targets(&cfg.targets)?;
+    // Adapters on adapters would train, and export, something no LoRA tool reads.
+    let adapter_name = Regex::new(ADAPTER_PATTERN).expect("a valid pattern");
+    if let Some(t) = model
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| adapter_name.is_match(&t.name))
+    {
+        bail!(
+            "{}: the model already holds LoRA adapter weights (e.g. '{}')\n  → merge them into the base weights first (PEFT's merge_and_unload, or the merged model.onnx of a koala LoRA run), or fine-tune without --lora-rank",
+            model.display_name(),
+            t.name
+        );
+    }
     let all = analyse(model);
     let refused: Vec<String> = all
         .iter()

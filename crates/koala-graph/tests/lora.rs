@@ -284,7 +284,7 @@ fn only_the_adapters_train_and_their_gradients_match_finite_differences() {
     // tokens) divided by 2h is ~1e-5. Each directional derivative must match g·d to 2e-4
     // absolute + 1e-2 relative: far below the size of a wrong gradient (|g| ~ 1e-2 – 1).
     let h = 1e-2f64;
-    let mut checked = 0;
+    let (mut checked, mut worst) = (0, 0.0f64);
     for (k, g) in grads.iter().enumerate() {
         let mut d: Vec<f64> = values(g.len(), 900 + k as u64, 1.0)
             .iter()
@@ -311,6 +311,7 @@ fn only_the_adapters_train_and_their_gradients_match_finite_differences() {
             "{}: gradient norm {gnorm} too small to test",
             names[k]
         );
+        worst = worst.max((fd - analytic).abs() / (2e-4 + 1e-2 * analytic.abs()));
         assert!(
             (fd - analytic).abs() <= 2e-4 + 1e-2 * analytic.abs(),
             "{}: finite difference {fd:.6e} vs gradient·d {analytic:.6e}",
@@ -319,6 +320,7 @@ fn only_the_adapters_train_and_their_gradients_match_finite_differences() {
         checked += 1;
     }
     assert_eq!(checked, 28);
+    println!("finite differences: worst |fd − g·d| / tolerance {worst:.3}");
     // The base weights are initializers of the training graph, not inputs: they cannot change.
     step.run().unwrap();
     assert_eq!(step.loss() as f64, loss0);
@@ -411,15 +413,28 @@ fn targets_that_select_nothing_or_the_wrong_weights_are_named() {
     assert!(e.contains("narrow --lora-targets"), "{e}");
     let e = err("q_proj", 0);
     assert!(e.contains("--lora-rank must be at least 1"), "{e}");
-    // A model that has adapters already.
+    // A model that has adapters already (whatever the targets).
     let mut twice = model.clone();
     lora::apply(&mut twice, &config(2, "q_proj")).unwrap();
+    for targets in ["q_proj", "k_proj"] {
+        let e = format!(
+            "{:#}",
+            lora::apply(&mut twice, &config(2, targets)).unwrap_err()
+        );
+        assert!(
+            e.contains("already holds LoRA adapter weights (e.g. 'model.layers.0.self_attn.q_proj.lora_A.weight')"),
+            "{e}"
+        );
+    }
+    // A value (not a weight) already named like an adapter.
+    let mut clash = model.clone();
+    clash.graph_mut().node[0].output[0] = "model.layers.0.self_attn.q_proj.lora_B.weight".into();
     let e = format!(
         "{:#}",
-        lora::apply(&mut twice, &config(2, "q_proj")).unwrap_err()
+        lora::apply(&mut clash, &config(2, "q_proj")).unwrap_err()
     );
     assert!(
-        e.contains("already has a value named 'model.layers.0.self_attn.q_proj.lora_A.weight'"),
+        e.contains("already has a value named 'model.layers.0.self_attn.q_proj.lora_B.weight'"),
         "{e}"
     );
 }
