@@ -234,6 +234,17 @@ struct FinetuneArgs {
     /// Causal LM: new tokens in each sample completion (0: none; default 48).
     #[arg(long)]
     sample_tokens: Option<usize>,
+    /// LoRA: train rank-r adapters W + (α/r)·B·A around the chosen weights instead of the
+    /// weights themselves; the export is the merged model plus a PEFT adapter (adapter/).
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA α (default 2·r: the update's scale α/r stays 2 whatever the rank).
+    #[arg(long, allow_negative_numbers = true)]
+    lora_alpha: Option<f32>,
+    /// LoRA: regex over weight names choosing the adapted weights (default: attention and MLP
+    /// projections, q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj).
+    #[arg(long)]
+    lora_targets: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -528,7 +539,10 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         eval_every,
         threads,
         export,
-        limit_train
+        limit_train,
+        lora_rank,
+        lora_alpha,
+        lora_targets
     );
     if let Some(m) = a.checkpoint_minutes {
         c.checkpoint_minutes = m;

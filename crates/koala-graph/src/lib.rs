@@ -26,6 +26,7 @@ pub mod fold;
 pub mod gradcheck;
 pub mod head;
 pub mod lm_signature;
+pub mod lora;
 pub mod reference;
 pub mod step;
 pub mod tied;

@@ -71,7 +71,11 @@ pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
             attention_mask: sig.attention_mask.clone(),
         },
         trainable: TrainableSpec {
-            include: cfg.train.clone(),
+            // A LoRA run trains its adapters only: base weights, embeddings and norms stay frozen.
+            include: match cfg.lora_rank {
+                Some(_) => Some(koala_graph::lora::ADAPTER_PATTERN.into()),
+                None => cfg.train.clone(),
+            },
             exclude: cfg.freeze.clone(),
             train_constants: cfg.train_constants,
         },

@@ -171,6 +171,13 @@ pub struct TrainConfig {
     pub prompt: Option<String>,
     /// Causal LM: new tokens in each sample completion (0: no samples).
     pub sample_tokens: usize,
+    /// LoRA rank r: train low-rank adapters instead of the weights (none: full fine-tuning).
+    pub lora_rank: Option<usize>,
+    /// LoRA α (the update is scaled by α/r; default 2·r, see [`TrainConfig::lora`]).
+    pub lora_alpha: Option<f32>,
+    /// LoRA: regex over weight names choosing the adapted weights (default
+    /// [`koala_graph::lora::DEFAULT_TARGETS`]).
+    pub lora_targets: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -227,6 +234,9 @@ impl Default for TrainConfig {
             text_format: "auto".into(),
             prompt: None,
             sample_tokens: 48,
+            lora_rank: None,
+            lora_alpha: None,
+            lora_targets: None,
         }
     }
 }
@@ -317,6 +327,58 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             bail!("--label-smoothing must be in [0, 1)");
+        }
+        self.validate_lora()?;
+        Ok(())
+    }
+
+    /// The LoRA settings of a LoRA run (`--lora-rank` given), else None.
+    ///
+    /// Default α = 2·r, so the update's scale α/r is 2 whatever the rank: changing `--lora-rank`
+    /// then changes the adapter's capacity, not its effective learning rate (the choice of many
+    /// LoRA recipes, e.g. r 8 / α 16; PEFT's own default α = 8 would scale rank 4 by 2 and rank
+    /// 64 by 1/8).
+    pub fn lora(&self) -> Option<koala_graph::lora::LoraConfig> {
+        let rank = self.lora_rank?;
+        Some(koala_graph::lora::LoraConfig {
+            rank,
+            alpha: self.lora_alpha.unwrap_or(2.0 * rank as f32),
+            targets: self
+                .lora_targets
+                .clone()
+                .unwrap_or_else(|| koala_graph::lora::DEFAULT_TARGETS.into()),
+            seed: self.seed,
+        })
+    }
+
+    /// The LoRA flags: a rank of at least 1, α and targets only with a rank, and no `--train`
+    /// (a LoRA run trains the adapters only).
+    fn validate_lora(&self) -> Result<()> {
+        if self.lora_rank.is_none() {
+            for (flag, given) in [
+                ("--lora-alpha", self.lora_alpha.is_some()),
+                ("--lora-targets", self.lora_targets.is_some()),
+            ] {
+                if given {
+                    bail!("{flag} needs --lora-rank <r> (LoRA is off without a rank)");
+                }
+            }
+            return Ok(());
+        }
+        if self.lora_rank == Some(0) {
+            bail!("--lora-rank must be at least 1");
+        }
+        if self.lora_alpha.is_some_and(|a| !(a.is_finite() && a > 0.0)) {
+            bail!("--lora-alpha must be a positive number");
+        }
+        if let Some(t) = &self.train {
+            bail!("--train '{t}' and --lora-rank both choose what trains: a LoRA run trains only its adapters; drop --train, and choose the adapted weights with --lora-targets");
+        }
+        if self.num_classes.is_some() {
+            bail!("--num-classes with --lora-rank would leave the new classifier frozen at its random initialisation: fine-tune without --lora-rank");
+        }
+        if let Some(t) = &self.lora_targets {
+            koala_graph::lora::parse_targets(t)?;
         }
         Ok(())
     }

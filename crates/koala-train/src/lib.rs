@@ -13,6 +13,7 @@ pub mod image_classification;
 pub mod image_input;
 pub mod image_size;
 pub mod interrupt;
+pub mod lora;
 pub mod metrics;
 pub mod optim_setup;
 pub mod plot;

@@ -124,18 +124,23 @@ pub fn run(
     })
 }
 
-/// Model preparation per task (a fresh classifier head for `--num-classes`).
+/// Model preparation per task (a fresh classifier head for `--num-classes`; LoRA adapters
+/// for `--lora-rank`).
 pub fn prepare_model(
     model: &mut Model,
     cfg: &TrainConfig,
     task: TaskKind,
     quiet: bool,
 ) -> Result<()> {
-    match task {
-        TaskKind::ImageClassification => {
+    match (task, cfg.lora()) {
+        (TaskKind::ImageClassification, Some(_)) => anyhow::bail!(
+            "--lora-rank is for language models (the causal-lm task) for now: fine-tune this image classifier without it (or with --train/--freeze)"
+        ),
+        (TaskKind::ImageClassification, None) => {
             crate::image_classification::prepare_model(model, cfg, quiet)
         }
-        TaskKind::CausalLm => Ok(()),
+        (TaskKind::CausalLm, Some(lora)) => crate::lora::insert_adapters(model, &lora, quiet),
+        (TaskKind::CausalLm, None) => Ok(()),
     }
 }
 

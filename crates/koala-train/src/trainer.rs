@@ -139,6 +139,8 @@ impl Segment {
 /// Fine-tunes from scratch: writes `config.toml`, runs, exports.
 pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
+    // The LoRA α in effect is recorded, so `--resume` keeps it if the default ever changes.
+    cfg.lora_alpha = cfg.lora().map(|l| l.alpha);
     // config.toml must work from any directory: `--resume` may run elsewhere.
     for p in [&mut cfg.model, &mut cfg.data, &mut cfg.run_dir]
         .into_iter()
@@ -638,9 +640,14 @@ impl Run {
         };
         self.plot();
         let export = self.cfg.export_path();
-        let mut updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
-        crate::preprocess_metadata::write(&mut updated, &self.task.export_metadata());
-        koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
+        if let Some(lora) = self.cfg.lora() {
+            // The original graph with the adapters merged, and the PEFT adapter beside it.
+            crate::lora::export(&self.cfg, &lora, &self.weight_pairs(), &export)?;
+        } else {
+            let mut updated = koala_graph::export::with_weights(&self.model, self.weight_pairs())?;
+            crate::preprocess_metadata::write(&mut updated, &self.task.export_metadata());
+            koala_graph::export::save(&updated, &export, Some(&self.cfg.model))?;
+        }
         let check = self
             .task
             .check_export(&export, &mut self.step)
@@ -786,9 +793,6 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             })?,
         None => latest.clone(),
     };
-    let mut model = Model::load(&cfg.model)?;
-    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
-    crate::preflight::prepare_model(&mut model, &cfg, kind, true)?;
     let path = dir.join("weights.safetensors");
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
@@ -807,6 +811,17 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             )
         })
         .collect();
+    if let Some(lora) = cfg.lora() {
+        let pairs: Vec<(&str, &[f32])> = tensors
+            .iter()
+            .map(|(n, w)| (n.as_str(), w.as_slice()))
+            .collect();
+        crate::lora::export(&cfg, &lora, &pairs, output)?;
+        return Ok(output.to_path_buf());
+    }
+    let mut model = Model::load(&cfg.model)?;
+    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
+    crate::preflight::prepare_model(&mut model, &cfg, kind, true)?;
     let mut updated = koala_graph::export::with_weights(
         &model,
         tensors.iter().map(|(n, w)| (n.as_str(), w.as_slice())),
