@@ -269,3 +269,135 @@ fn every_supported_quantisation_dequantises_within_its_error_and_q_k_rows_come_b
         assert!(counts.contains_key(t), "{t} counted in {counts:?}");
     }
 }
+
+/// The KV cache `koala generate` uses: the prompt's `present.*` fed back as
+/// `past_key_values.*` give the next token the same logits as running the
+/// whole sequence at once; a left-padded row stays finite and its real
+/// tokens are unaffected by the padding.
+#[test]
+fn kv_cache_and_padding_give_the_logits_of_the_full_sequence() {
+    use koala_runtime::{Session, SessionOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("hf");
+    let c = tiny_llama_config();
+    write_hf_folder(&src, &c, &tiny_llama_weights());
+    let out = tmp.path().join("out");
+    import(&src, &out, &ImportOptions::default()).unwrap();
+    koala_runtime::init().unwrap();
+    let mut s = Session::from_file(&out.join("model.onnx"), &SessionOptions::default()).unwrap();
+    let (ids, _) = tiny_reference_logits();
+    let ids = &ids[..16];
+    let v = c.vocab_size;
+    let empty: Vec<(String, Vec<f32>, [usize; 4])> = (0..c.num_hidden_layers)
+        .flat_map(|i| ["key", "value"].map(|k| format!("past_key_values.{i}.{k}")))
+        .map(|n| (n, Vec::new(), [1, c.num_key_value_heads, 0, c.head_dim]))
+        .collect();
+    let full = run_with_past(&mut s, ids, &[1; 16], &empty);
+    let full_logits = full[0].as_f32().unwrap();
+    // Prompt of 12, then the last 4 one at a time through the cache.
+    let mut past = empty.clone();
+    let mut fed = 0;
+    for step in [12, 1, 1, 1, 1] {
+        let chunk = &ids[fed..fed + step];
+        let outs = run_with_past(&mut s, chunk, &vec![1; fed + step], &past);
+        let logits = outs[0].as_f32().unwrap();
+        let want = &full_logits[fed * v..(fed + step) * v];
+        let d = max_abs_diff(logits, want);
+        assert!(
+            d <= 1e-5,
+            "positions {fed}..{}: max |Δ| {d:.2e} vs the full run",
+            fed + step
+        );
+        past = past
+            .iter()
+            .zip(&outs[1..])
+            .map(|((name, _, sh), o)| {
+                assert_eq!(o.shape, [1, sh[1], fed + step, sh[3]], "{} shape", o.name);
+                (
+                    name.clone(),
+                    o.as_f32().unwrap().to_vec(),
+                    [1, sh[1], fed + step, sh[3]],
+                )
+            })
+            .collect();
+        fed += step;
+    }
+    // Left padding: 3 pad tokens masked out, then the first 13 tokens at
+    // positions 0..13 must match the unpadded run.
+    let mut padded = vec![0i64; 3];
+    padded.extend_from_slice(&ids[..13]);
+    let mask: Vec<i64> = (0..16).map(|i| (i >= 3) as i64).collect();
+    let pos: Vec<i64> = (0..16).map(|i| (i as i64 - 3).max(0)).collect();
+    let shape = [1usize, 16];
+    let mut inputs = vec![
+        ("input_ids", koala_runtime::TensorView::i64(&padded, &shape)),
+        (
+            "attention_mask",
+            koala_runtime::TensorView::i64(&mask, &shape),
+        ),
+        ("position_ids", koala_runtime::TensorView::i64(&pos, &shape)),
+    ];
+    for (n, d, sh) in &empty {
+        inputs.push((n.as_str(), koala_runtime::TensorView::f32(d, sh)));
+    }
+    let outs = s.run(&inputs).unwrap();
+    let logits = outs[0].as_f32().unwrap();
+    assert!(
+        logits.iter().all(|x| x.is_finite()),
+        "padded rows stay finite"
+    );
+    let d = max_abs_diff(&logits[3 * v..], &full_logits[..13 * v]);
+    assert!(
+        d <= 1e-5,
+        "left padding changes real tokens' logits by {d:.2e}"
+    );
+}
+
+/// A separate head (`lm_head.weight`) and Qwen2's Q/K/V biases are read
+/// and used: with them zero the logits equal the tied, bias-free model's;
+/// a nonzero q bias changes them.
+#[test]
+fn untied_head_and_qwen2_biases_are_wired_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_llama_weights();
+    let mut c = tiny_llama_config();
+    c.architecture = koala_import::Architecture::Qwen2;
+    c.attention_bias = true;
+    c.tie_word_embeddings = false;
+    let mut w = base.clone();
+    let embed = base["model.embed_tokens.weight"].clone();
+    w.insert(
+        "lm_head.weight".into(),
+        Tensor {
+            name: "lm_head.weight".into(),
+            ..embed
+        },
+    );
+    for i in 0..c.num_hidden_layers {
+        for (p, n) in [("q", 48), ("k", 24), ("v", 24)] {
+            let name = format!("model.layers.{i}.self_attn.{p}_proj.bias");
+            let t = Tensor {
+                name: name.clone(),
+                shape: vec![n],
+                data: vec![0.0; n],
+            };
+            w.insert(name, t);
+        }
+    }
+    let src = tmp.path().join("qwen2");
+    write_hf_folder(&src, &c, &w);
+    let out = tmp.path().join("out");
+    let report = import(&src, &out, &ImportOptions::default()).unwrap();
+    assert_eq!(report.parameters, 56352 + 113 * 48 + 2 * (48 + 24 + 24));
+    assert_matches_tiny_reference(&out.join("model.onnx"));
+    w.get_mut("model.layers.0.self_attn.q_proj.bias")
+        .unwrap()
+        .data[0] = 3.0;
+    let src2 = tmp.path().join("qwen2_bias");
+    write_hf_folder(&src2, &c, &w);
+    let out2 = tmp.path().join("out2");
+    import(&src2, &out2, &ImportOptions::default()).unwrap();
+    let (ids, want) = tiny_reference_logits();
+    let got = run_logits(&out2.join("model.onnx"), &ids, 2, 16);
+    assert!(max_abs_diff(&got, &want) > 1e-3, "the q bias has no effect");
+}

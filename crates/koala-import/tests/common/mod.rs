@@ -295,3 +295,28 @@ pub fn run_logits(model: &Path, ids: &[i64], batch: usize, seq: usize) -> Vec<f3
         .expect("logits output");
     logits.as_f32().expect("f32 logits").to_vec()
 }
+
+/// Every output of one forward of an imported model: `ids` `[1, T]` at
+/// cache positions `P..P+T` after `past` (`(name, data, [1, KV, P, hd])`
+/// per past input, in input order; empty = no cache), with `mask`
+/// `[1, P+T]`.
+pub fn run_with_past(
+    session: &mut Session,
+    ids: &[i64],
+    mask: &[i64],
+    past: &[(String, Vec<f32>, [usize; 4])],
+) -> Vec<koala_runtime::OwnedTensor> {
+    let t = ids.len();
+    let p = mask.len() - t;
+    let pos: Vec<i64> = (p as i64..(p + t) as i64).collect();
+    let (ids_shape, mask_shape) = ([1, t], [1, mask.len()]);
+    let mut inputs = vec![
+        ("input_ids", TensorView::i64(ids, &ids_shape)),
+        ("attention_mask", TensorView::i64(mask, &mask_shape)),
+        ("position_ids", TensorView::i64(&pos, &ids_shape)),
+    ];
+    for (name, data, shape) in past {
+        inputs.push((name.as_str(), TensorView::f32(data, shape)));
+    }
+    session.run(&inputs).expect("run")
+}
