@@ -401,3 +401,68 @@ fn untied_head_and_qwen2_biases_are_wired_in() {
     let got = run_logits(&out2.join("model.onnx"), &ids, 2, 16);
     assert!(max_abs_diff(&got, &want) > 1e-3, "the q bias has no effect");
 }
+
+/// Qwen2 GGUF files keep HF's Q/K row order (llama.cpp runs Qwen2 with NEOX
+/// RoPE): imported without un-permuting, with their biases, the model gives
+/// the reference logits (zero biases, so the same forward as tiny_llama).
+#[test]
+fn qwen2_gguf_is_not_unpermuted_and_carries_its_biases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny_llama_config();
+    c.architecture = koala_import::Architecture::Qwen2;
+    c.attention_bias = true;
+    let mut w = tiny_llama_weights();
+    for i in 0..c.num_hidden_layers {
+        for (p, n) in [("q", 48), ("k", 24), ("v", 24)] {
+            let name = format!("model.layers.{i}.self_attn.{p}_proj.bias");
+            let t = Tensor {
+                name: name.clone(),
+                shape: vec![n],
+                data: vec![0.0; n],
+            };
+            w.insert(name, t);
+        }
+    }
+    let file = tmp.path().join("qwen2.gguf");
+    let mut md = model_metadata(&c);
+    md.extend(tokenizer_metadata(c.vocab_size));
+    write_gguf(&file, &c, &w, &md, |_| GgmlDType::F32);
+    let out = tmp.path().join("out");
+    let report = import(&file, &out, &ImportOptions::default()).unwrap();
+    assert_eq!(
+        report.config.architecture,
+        koala_import::Architecture::Qwen2
+    );
+    assert!(report.config.attention_bias);
+    assert_matches_tiny_reference(&out.join("model.onnx"));
+}
+
+/// Sharded folders: `model.safetensors.index.json` maps each tensor to its
+/// shard; every shard is read.
+#[test]
+fn sharded_hf_folder_is_read_through_its_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("hf");
+    let c = tiny_llama_config();
+    let all = tiny_llama_weights();
+    write_hf_folder(&src, &c, &all);
+    std::fs::remove_file(src.join("model.safetensors")).unwrap();
+    let (layer1, rest): (BTreeMap<_, _>, BTreeMap<_, _>) = all
+        .into_iter()
+        .partition(|(n, _)| n.starts_with("model.layers.1."));
+    let mut map = serde_json::Map::new();
+    for (i, part) in [rest, layer1].iter().enumerate() {
+        let shard = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let dir = tmp.path().join(format!("shard{i}"));
+        write_hf_folder(&dir, &c, part);
+        std::fs::rename(dir.join("model.safetensors"), src.join(&shard)).unwrap();
+        for n in part.keys() {
+            map.insert(n.clone(), shard.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(src.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let out = tmp.path().join("out");
+    import(&src, &out, &ImportOptions::default()).unwrap();
+    assert_matches_tiny_reference(&out.join("model.onnx"));
+}

@@ -155,6 +155,9 @@ pub fn gguf_name(hf: &str) -> String {
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
         "mlp.down_proj.weight" => "ffn_down.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
         other => panic!("no GGUF name for {other}"),
     };
     format!("blk.{layer}.{g}")
@@ -178,48 +181,36 @@ pub fn tokenizer_metadata(n: usize) -> Vec<(String, Value)> {
     ]
 }
 
-/// The `llama.*` metadata of `c`.
+/// The `general.architecture` and `{arch}.*` metadata of `c`.
 pub fn model_metadata(c: &LlamaConfig) -> Vec<(String, Value)> {
+    let a = c.architecture.model_type();
+    let u = |v: usize| Value::U32(v as u32);
     vec![
-        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.architecture".into(), Value::String(a.into())),
+        (format!("{a}.block_count"), u(c.num_hidden_layers)),
+        (format!("{a}.context_length"), u(c.max_position_embeddings)),
+        (format!("{a}.embedding_length"), u(c.hidden_size)),
+        (format!("{a}.feed_forward_length"), u(c.intermediate_size)),
         (
-            "llama.block_count".into(),
-            Value::U32(c.num_hidden_layers as u32),
+            format!("{a}.attention.head_count"),
+            u(c.num_attention_heads),
         ),
         (
-            "llama.context_length".into(),
-            Value::U32(c.max_position_embeddings as u32),
+            format!("{a}.attention.head_count_kv"),
+            u(c.num_key_value_heads),
         ),
+        (format!("{a}.rope.freq_base"), Value::F32(c.rope_theta)),
         (
-            "llama.embedding_length".into(),
-            Value::U32(c.hidden_size as u32),
-        ),
-        (
-            "llama.feed_forward_length".into(),
-            Value::U32(c.intermediate_size as u32),
-        ),
-        (
-            "llama.attention.head_count".into(),
-            Value::U32(c.num_attention_heads as u32),
-        ),
-        (
-            "llama.attention.head_count_kv".into(),
-            Value::U32(c.num_key_value_heads as u32),
-        ),
-        ("llama.rope.freq_base".into(), Value::F32(c.rope_theta)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            format!("{a}.attention.layer_norm_rms_epsilon"),
             Value::F32(c.rms_norm_eps),
         ),
-        (
-            "llama.rope.dimension_count".into(),
-            Value::U32(c.head_dim as u32),
-        ),
+        (format!("{a}.rope.dimension_count"), u(c.head_dim)),
     ]
 }
 
-/// Writes a llama GGUF file the way llama.cpp's converter does (Q/K rows
-/// permuted, head tied by leaving out `output.weight`), storing each HF
+/// Writes a GGUF file the way llama.cpp's converter does (Q/K rows permuted
+/// for llama-style architectures, head tied by leaving out `output.weight`),
+/// storing each HF
 /// tensor in the type `type_of` picks. Returns the stored (quantised)
 /// tensors' raw block bytes by HF name, for hand decoding.
 pub fn write_gguf(
@@ -234,9 +225,10 @@ pub fn write_gguf(
     for (name, t) in weights {
         let rows = t.shape[0];
         let cols = t.shape.get(1).copied().unwrap_or(1);
-        let data = if name.ends_with("q_proj.weight") {
+        let permuted = c.architecture.gguf_qk_permuted();
+        let data = if permuted && name.contains("q_proj.") {
             permute_rows(&t.data, rows, cols, c.num_attention_heads).unwrap()
-        } else if name.ends_with("k_proj.weight") {
+        } else if permuted && name.contains("k_proj.") {
             permute_rows(&t.data, rows, cols, c.num_key_value_heads).unwrap()
         } else {
             t.data.clone()
