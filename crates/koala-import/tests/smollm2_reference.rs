@@ -160,3 +160,113 @@ fn smollm2_gguf_imports_to_the_reference_tokens_logits_and_loss() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// The training graph koala builds on the imported model gives the
+/// reference gradients. The case has statistics, not full gradients, so
+/// each tensor is compared by the rule of its `tolerance_note`: l2 within
+/// `recommended_rel_l2_tol` relative, `sum` within tol × max(|sum|, l2),
+/// `first8` within tol × max_abs; the tied embedding holds the total of
+/// both uses, as koala's single initializer does.
+#[test]
+fn smollm2_training_graph_gives_the_reference_loss_and_gradients() {
+    use koala_graph::loss::IGNORE_INDEX;
+    use koala_graph::step::{Batch, TrainStep};
+    use koala_graph::{lm_signature, training, LossSpec, Model, TrainingSpec};
+    let Some(gguf) = gguf_path() else {
+        println!("skipped: the SmolLM2 GGUF is not here; run models/fetch_smollm2.sh (or set KOALA_SMOLLM2_GGUF)");
+        return;
+    };
+    let case_dir = fixture("smollm2_135m");
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(case_dir.join("case.json")).unwrap())
+            .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("smollm2");
+    import(&gguf, &out, &ImportOptions::default()).unwrap();
+    let model = Model::load(&out.join("model.onnx")).unwrap();
+    let ids = read_i64(&case_dir.join("inputs/input_ids.i64"));
+    let t_len = ids.len();
+    let sig = lm_signature::detect(&model).unwrap();
+    let spec = TrainingSpec {
+        input_shapes: sig.input_shapes(1, t_len),
+        loss: LossSpec::CausalLm {
+            ignore_index: IGNORE_INDEX,
+            attention_mask: sig.attention_mask.clone(),
+        },
+        probe_threads: 2,
+        omit_model_output: true,
+        ..TrainingSpec::default()
+    };
+    koala_runtime::init().unwrap();
+    let graph = training::build(&model, &spec).unwrap();
+    let ones = vec![1i64; t_len];
+    let pos: Vec<i64> = (0..t_len as i64).collect();
+    let data: Vec<Batch> = graph
+        .data_inputs
+        .iter()
+        .map(|(name, _, _)| match name.as_str() {
+            "input_ids" => Batch::I64(&ids),
+            "attention_mask" => Batch::I64(&ones),
+            "position_ids" => Batch::I64(&pos),
+            _ => Batch::F32(&[]),
+        })
+        .collect();
+    let mut step = TrainStep::new(graph, Some(2)).unwrap();
+    // koala's causal-LM loss shifts in the graph: labels are the input ids.
+    step.set_batch(&data, Batch::I64(&ids)).unwrap();
+    step.run().unwrap();
+    let want_loss = case["loss"]["value"].as_f64().unwrap();
+    let loss = step.loss() as f64;
+    println!("training-graph loss {loss:.8} vs {want_loss:.8}");
+    let mut problems = Vec::new();
+    if (loss - want_loss).abs() > LOSS_TOL {
+        problems.push(format!("loss {loss} vs {want_loss}"));
+    }
+    let grads = case["grads"].as_object().unwrap();
+    let trainable = &step.graph().trainable;
+    assert_eq!(
+        trainable.len(),
+        grads.len(),
+        "one trainable tensor per reference gradient"
+    );
+    let mut worst_l2 = 0f64;
+    for (k, t) in trainable.iter().enumerate() {
+        let r = grads
+            .get(&t.name)
+            .unwrap_or_else(|| panic!("no reference gradient for '{}'", t.name));
+        let g = step.grad(k);
+        let tol = r["recommended_rel_l2_tol"].as_f64().unwrap();
+        let (l2_ref, sum_ref, max_ref) = (
+            r["l2"].as_f64().unwrap(),
+            r["sum"].as_f64().unwrap(),
+            r["max_abs"].as_f64().unwrap(),
+        );
+        let l2 = g.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        let sum: f64 = g.iter().map(|&x| x as f64).sum();
+        let rel = (l2 - l2_ref).abs() / l2_ref;
+        worst_l2 = worst_l2.max(rel);
+        if rel > tol {
+            problems.push(format!(
+                "{}: l2 {l2:.6e} vs {l2_ref:.6e} (rel {rel:.2e} > {tol:e})",
+                t.name
+            ));
+        }
+        if (sum - sum_ref).abs() > tol * sum_ref.abs().max(l2_ref) {
+            problems.push(format!("{}: sum {sum:.6e} vs {sum_ref:.6e}", t.name));
+        }
+        for (j, w) in f64s(&r["first8"]).iter().enumerate() {
+            if (g[j] as f64 - w).abs() > tol * max_ref {
+                problems.push(format!("{}[{j}]: {} vs {w:.6e}", t.name, g[j]));
+            }
+        }
+    }
+    println!(
+        "{} gradients, worst relative l2 difference {worst_l2:.2e}",
+        trainable.len()
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problems: {problems:#?}",
+        problems.len()
+    );
+}
