@@ -171,7 +171,7 @@ pub fn import(input: &Path, output: &Path, opts: &ImportOptions) -> Result<Impor
     let parameters = tensors.values().map(|t| t.data.len()).sum();
     let model = onnx_llama::build(&config, tensors, opts.graph);
     let staging = staging_dir(output)?;
-    let result = write_files(&staging, &model, &config, &tokenizer, opts)
+    let result = write_files(&staging, model, &config, &tokenizer, opts)
         .and_then(|names| move_into_place(&staging, output, &names));
     let _ = std::fs::remove_dir_all(&staging);
     let written = result?;
@@ -235,7 +235,7 @@ fn staging_dir(output: &Path) -> Result<PathBuf> {
 /// Writes every file into `dir`; returns their names.
 fn write_files(
     dir: &Path,
-    model: &ModelProto,
+    model: ModelProto,
     config: &LlamaConfig,
     tok: &TokenizerFiles,
     opts: &ImportOptions,
@@ -259,8 +259,10 @@ fn write_files(
 }
 
 /// `model.onnx`, with the weights in `model.onnx.data` when they total at
-/// least `threshold` bytes. Returns the file names written.
-pub fn write_model(dir: &Path, model: &ModelProto, threshold: u64) -> Result<Vec<String>> {
+/// least `threshold` bytes. Returns the file names written. Takes the model
+/// by value so the weights are moved into the data file's buffer rather than
+/// copied (peak memory twice the weights, not three times).
+pub fn write_model(dir: &Path, mut model: ModelProto, threshold: u64) -> Result<Vec<String>> {
     let total: u64 = model
         .graph
         .iter()
@@ -273,9 +275,8 @@ pub fn write_model(dir: &Path, model: &ModelProto, threshold: u64) -> Result<Vec
         return Ok(vec!["model.onnx".into()]);
     }
     let data_name = "model.onnx.data";
-    let mut proto = model.clone();
     let mut data = Vec::with_capacity(total as usize);
-    for t in proto
+    for t in model
         .graph
         .iter_mut()
         .flat_map(|g| g.initializer.iter_mut())
@@ -299,7 +300,7 @@ pub fn write_model(dir: &Path, model: &ModelProto, threshold: u64) -> Result<Vec
     }
     write_atomic(&dir.join(data_name), &data)?;
     drop(data);
-    write_atomic(&path, &proto.encode_to_vec())?;
+    write_atomic(&path, &model.encode_to_vec())?;
     Ok(vec![data_name.into(), "model.onnx".into()])
 }
 

@@ -238,7 +238,6 @@ fn tokenizer_config(meta: &GgufTokenizerMeta) -> Value {
         "add_bos_token": meta.add_bos,
         "add_eos_token": false,
         "clean_up_tokenization_spaces": false,
-        "model_max_length": 8192,
         "tokenizer_class": "GPT2Tokenizer",
     });
     for (key, id) in [
