@@ -1,5 +1,5 @@
 //! The `koala` command line: fine-tune, evaluate, export, check, gradcheck,
-//! inspect.
+//! import, inspect.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -79,6 +79,12 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Convert a pretrained language model (llama.cpp GGUF file or Hugging Face folder) into an
+    /// ONNX causal LM that koala fine-tunes, with its tokenizer.
+    #[command(
+        after_help = "Writes DIR/model.onnx (+ model.onnx.data when the weights reach 2 GiB), DIR/tokenizer.json, DIR/tokenizer_config.json and DIR/config.json. Architectures: llama (Llama, SmolLM2), mistral (read as llama), qwen2. GGUF types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K (dequantised to f32).\n\nExamples:\n  koala import \"$(models/fetch_smollm2.sh)\" --output models/smollm2\n  koala import path/to/hf-model-folder --output models/my-lm"
+    )]
+    Import(ImportArgs),
     /// Show a model's inputs, outputs, opset and metadata.
     Inspect {
         /// The ONNX file.
@@ -379,6 +385,18 @@ struct ExportArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct ImportArgs {
+    /// A .gguf file, or a Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    input: PathBuf,
+    /// Folder to write model.onnx, tokenizer.json, tokenizer_config.json and config.json into.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Replace koala's files in a non-empty output folder (other files there are kept).
+    #[arg(long)]
+    force: bool,
+}
+
 /// `--resume` for `koala check`: it checks a run's recorded options, it continues nothing.
 const CHECK_RESUME_HELP: &str = "Check the run in this directory: its config.toml, as `koala finetune --resume` would use it (no other option)";
 
@@ -462,6 +480,15 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Plot { runs, output } => {
             plot(&runs, &output)?;
             out!("wrote {}", output.display());
+            Ok(0)
+        }
+        Command::Import(a) => {
+            let opts = koala_import::ImportOptions {
+                force: a.force,
+                ..Default::default()
+            };
+            let report = koala_import::import(&a.input, &a.output, &opts)?;
+            out!("{}", report.summary(&a.input).trim_end());
             Ok(0)
         }
         Command::Inspect { model } => {
