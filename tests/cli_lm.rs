@@ -335,3 +335,49 @@ fn a_reader_that_closes_the_pipe_early_does_not_make_koala_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+/// A language model gets batches of 4 sequences by default, not the image default of 32
+/// (which needed ~18 GB for SmolLM2-135M and was killed by the kernel in a new-user
+/// tryout), and finetune and check say which batch × block they use.
+#[test]
+fn a_language_model_defaults_to_batches_of_four_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, _) = split_play(dir.path());
+    let m = model();
+    let out = ok(&[
+        "check",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert!(
+        out.contains(
+            "batches of 4 sequences × 128 tokens (--batch-size: the default for language models"
+        ),
+        "{out}"
+    );
+    let run_dir = dir.path().join("run");
+    let out = ok(&[
+        "finetune",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+        "--block-size",
+        "32",
+        "--max-steps",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--threads",
+        "1",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("batches of 4 sequences × 32 tokens"), "{out}");
+    let cfg = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(cfg.contains("batch_size = 4"), "{cfg}");
+}

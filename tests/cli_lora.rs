@@ -233,6 +233,38 @@ fn a_lora_run_exports_the_merged_model_and_a_peft_adapter() {
         std::fs::read(dir.path().join("again/adapter/adapter_model.safetensors")).unwrap(),
         std::fs::read(run_dir.join("adapter/adapter_model.safetensors")).unwrap()
     );
+    // The tokenizer goes beside it, as with the run's own export (a new-user tryout found
+    // `koala generate` on an exported file asking for --tokenizer).
+    assert!(dir.path().join("again/tokenizer.json").exists());
+    // A second export never replaces the first's file or adapter.
+    let err = koala(&[
+        "export",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--output",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(err.status.code(), Some(1));
+    assert!(
+        text(&err.stderr).contains("already exists; koala export never overwrites"),
+        "{}",
+        text(&err.stderr)
+    );
+    let beside = dir.path().join("again/other.onnx");
+    let err = koala(&[
+        "export",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--output",
+        beside.to_str().unwrap(),
+    ]);
+    assert_eq!(err.status.code(), Some(1));
+    assert!(
+        text(&err.stderr).contains("the PEFT adapter goes beside the exported file"),
+        "{}",
+        text(&err.stderr)
+    );
+    assert!(!beside.exists());
 }
 
 fn assert_fails(args: &[&str], needles: &[&str]) {

@@ -84,6 +84,8 @@ pub fn config_from_json(json: &Value, file: &str) -> Result<LlamaConfig> {
                 .and_then(Value::as_f64)
         })
         .unwrap_or(10000.0);
+    refuse_other_activation(json, file)?;
+    refuse_sliding_window(json, file)?;
     if json.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
         bail!("'{file}': mlp_bias is true; koala imports only bias-free MLPs");
     }
@@ -110,6 +112,36 @@ pub fn config_from_json(json: &Value, file: &str) -> Result<LlamaConfig> {
         bos_token_id: token_id("bos_token_id"),
         eos_token_id: token_id("eos_token_id"),
     })
+}
+
+/// The emitted MLP is SiLU-gated (`down(silu(gate(x)) · up(x))`); a config naming another
+/// activation would import silently as a different model.
+fn refuse_other_activation(json: &Value, file: &str) -> Result<()> {
+    for key in ["hidden_act", "hidden_activation"] {
+        if let Some(act) = json.get(key).and_then(Value::as_str) {
+            if !matches!(act, "silu" | "swish") {
+                bail!("'{file}': {key} is '{act}'; koala imports SiLU-gated MLPs only ('silu', as Llama, Mistral and Qwen2 use), so this model cannot be imported");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// koala emits full causal attention. A sliding window (Mistral's `sliding_window`, Qwen2's
+/// `use_sliding_window`) makes the model attend differently on sequences longer than the
+/// window, so the import would be a different model there: refused, with the one case
+/// where the attention is identical.
+fn refuse_sliding_window(json: &Value, file: &str) -> Result<()> {
+    let window = json.get("sliding_window").and_then(Value::as_u64);
+    let used = match json.get("use_sliding_window") {
+        Some(v) => v.as_bool() == Some(true),
+        // Mistral applies `sliding_window` whenever it is set.
+        None => true,
+    };
+    if let (Some(w), true) = (window, used) {
+        bail!("'{file}': sliding_window is {w} (sliding-window attention); koala emits full causal attention, which differs from this model on sequences longer than {w} tokens. If you will only train and generate within {w} tokens, set sliding_window to null (or use_sliding_window to false) in a copy of the folder: attention is then identical");
+    }
+    Ok(())
 }
 
 /// The safetensors files that hold the weights: the shards an index names,
@@ -260,6 +292,39 @@ mod tests {
         let j = json!({"model_type": "gpt_neox"});
         let e = config_from_json(&j, "c.json").unwrap_err().to_string();
         assert!(e.contains("c.json: model_type is 'gpt_neox'"), "{e}");
+    }
+
+    /// A non-SiLU activation and an active sliding window would import silently as another
+    /// model (found by a new-user tryout: GELU imported as SiLU, logits off by 0.011;
+    /// Mistral's window ignored, argmax 80 % on 40 tokens): refused naming file and field.
+    #[test]
+    fn other_activations_and_sliding_windows_are_refused_by_name() {
+        let base = json!({"model_type": "mistral", "vocab_size": 10, "hidden_size": 8,
+                          "num_hidden_layers": 1, "num_attention_heads": 2,
+                          "intermediate_size": 16, "hidden_act": "silu"});
+        assert!(config_from_json(&base, "c.json").is_ok());
+        let with = |k: &str, v: Value| {
+            let mut j = base.clone();
+            j[k] = v;
+            j
+        };
+        let e = config_from_json(&with("hidden_act", json!("gelu")), "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'c.json': hidden_act is 'gelu'"), "{e}");
+        let e = config_from_json(&with("sliding_window", json!(16)), "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'c.json': sliding_window is 16"), "{e}");
+        assert!(e.contains("set sliding_window to null"), "{e}");
+        // A null window, or Qwen2's window switched off, is full attention: imported.
+        assert!(config_from_json(&with("sliding_window", Value::Null), "c.json").is_ok());
+        let mut qwen = with("sliding_window", json!(16));
+        qwen["model_type"] = json!("qwen2");
+        qwen["use_sliding_window"] = json!(false);
+        assert!(config_from_json(&qwen, "c.json").is_ok());
+        qwen["use_sliding_window"] = json!(true);
+        assert!(config_from_json(&qwen, "c.json").is_err());
     }
 
     #[test]

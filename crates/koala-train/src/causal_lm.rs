@@ -118,6 +118,25 @@ pub fn open_tokenizer(
     Ok(tokenizer)
 }
 
+/// Copies `tokenizer.json` (and `tokenizer_config.json`) of `tokenizer` next to the
+/// exported model `export`, so `koala generate`/`eval` find it without `--tokenizer`;
+/// never overwrites a file that is there.
+pub fn copy_tokenizer_beside(tokenizer: &TextTokenizer, export: &Path) -> Result<()> {
+    let dir = export.parent().unwrap_or(Path::new("."));
+    let files = [Some(tokenizer.path()), tokenizer.config_path()];
+    for src in files.into_iter().flatten() {
+        let Some(name) = src.file_name() else {
+            continue;
+        };
+        let dst = dir.join(name);
+        if !dst.exists() {
+            let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+            koala_graph::model::write_atomic(&dst, &bytes)?;
+        }
+    }
+    Ok(())
+}
+
 /// Rows of the model's token embedding (the vocabulary the model can read).
 pub fn embedding_rows(model: &Model) -> Option<usize> {
     let g = model.graph();
@@ -262,24 +281,8 @@ impl CausalLm {
         koala_graph::model::write_atomic(&path, all.as_bytes())
     }
 
-    /// Copies `tokenizer.json` (and `tokenizer_config.json`) next to the
-    /// exported model, so `koala generate`/`eval` find it without
-    /// `--tokenizer`; never overwrites a file that is there.
     fn copy_tokenizer_beside(&self, export: &Path) -> Result<()> {
-        let dir = export.parent().unwrap_or(Path::new("."));
-        let files = [Some(self.tokenizer.path()), self.tokenizer.config_path()];
-        for src in files.into_iter().flatten() {
-            let Some(name) = src.file_name() else {
-                continue;
-            };
-            let dst = dir.join(name);
-            if !dst.exists() {
-                let bytes =
-                    std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
-                koala_graph::model::write_atomic(&dst, &bytes)?;
-            }
-        }
-        Ok(())
+        copy_tokenizer_beside(&self.tokenizer, export)
     }
 
     /// Writes `b` into the training graph's data inputs and labels.

@@ -245,6 +245,11 @@ pub fn check(cfg: &TrainConfig, with_data: bool) -> Result<CheckReport> {
     Ok(report)
 }
 
+/// The default `--batch-size` of a language model: the image default of 32 sequences of 128
+/// tokens needs about 18 GB for SmolLM2-135M's training graph (killed by the kernel on a
+/// 23 GB machine in a new-user tryout); 4 × 128 needs about 6–10 GB.
+pub const LM_DEFAULT_BATCH: usize = 4;
+
 /// Which sizes the command line (or a config file) set: the ones a model's fixed input
 /// shape must not override.
 #[derive(Clone, Copy, Debug, Default)]
@@ -260,7 +265,20 @@ pub struct SizesGiven {
 /// effective batch stays the default. Returns one line per adopted value, for the log.
 pub fn sizes_from_model(model: &Model, cfg: &mut TrainConfig, given: SizesGiven) -> Vec<String> {
     let mut notes = Vec::new();
-    if koala_graph::lm_signature::is_language_model(model) {
+    if crate::task::create_kind(cfg, model) == TaskKind::CausalLm {
+        if !given.batch_size {
+            cfg.batch_size = LM_DEFAULT_BATCH;
+        }
+        notes.push(format!(
+            "batches of {} sequences × {} tokens (--batch-size{}, --block-size)",
+            cfg.batch_size,
+            cfg.block_size,
+            if given.batch_size {
+                ""
+            } else {
+                ": the default for language models"
+            }
+        ));
         return notes;
     }
     let Ok(image) = crate::image_input::ImageInput::of_model(model) else {

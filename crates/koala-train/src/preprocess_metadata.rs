@@ -432,12 +432,13 @@ pub fn adopt_for_finetune(
     let Ok(model) = Model::load(&cfg.model) else {
         return Ok(());
     };
-    if crate::task::create_kind(cfg, &model) != crate::TaskKind::ImageClassification {
-        return Ok(());
-    }
-    // As `koala check` does: the model's fixed input size and batch where not given.
+    // As `koala check` does: the model's fixed input size and batch where not given (for a
+    // language model: its default batch).
     for note in crate::preflight::sizes_from_model(&model, cfg, given) {
         eprintln!("{note}");
+    }
+    if crate::task::create_kind(cfg, &model) != crate::TaskKind::ImageClassification {
+        return Ok(());
     }
     let image_size_given = given.image_size;
     let recorded = Recorded::of_model(&model);

@@ -793,6 +793,7 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             })?,
         None => latest.clone(),
     };
+    refuse_existing_outputs(&cfg, output)?;
     let path = dir.join("weights.safetensors");
     let bytes =
         std::fs::read(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
@@ -811,16 +812,26 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
             )
         })
         .collect();
+    let mut model = Model::load(&cfg.model)?;
+    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
+    // As the run's own export: a language model's tokenizer goes beside the file, so
+    // `koala generate` and `eval` on it need no --tokenizer.
+    let tokenizer = (kind == crate::TaskKind::CausalLm)
+        .then(|| crate::causal_lm::open_tokenizer(&cfg.model, cfg.tokenizer.as_deref(), &model))
+        .transpose()?;
+    let copy_tokenizer = || match &tokenizer {
+        Some(t) => crate::causal_lm::copy_tokenizer_beside(t, output),
+        None => Ok(()),
+    };
     if let Some(lora) = cfg.lora() {
         let pairs: Vec<(&str, &[f32])> = tensors
             .iter()
             .map(|(n, w)| (n.as_str(), w.as_slice()))
             .collect();
         crate::lora::export(&cfg, &lora, &pairs, output)?;
+        copy_tokenizer()?;
         return Ok(output.to_path_buf());
     }
-    let mut model = Model::load(&cfg.model)?;
-    let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
     crate::preflight::prepare_model(&mut model, &cfg, kind, true)?;
     let mut updated = koala_graph::export::with_weights(
         &model,
@@ -831,7 +842,30 @@ pub fn export_checkpoint(run_dir: &Path, step: Option<u64>, output: &Path) -> Re
         crate::preprocess_metadata::write(&mut updated, &entries);
     }
     koala_graph::export::save(&updated, output, Some(&cfg.model))?;
+    copy_tokenizer()?;
     Ok(output.to_path_buf())
+}
+
+/// `koala export` never overwrites: an existing output file, or (for a LoRA run) an existing
+/// PEFT adapter folder beside it, is refused before anything is written (a new-user tryout
+/// found a second export silently replacing the first one's adapter).
+fn refuse_existing_outputs(cfg: &TrainConfig, output: &Path) -> Result<()> {
+    if output.exists() {
+        bail!(
+            "'{}' already exists; koala export never overwrites a file: pass another --output, or delete it first",
+            output.display()
+        );
+    }
+    if cfg.lora().is_some() {
+        let dir = crate::lora::adapter_dir(output);
+        if dir.exists() {
+            bail!(
+                "'{}' already exists (the PEFT adapter goes beside the exported file, and this one would be replaced): pass an --output in another folder",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The preprocessing metadata of an image-classification run, rebuilt from its config (as
