@@ -93,8 +93,10 @@ pub fn save(model: &Model, path: &Path, input: Option<&Path>) -> Result<()> {
         .with_context(|| format!("cannot write the model to '{}'", path.display()))
 }
 
-/// Moves large tensors' bytes into one buffer and points them at `location`.
-fn externalize(tensors: &mut [TensorProto], location: &str) -> Vec<u8> {
+/// Moves the bytes of tensors of at least 1 KiB into one buffer (each at a 64-byte offset,
+/// so ONNX Runtime can memory-map them) and points them at `location`, ONNX's external-data
+/// form; smaller tensors (norms) stay inline. Returns the buffer to write to `location`.
+pub fn externalize(tensors: &mut [TensorProto], location: &str) -> Vec<u8> {
     let mut data = Vec::new();
     for t in tensors
         .iter_mut()

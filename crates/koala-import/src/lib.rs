@@ -20,7 +20,7 @@ pub use tokenizer_gguf::TokenizerFiles;
 
 use anyhow::{bail, Context, Result};
 use koala_graph::model::write_atomic;
-use koala_graph::proto::{DataLocation, ModelProto, StringStringEntryProto};
+use koala_graph::proto::ModelProto;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,9 +67,6 @@ pub fn read_checkpoint(input: &Path) -> Result<Checkpoint> {
 /// Weights of at least this many bytes in total go to an external data file
 /// (`model.onnx.data`): protobuf messages cannot exceed 2 GiB.
 pub const EXTERNAL_DATA_THRESHOLD: u64 = 2 << 30;
-/// Tensors smaller than this stay inline even in an externalised model (the
-/// norms; ONNX tools do the same).
-const EXTERNAL_MIN_TENSOR_BYTES: usize = 1024;
 
 /// How to import.
 #[derive(Clone, Debug)]
@@ -275,29 +272,8 @@ pub fn write_model(dir: &Path, mut model: ModelProto, threshold: u64) -> Result<
         return Ok(vec!["model.onnx".into()]);
     }
     let data_name = "model.onnx.data";
-    let mut data = Vec::with_capacity(total as usize);
-    for t in model
-        .graph
-        .iter_mut()
-        .flat_map(|g| g.initializer.iter_mut())
-        .filter(|t| t.raw_data.len() >= EXTERNAL_MIN_TENSOR_BYTES)
-    {
-        // 64-byte alignment lets ONNX Runtime memory-map the tensors.
-        data.resize(data.len().next_multiple_of(64), 0);
-        let offset = data.len();
-        data.extend_from_slice(&t.raw_data);
-        let entry = |k: &str, v: String| StringStringEntryProto {
-            key: k.into(),
-            value: v,
-        };
-        t.external_data = vec![
-            entry("location", data_name.into()),
-            entry("offset", offset.to_string()),
-            entry("length", t.raw_data.len().to_string()),
-        ];
-        t.data_location = DataLocation::External as i32;
-        t.raw_data = Vec::new();
-    }
+    let initializers = model.graph.as_mut().map(|g| g.initializer.as_mut_slice());
+    let data = koala_graph::export::externalize(initializers.unwrap_or_default(), data_name);
     write_atomic(&dir.join(data_name), &data)?;
     drop(data);
     write_atomic(&path, &model.encode_to_vec())?;
