@@ -13,7 +13,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::cli::{koala, root, text};
+use support::cli::{koala, number_after, ok, root, text};
 
 fn model() -> PathBuf {
     root().join("models/tiny_llama_shakespeare/model.onnx")
@@ -21,24 +21,6 @@ fn model() -> PathBuf {
 
 fn run(args: &[&str]) -> Output {
     koala(args)
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "koala {args:?} failed:\n{all}");
-    all
-}
-
-/// The number after `key` in `line` (e.g. "loss 3.2145,").
-fn number_after(s: &str, key: &str) -> f64 {
-    let at = s.find(key).unwrap_or_else(|| panic!("no '{key}' in:\n{s}")) + key.len();
-    s[at..]
-        .trim_start()
-        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
-        .next()
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no number after '{key}' in:\n{s}"))
 }
 
 /// Splits the play into a training and a held-out file.

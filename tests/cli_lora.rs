@@ -11,7 +11,7 @@ use koala::graph::{tensor, Model};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use support::cli::{koala, root, text};
+use support::cli::{koala, number_after, ok, root, text};
 
 fn model() -> PathBuf {
     root().join("models/tiny_llama_shakespeare/model.onnx")
@@ -19,24 +19,6 @@ fn model() -> PathBuf {
 
 fn play() -> PathBuf {
     root().join("data/shakespeare/midsummer_nights_dream_gut.txt")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = koala(args);
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "koala {args:?} failed:\n{all}");
-    all
-}
-
-/// The number after `key` in `s`.
-fn number_after(s: &str, key: &str) -> f64 {
-    let at = s.find(key).unwrap_or_else(|| panic!("no '{key}' in:\n{s}")) + key.len();
-    s[at..]
-        .trim_start()
-        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
-        .next()
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no number after '{key}' in:\n{s}"))
 }
 
 /// A safetensors file's f32 tensors: name → (shape, values).

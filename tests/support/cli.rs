@@ -21,3 +21,22 @@ pub fn koala<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Runs `koala` with `args`, which must succeed; returns its stdout and stderr together.
+pub fn ok(args: &[&str]) -> String {
+    let out = koala(args);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "koala {args:?} failed:\n{all}");
+    all
+}
+
+/// The number after `key` in `s` (e.g. `number_after("loss 3.2145,", "loss")`).
+pub fn number_after(s: &str, key: &str) -> f64 {
+    let at = s.find(key).unwrap_or_else(|| panic!("no '{key}' in:\n{s}")) + key.len();
+    s[at..]
+        .trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no number after '{key}' in:\n{s}"))
+}
