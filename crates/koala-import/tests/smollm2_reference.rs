@@ -48,6 +48,20 @@ fn logsumexp(row: &[f32]) -> f64 {
     m + row.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
 }
 
+/// The fetched GGUF, the reference case's folder and its `case.json`; `None` (with the
+/// reason printed) when the GGUF is not here.
+fn reference_case() -> Option<(PathBuf, PathBuf, Value)> {
+    let Some(gguf) = gguf_path() else {
+        println!("skipped: the SmolLM2 GGUF is not here; run models/fetch_smollm2.sh (or set KOALA_SMOLLM2_GGUF)");
+        return None;
+    };
+    let case_dir = fixture("smollm2_135m");
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(case_dir.join("case.json")).unwrap())
+            .unwrap();
+    Some((gguf, case_dir, case))
+}
+
 fn argmax(row: &[f32]) -> usize {
     (0..row.len())
         .max_by(|&a, &b| row[a].total_cmp(&row[b]))
@@ -56,14 +70,9 @@ fn argmax(row: &[f32]) -> usize {
 
 #[test]
 fn smollm2_gguf_imports_to_the_reference_tokens_logits_and_loss() {
-    let Some(gguf) = gguf_path() else {
-        println!("skipped: the SmolLM2 GGUF is not here; run models/fetch_smollm2.sh (or set KOALA_SMOLLM2_GGUF)");
+    let Some((gguf, case_dir, case)) = reference_case() else {
         return;
     };
-    let case_dir = fixture("smollm2_135m");
-    let case: Value =
-        serde_json::from_str(&std::fs::read_to_string(case_dir.join("case.json")).unwrap())
-            .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smollm2");
     let t = std::time::Instant::now();
@@ -172,14 +181,9 @@ fn smollm2_training_graph_gives_the_reference_loss_and_gradients() {
     use koala_graph::loss::IGNORE_INDEX;
     use koala_graph::step::{Batch, TrainStep};
     use koala_graph::{lm_signature, training, LossSpec, Model, TrainingSpec};
-    let Some(gguf) = gguf_path() else {
-        println!("skipped: the SmolLM2 GGUF is not here; run models/fetch_smollm2.sh (or set KOALA_SMOLLM2_GGUF)");
+    let Some((gguf, case_dir, case)) = reference_case() else {
         return;
     };
-    let case_dir = fixture("smollm2_135m");
-    let case: Value =
-        serde_json::from_str(&std::fs::read_to_string(case_dir.join("case.json")).unwrap())
-            .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smollm2");
     import(&gguf, &out, &ImportOptions::default()).unwrap();
