@@ -1,29 +1,39 @@
 //! Causal-LM training-step throughput: koala's training graph (forward +
-//! shifted cross-entropy + backward, run by ONNX Runtime) on the shipped tiny
-//! Llama (`models/tiny_llama_shakespeare`), with ORT running the inference
+//! shifted cross-entropy + backward, run by ONNX Runtime) on a causal LM — the
+//! shipped tiny Llama (`models/tiny_llama_shakespeare`) by default, or any
+//! model `koala import` wrote (`--model models/smollm2/model.onnx`), full
+//! fine-tuning or LoRA (`--lora-rank 8`) — with ORT running the inference
 //! model alone as the in-run baseline, plus the process's peak RSS.
 //!
-//! Run: `cargo bench --bench lm_step [-- --threads 2 --train REGEX --shapes 8x128,1x256,4x64]`.
+//! Run: `cargo bench --bench lm_step [-- --threads 2 --train REGEX --shapes 8x128,1x256,4x64
+//! --model PATH --lora-rank R]`.
 //! `KOALA_BENCH_JSON=path` also writes the numbers as JSON; that is what
 //! `benches/pytorch/compare_lm_step.py` reads to put PyTorch eager beside them.
+//! With LoRA, `KOALA_BENCH_ADAPTER_DIR=dir` writes the adapters as initialised
+//! (PEFT format, the same files a run exports) so that PyTorch's side starts
+//! from the same `A` and its gradients can be compared.
 //!
+//! Inputs are fed as training feeds them (Optimum's signature: `input_ids`,
+//! an all-ones `attention_mask`, `position_ids` 0…T−1, an empty KV cache).
 //! Token ids are the bytes of `data/shakespeare/midsummer_nights_dream_gut.txt`
-//! modulo the vocabulary (every byte < 512, so the ids are the bytes): the
-//! step's cost does not depend on which ids it sees, and tokenizer speed is not
-//! what this measures. Batch `k` is the `k`-th run of `B·T` consecutive ids
+//! modulo the vocabulary (for the tiny model every byte < 512, so the ids are
+//! the bytes): the step's cost does not depend on which ids it sees, and
+//! tokenizer speed is not what this measures. Batch `k` is the `k`-th run of `B·T` consecutive ids
 //! (rows of `T`), cycled; the labels are the ids themselves (the loss head
 //! shifts them, as Hugging Face's `*ForCausalLM` does).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use koala::graph::lm_signature::{self, LmSignature};
+use koala::graph::lora::{self, Adapter, LoraConfig};
 use koala::graph::step::{Batch, TrainStep};
 use koala::graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
 use koala::runtime::{Session, SessionOptions, TensorView, TensorViewMut};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The model and text this benchmark runs on (relative to the repository root).
-const MODEL: &str = "models/tiny_llama_shakespeare/model.onnx";
+/// The default model and the text this benchmark runs on (relative to the repository root).
+const DEFAULT_MODEL: &str = "models/tiny_llama_shakespeare/model.onnx";
 const TEXT: &str = "data/shakespeare/midsummer_nights_dream_gut.txt";
 
 /// Untimed runs before each timed block (ORT's arenas and the memory-pattern
@@ -54,6 +64,18 @@ struct Args {
     /// Write the numbers as JSON here [env KOALA_BENCH_JSON].
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The causal LM (relative to the repository root or absolute), e.g.
+    /// `models/smollm2/model.onnx` after `koala import` [env KOALA_BENCH_MODEL;
+    /// default models/tiny_llama_shakespeare/model.onnx].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Train LoRA adapters of this rank (α = 2r, the default targets, as
+    /// `koala finetune --lora-rank`) instead of every weight [env KOALA_BENCH_LORA_RANK].
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// With LoRA: write the adapters as initialised here (PEFT format) [env KOALA_BENCH_ADAPTER_DIR].
+    #[arg(long)]
+    adapter_dir: Option<PathBuf>,
     /// Passed by `cargo bench` to every bench target; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -66,6 +88,9 @@ struct Options {
     shapes: Vec<(usize, usize)>,
     reps: usize,
     json: Option<PathBuf>,
+    model: PathBuf,
+    lora: Option<LoraConfig>,
+    adapter_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -95,6 +120,26 @@ impl Options {
             json: a
                 .json
                 .or_else(|| env("KOALA_BENCH_JSON").map(PathBuf::from)),
+            model: root().join(
+                a.model
+                    .or_else(|| env("KOALA_BENCH_MODEL").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL)),
+            ),
+            lora: match (a.lora_rank, env("KOALA_BENCH_LORA_RANK")) {
+                (None, None) => None,
+                (flag, _) => {
+                    let rank = number("KOALA_BENCH_LORA_RANK", flag, 8)?;
+                    Some(LoraConfig {
+                        rank,
+                        alpha: 2.0 * rank as f32,
+                        targets: lora::DEFAULT_TARGETS.into(),
+                        seed: 0,
+                    })
+                }
+            },
+            adapter_dir: a
+                .adapter_dir
+                .or_else(|| env("KOALA_BENCH_ADAPTER_DIR").map(PathBuf::from)),
         })
     }
 }
@@ -136,11 +181,12 @@ fn batch_of(ids: &[i64], n: usize, k: usize) -> &[i64] {
 
 /// The vocabulary size: the last dimension of the model's first output (`logits`).
 fn vocab_size(model: &Model) -> Result<usize> {
+    let name = model.display_name();
     let out = model
         .graph()
         .output
         .first()
-        .with_context(|| format!("{MODEL} has no outputs"))?;
+        .with_context(|| format!("{name} has no outputs"))?;
     koala::graph::training::declared_dims(out)
         .last()
         .copied()
@@ -148,7 +194,7 @@ fn vocab_size(model: &Model) -> Result<usize> {
         .map(|v| v as usize)
         .with_context(|| {
             format!(
-                "{MODEL}: output '{}' has no fixed last (vocabulary) dimension",
+                "{name}: output '{}' has no fixed last (vocabulary) dimension",
                 out.name
             )
         })
@@ -182,11 +228,27 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS (Linux:
+/// writing 5 to `/proc/self/clear_refs`), so that the next reading is the
+/// peak of what follows. False where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Numbers of one `B×T` shape.
 struct ShapeResult {
     batch: usize,
     seq: usize,
     build_s: f64,
+    /// Peak RSS while the training graph was built (the shape probe runs the
+    /// model once keeping every intermediate value), MiB.
+    build_peak_mib: Option<f64>,
+    /// Peak RSS of training steps alone, MiB: after the timing, the forward
+    /// baseline's session is closed, the peak reset, and three more steps run.
+    /// What a `koala finetune` process holds while it trains, less the
+    /// optimizer's state (KOALA++: a few vectors per tensor, AdamW: two
+    /// copies of the trained weights).
+    steps_peak_mib: Option<f64>,
     forward_ms: f64,
     step_ms: f64,
     loss_batch0: f32,
@@ -207,8 +269,9 @@ impl ShapeResult {
     }
 
     fn row(&self) -> String {
+        let mib = |v: Option<f64>| v.map_or("n/a".to_string(), |m| format!("{m:.0} MiB"));
         format!(
-            "| {}×{} | {} | {:.2} ms ({:.0} tok/s) | {:.2} ms | {:.0} | {:.2}× | {:.4} | {:.1} s |",
+            "| {}×{} | {} | {:.2} ms ({:.0} tok/s) | {:.2} ms | {:.0} | {:.2}× | {:.4} | {:.1} s | {} | {} |",
             self.batch,
             self.seq,
             self.tokens(),
@@ -219,6 +282,8 @@ impl ShapeResult {
             self.step_ms / self.forward_ms,
             self.loss_batch0,
             self.build_s,
+            mib(self.build_peak_mib),
+            mib(self.steps_peak_mib),
         )
     }
 
@@ -228,6 +293,8 @@ impl ShapeResult {
             "seq": self.seq,
             "tokens": self.tokens(),
             "graph_build_s": self.build_s,
+            "graph_build_peak_rss_mib": self.build_peak_mib,
+            "steps_peak_rss_mib": self.steps_peak_mib,
             "forward_ms": self.forward_ms,
             "forward_tokens_per_s": self.tokens_per_s(self.forward_ms),
             "step_ms": self.step_ms,
@@ -240,18 +307,22 @@ impl ShapeResult {
     }
 }
 
-/// Builds koala's causal-LM training graph for `[batch, seq]` inputs.
+/// Builds koala's causal-LM training graph for `[batch, seq]` batches, fed
+/// as `koala finetune` feeds them (see `koala_train::causal_lm::training_spec`).
+/// `model` already carries the LoRA adapters when the run trains them.
 fn build_step(model: &Model, args: &Options, batch: usize, seq: usize) -> Result<TrainStep> {
+    let sig = lm_signature::detect(model)?;
     let spec = TrainingSpec {
-        input_shapes: [("input_ids".to_string(), vec![batch, seq])]
-            .into_iter()
-            .collect(),
+        input_shapes: sig.input_shapes(batch, seq),
         loss: LossSpec::CausalLm {
             ignore_index: koala::graph::loss::IGNORE_INDEX,
-            attention_mask: None,
+            attention_mask: sig.attention_mask.clone(),
         },
         trainable: TrainableSpec {
-            include: args.train.clone(),
+            include: match &args.lora {
+                Some(_) => Some(lora::ADAPTER_PATTERN.into()),
+                None => args.train.clone(),
+            },
             ..TrainableSpec::default()
         },
         probe_threads: args.threads,
@@ -260,16 +331,94 @@ fn build_step(model: &Model, args: &Options, batch: usize, seq: usize) -> Result
     };
     let graph = koala::graph::build(model, &spec).with_context(|| {
         format!(
-            "building the training graph of {MODEL} at {batch}×{seq} (while gradient rules are missing, \
-             train a subset whose path avoids them, e.g. --train '^model\\.norm'; `koala check` lists them)"
+            "building the training graph of {} at {batch}×{seq} (`koala check` names what is missing)",
+            model.display_name()
         )
     })?;
     TrainStep::new(graph, Some(args.threads))
 }
 
+/// The buffers of one `[batch, seq]` batch of token ids, for every input of a
+/// causal LM: the ids, an all-ones mask, positions `0…T−1` per row, and an
+/// empty KV cache.
+struct Feeds<'a> {
+    sig: &'a LmSignature,
+    mask: Vec<i64>,
+    positions: Vec<i64>,
+    shape: [usize; 2],
+    /// `[batch, kv_heads, 0, head_dim]` of each past input, in `sig.past` order.
+    past_dims: Vec<[usize; 4]>,
+}
+
+impl<'a> Feeds<'a> {
+    fn new(sig: &'a LmSignature, batch: usize, seq: usize) -> Feeds<'a> {
+        Feeds {
+            sig,
+            mask: vec![1; batch * seq],
+            positions: LmSignature::position_ids_for(batch, seq),
+            shape: [batch, seq],
+            past_dims: sig
+                .past
+                .iter()
+                .map(|p| [batch, p.heads, 0, p.head_dim])
+                .collect(),
+        }
+    }
+
+    /// The training step's buffer of input `name`.
+    fn step_input<'b>(&'b self, name: &str, ids: &'b [i64]) -> Result<Batch<'b>> {
+        Ok(if name == self.sig.input_ids {
+            Batch::I64(ids)
+        } else if Some(name) == self.sig.attention_mask.as_deref() {
+            Batch::I64(&self.mask)
+        } else if Some(name) == self.sig.position_ids.as_deref() {
+            Batch::I64(&self.positions)
+        } else if self.sig.past.iter().any(|p| p.name == name) {
+            Batch::F32(&[])
+        } else {
+            bail!("the benchmark does not know what to feed input '{name}'")
+        })
+    }
+
+    /// ORT's view of input `name` for the inference forward.
+    fn forward_input<'b>(&'b self, name: &str, ids: &'b [i64]) -> Result<TensorView<'b>> {
+        Ok(if name == self.sig.input_ids {
+            TensorView::i64(ids, &self.shape)
+        } else if Some(name) == self.sig.attention_mask.as_deref() {
+            TensorView::i64(&self.mask, &self.shape)
+        } else if Some(name) == self.sig.position_ids.as_deref() {
+            TensorView::i64(&self.positions, &self.shape)
+        } else if let Some(k) = self.sig.past.iter().position(|p| p.name == name) {
+            TensorView::f32(&[], &self.past_dims[k])
+        } else {
+            bail!("the benchmark does not know what to feed input '{name}'")
+        })
+    }
+}
+
+/// Writes the adapters of `step` as initialised, in PEFT's format, to `dir`.
+fn write_initial_adapters(
+    dir: &Path,
+    args: &Options,
+    lora_cfg: &LoraConfig,
+    adapters: &[Adapter],
+    step: &TrainStep,
+) -> Result<()> {
+    let trained: Vec<(&str, &[f32])> = step
+        .graph()
+        .trainable
+        .iter()
+        .enumerate()
+        .map(|(k, t)| (t.name.as_str(), step.weight(k)))
+        .collect();
+    koala::train::lora::write_peft_adapter(dir, &args.model, lora_cfg, adapters, &trained)
+}
+
 /// Times the ORT inference forward and koala's training step at one shape.
 fn bench_shape(
     model: &Model,
+    trained_model: &Model,
+    adapters: &[Adapter],
     args: &Options,
     ids: &[i64],
     vocab: usize,
@@ -282,19 +431,31 @@ fn bench_shape(
             ids.len()
         );
     }
+    let sig = lm_signature::detect(model)?;
+    let feeds = Feeds::new(&sig, batch, seq);
     let opts = SessionOptions {
         intra_threads: Some(args.threads),
         ..SessionOptions::default()
     };
-    let mut fwd = Session::from_file(&root().join(MODEL), &opts)?;
-    let in_name = fwd.inputs()[0].name.clone();
+    let mut fwd = Session::from_file(&args.model, &opts)?;
+    let in_names: Vec<String> = fwd.inputs().iter().map(|i| i.name.clone()).collect();
     let out_name = fwd.outputs()[0].name.clone();
-    let (in_shape, out_shape) = ([batch, seq], [batch, seq, vocab]);
+    let out_shape = [batch, seq, vocab];
     let mut logits = vec![0f32; n * vocab];
 
     let t0 = Instant::now();
-    let mut step = build_step(model, args, batch, seq)?;
+    let mut step = build_step(trained_model, args, batch, seq)?;
     let build_s = t0.elapsed().as_secs_f64();
+    let build_peak_mib = peak_rss_mib();
+    let step_names: Vec<String> = step
+        .graph()
+        .data_inputs
+        .iter()
+        .map(|d| d.0.clone())
+        .collect();
+    if let (Some(dir), Some(cfg)) = (&args.adapter_dir, &args.lora) {
+        write_initial_adapters(dir, args, cfg, adapters, &step)?;
+    }
 
     // Two rounds of [forward block, step block], so that slow phases of a
     // shared machine hit both alike; batches cycle as in training.
@@ -305,8 +466,12 @@ fn bench_shape(
         time_block(half, &mut t_fwd, || {
             let x = batch_of(ids, n, kf);
             kf += 1;
+            let inputs = in_names
+                .iter()
+                .map(|name| Ok((name.as_str(), feeds.forward_input(name, x)?)))
+                .collect::<Result<Vec<_>>>()?;
             fwd.run_into(
-                &[(&in_name, TensorView::i64(x, &in_shape))],
+                &inputs,
                 &mut [(&out_name, TensorViewMut::f32(&mut logits, &out_shape))],
             )?;
             Ok(())
@@ -314,14 +479,38 @@ fn bench_shape(
         time_block(half, &mut t_step, || {
             let x = batch_of(ids, n, ks);
             ks += 1;
-            step.set_batch(&[Batch::I64(x)], Batch::I64(x))?;
+            let data = step_names
+                .iter()
+                .map(|name| feeds.step_input(name, x))
+                .collect::<Result<Vec<_>>>()?;
+            step.set_batch(&data, Batch::I64(x))?;
             step.run()
         })?;
     }
+    drop(fwd);
+    let steps_peak_mib = match reset_peak_rss() {
+        true => {
+            for k in 0..3 {
+                let x = batch_of(ids, n, k);
+                let data = step_names
+                    .iter()
+                    .map(|name| feeds.step_input(name, x))
+                    .collect::<Result<Vec<_>>>()?;
+                step.set_batch(&data, Batch::I64(x))?;
+                step.run()?;
+            }
+            peak_rss_mib()
+        }
+        false => None,
+    };
     // The weights never change (no optimizer), so this is the loss of the
     // model as shipped: compare_lm_step.py checks PyTorch gets the same.
     let x0 = batch_of(ids, n, 0);
-    step.set_batch(&[Batch::I64(x0)], Batch::I64(x0))?;
+    let data = step_names
+        .iter()
+        .map(|name| feeds.step_input(name, x0))
+        .collect::<Result<Vec<_>>>()?;
+    step.set_batch(&data, Batch::I64(x0))?;
     step.run()?;
     let trainable = &step.graph().trainable;
     let grad_norms_batch0 = trainable
@@ -336,6 +525,8 @@ fn bench_shape(
         batch,
         seq,
         build_s,
+        build_peak_mib,
+        steps_peak_mib,
         forward_ms: 1e3 * median_of(&mut t_fwd),
         step_ms: 1e3 * median_of(&mut t_step),
         loss_batch0: step.loss(),
@@ -350,20 +541,36 @@ fn bench_shape(
 
 fn main() -> Result<()> {
     let args = Options::resolve(Args::parse())?;
-    let model = Model::load(&root().join(MODEL))?;
+    let model = Model::load(&args.model)?;
     let vocab = vocab_size(&model)?;
     let ids = token_ids(&root().join(TEXT), vocab)?;
+    // LoRA: the adapters go into a copy; ORT's forward baseline runs the file as it is.
+    let mut trained_model = model.clone();
+    let adapters = match &args.lora {
+        Some(cfg) => lora::apply(&mut trained_model, cfg)?,
+        None => Vec::new(),
+    };
+    let trained = match (&args.lora, &args.train) {
+        (Some(cfg), _) => format!(
+            "LoRA rank {} (alpha {}) on {} weights",
+            cfg.rank,
+            cfg.alpha,
+            adapters.len()
+        ),
+        (None, Some(re)) => format!("weights matching {re}"),
+        (None, None) => "all weights".into(),
+    };
     println!(
-        "{MODEL}; ORT intra-op threads: {}; trained: {}; median of {} runs per shape after {WARMUP} warm-up runs per block",
+        "{}; ORT intra-op threads: {}; trained: {trained}; median of {} runs per shape after {WARMUP} warm-up runs per block",
+        args.model.display(),
         args.threads,
-        args.train.as_deref().unwrap_or("all weights"),
         args.reps,
     );
-    println!("| B×T | tokens | ORT inference forward | koala fwd+loss+bwd step | koala tokens/s | step / forward | loss (batch 0) | graph build |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| B×T | tokens | ORT inference forward | koala fwd+loss+bwd step | koala tokens/s | step / forward | loss (batch 0) | graph build | peak RSS up to build | peak RSS of training steps |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for &shape in &args.shapes {
-        let r = bench_shape(&model, &args, &ids, vocab, shape)?;
+        let r = bench_shape(&model, &trained_model, &adapters, &args, &ids, vocab, shape)?;
         println!("{}", r.row());
         results.push(r);
     }
@@ -382,10 +589,13 @@ fn main() -> Result<()> {
     }
     if let Some(path) = &args.json {
         let json = serde_json::json!({
-            "model": MODEL,
+            "model": args.model.display().to_string(),
             "text": TEXT,
             "threads": args.threads,
             "train": args.train,
+            "lora_rank": args.lora.as_ref().map(|l| l.rank),
+            "lora_alpha": args.lora.as_ref().map(|l| l.alpha),
+            "lora_targets": args.lora.as_ref().map(|l| l.targets.clone()),
             "warmup": WARMUP,
             "reps": args.reps,
             "peak_rss_mib": peak,

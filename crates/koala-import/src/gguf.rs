@@ -209,16 +209,16 @@ fn reject_unsupported_variants(meta: &Metadata, content: &Content, arch: &str) -
         .unwrap_or(0)
         > 0
     {
-        bail!("{file}: {arch}.expert_count is set: a mixture-of-experts model, which koala cannot import (dense decoders only)");
+        bail!("{file}: {arch}.expert_count is set: a mixture-of-experts model, which koala cannot import: it builds dense decoders only (Llama/SmolLM2/Qwen2/Mistral-style). Import the dense variant of the model family instead");
     }
     if let Some(v) = meta.map.get(&format!("{arch}.rope.scaling.type")) {
         let kind = v.to_string().map(|s| s.as_str()).unwrap_or("?");
         if kind != "none" {
-            bail!("{file}: {arch}.rope.scaling.type is '{kind}'; koala imports only the default RoPE (no scaling)");
+            bail!("{file}: {arch}.rope.scaling.type is '{kind}'; koala imports only the default RoPE (no scaling), because a scaled RoPE changes every position's rotation and dropping it would silently make another model. Import a checkpoint without RoPE scaling (e.g. SmolLM2, Llama 2, Qwen2 up to its native context)");
         }
     }
     if content.tensor_infos.contains_key("rope_freqs.weight") {
-        bail!("{file}: tensor 'rope_freqs.weight' holds Llama-3.1-style RoPE frequency factors, which koala does not apply; only default RoPE models can be imported");
+        bail!("{file}: tensor 'rope_freqs.weight' holds Llama-3.1-style RoPE frequency factors, which koala does not apply (dropping them would silently make another model); only default-RoPE models can be imported, e.g. SmolLM2, Llama 2, Qwen2");
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ pub fn config_from_json(json: &Value, file: &str) -> Result<LlamaConfig> {
             .and_then(Value::as_str)
             .unwrap_or("default");
         if kind != "default" {
-            bail!("'{file}': rope type '{kind}' (rope_parameters/rope_scaling) is not supported; koala imports only the default RoPE (no scaling)");
+            bail!("'{file}': rope type '{kind}' (rope_parameters/rope_scaling) is not supported; koala imports only the default RoPE (no scaling), because a scaled RoPE changes every position's rotation and dropping it would silently make another model. Import a checkpoint without RoPE scaling (e.g. SmolLM2, Llama 2, Qwen2 up to its native context)");
         }
     }
     let hidden = need("hidden_size")?;

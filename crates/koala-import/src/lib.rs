@@ -54,6 +54,12 @@ pub struct Checkpoint {
 pub fn read_checkpoint(input: &Path) -> Result<Checkpoint> {
     if input.is_dir() {
         hf_folder::read(input)
+    } else if let Some(folder) = file_of_a_folder(input) {
+        bail!(
+            "'{}' is one file of a Hugging Face model folder; pass the folder itself: koala import '{}' --output DIR",
+            input.display(),
+            folder.display()
+        )
     } else if input.is_file() {
         gguf::read(input)
     } else {
@@ -62,6 +68,25 @@ pub fn read_checkpoint(input: &Path) -> Result<Checkpoint> {
             input.display()
         )
     }
+}
+
+/// The folder of `input` when it is a file of a Hugging Face model folder
+/// (`config.json`, `*.safetensors`, `tokenizer.json`…) rather than a GGUF file: users
+/// often pass the config or weights file where the folder is wanted.
+fn file_of_a_folder(input: &Path) -> Option<PathBuf> {
+    let name = input.file_name()?.to_str()?;
+    let known = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+    ];
+    let hf_file = known.contains(&name) || name.ends_with(".safetensors");
+    (input.is_file() && hf_file).then(|| match input.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    })
 }
 
 /// Weights of at least this many bytes in total go to an external data file

@@ -115,6 +115,22 @@ fn safetensors_folder_without_config_json_says_what_is_missing() {
     assert!(e.contains("hf' has no config.json"), "{e}");
 }
 
+/// Users pass the folder's config.json or weights file where the folder is wanted: the
+/// error names the folder to pass instead of reading the file as a (bad) GGUF.
+#[test]
+fn a_file_of_a_hf_folder_names_the_folder_to_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    write_hf_folder(&dir, &tiny_llama_config(), &tiny_llama_weights());
+    for file in ["config.json", "model.safetensors"] {
+        let e = import_error(&dir.join(file));
+        assert!(
+            e.contains(&format!("'{}' is one file of a Hugging Face model folder; pass the folder itself: koala import '{}'", dir.join(file).display(), dir.display())),
+            "{file}: {e}"
+        );
+    }
+}
+
 #[test]
 fn hf_folder_with_a_missing_tensor_names_it() {
     let tmp = tempfile::tempdir().unwrap();
