@@ -112,15 +112,16 @@ fn clip_min_max_both() {
 
 /// PRelu with a trainable slope of each broadcast form exporters write:
 /// per channel [C, 1, 1] on NCHW (PyTorch's `nn.PReLU(C)`), one shared [1],
-/// and a full-rank [1, C, 1, 1]; f64 at opset 17 (ORT's PRelu-16 kernel has
-/// f64), f32 at opset 11 (PRelu-9 is f32 only).
+/// a full-rank [1, C, 1, 1], and [H, 1] (any broadcastable trailing shape);
+/// f64 at opset 17 (ORT's PRelu-16 kernel has f64), f32 at opsets 11 and 21.
 #[test]
 fn prelu_x_and_slope_with_broadcast_slopes() {
-    let cases: [(u64, i64, DataType, &[usize]); 4] = [
+    let cases: [(u64, i64, DataType, &[usize]); 5] = [
         (120, 17, F64, &[3, 1, 1]),
         (121, 17, F64, &[1]),
         (122, 17, F64, &[1, 3, 1, 1]),
         (123, 11, F32, &[3, 1, 1]),
+        (119, 21, F32, &[2, 1]),
     ];
     for (seed, opset, dt, slope_shape) in cases {
         let mut n = Net::new(opset, dt, seed);
@@ -133,23 +134,25 @@ fn prelu_x_and_slope_with_broadcast_slopes() {
     }
 }
 
-/// Elu and Selu with attributes away from their defaults (and Selu's
-/// defaults); f32 kernels only. The exponential branch is curved, so the
-/// smooth-f32 step and tolerance apply (`Fd::F32_SMOOTH`).
+/// Elu and Selu with attributes away from their defaults and with the
+/// defaults, at opsets 11, 17 and 21; f32 kernels only. The exponential
+/// branch is curved, so the smooth-f32 step and tolerance apply
+/// (`Fd::F32_SMOOTH`).
 #[test]
 fn elu_and_selu_with_and_without_attributes() {
-    let cases: [(u64, &str, Vec<_>); 4] = [
-        (124, "Elu", vec![]),
-        (125, "Elu", vec![a_float("alpha", 0.7)]),
-        (126, "Selu", vec![]),
+    let cases: [(u64, i64, &str, Vec<_>); 4] = [
+        (124, 11, "Elu", vec![]),
+        (125, 17, "Elu", vec![a_float("alpha", 0.7)]),
+        (126, 21, "Selu", vec![]),
         (
             127,
+            17,
             "Selu",
             vec![a_float("alpha", 1.5), a_float("gamma", 1.25)],
         ),
     ];
-    for (seed, op, attrs) in cases {
-        let mut n = Net::new(17, F32, seed);
+    for (seed, opset, op, attrs) in cases {
+        let mut n = Net::new(opset, F32, seed);
         let v = n.avoiding(24, -2.0, 2.0, &[0.0], 0.1);
         unary_case(&mut n, op, &[2, 3, 4], v, attrs);
         check(&n, "y", &Check::mse(F32).with_fd(Fd::F32_SMOOTH));

@@ -45,3 +45,8 @@ fn instance_norm_nchw() {
 fn instance_norm_rank3_default_epsilon() {
     instance_norm_case(951, 11, &[3, 2, 6], None);
 }
+
+#[test]
+fn instance_norm_at_opset_21() {
+    instance_norm_case(952, 21, &[1, 4, 3, 3], Some(1e-4));
+}

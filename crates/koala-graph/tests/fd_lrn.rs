@@ -1,5 +1,5 @@
-//! Finite-difference checks of LRN (`backward/lrn.rs`): odd `size` 3, 5 and
-//! 7, windows wider than the channel count, and attributes away from the
+//! Finite-difference checks of LRN (`backward/lrn.rs`) at opsets 11, 13, 17
+//! and 21: odd `size` 3, 5 and 7, windows wider than the channel count, and attributes away from the
 //! defaults, on NCHW inputs. Even sizes (an asymmetric window in the spec)
 //! and inputs of rank ≠ 4 are not tested: ORT's LRN kernel refuses them
 //! (`size_ % 2 == 1`, `X_shape.NumDimensions() == 4`), so such a model
@@ -24,8 +24,8 @@ const LRN_FD: Fd = Fd {
 };
 use koala_graph::attrs::{a_float, a_int};
 
-fn lrn_case(seed: u64, x: &[usize], size: i64, alpha: f32, beta: f32, bias: f32) {
-    let mut n = Net::new(17, F32, seed);
+fn lrn_case(seed: u64, opset: i64, x: &[usize], size: i64, alpha: f32, beta: f32, bias: f32) {
+    let mut n = Net::new(opset, F32, seed);
     let xv = n.rand_leaf("x", x);
     n.node(
         "LRN",
@@ -44,16 +44,16 @@ fn lrn_case(seed: u64, x: &[usize], size: i64, alpha: f32, beta: f32, bias: f32)
 #[test]
 fn lrn_odd_size_nchw() {
     // Inception v1's attributes (size 5, beta 0.75, bias 1) with alpha 2.
-    lrn_case(900, &[2, 6, 3, 3], 5, 2.0, 0.75, 1.0);
+    lrn_case(900, 17, &[2, 6, 3, 3], 5, 2.0, 0.75, 1.0);
 }
 
 #[test]
 fn lrn_size_three() {
-    lrn_case(901, &[2, 5, 2, 3], 3, 1.5, 0.6, 2.0);
-    lrn_case(902, &[1, 4, 3, 1], 3, 3.0, 0.9, 0.5);
+    lrn_case(901, 11, &[2, 5, 2, 3], 3, 1.5, 0.6, 2.0);
+    lrn_case(902, 21, &[1, 4, 3, 1], 3, 3.0, 0.9, 0.5);
 }
 
 #[test]
 fn lrn_window_wider_than_the_channels() {
-    lrn_case(903, &[2, 3, 2, 2], 7, 1.0, 0.75, 1.0);
+    lrn_case(903, 13, &[2, 3, 2, 2], 7, 1.0, 0.75, 1.0);
 }

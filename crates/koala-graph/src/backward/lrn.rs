@@ -13,9 +13,10 @@
 //! with kernel [size, 1], pads [lo, 0, hi, 0] (the mirrored window: [hi, 0,
 //! lo, 0]) and count_include_pad = 1, i.e. S/size exactly up to one rounding;
 //! the 1/size cancels the spec's alpha/size. Measured on ORT's CPU kernels
-//! for a [8, 192, 28, 28] f32 input with size 5 (one thread): AveragePool
-//! 3.3 ms, Pad + 5 shifted Slices + Sum 7.0 ms, Conv with a ones kernel
-//! 17 ms (ORT's LRN forward: 49 ms). ORT has no LRN gradient kernel.
+//! for a [8, 192, 28, 28] f32 input with size 5, one thread, two runs on a
+//! shared machine (`benches/lrn_window_sum.py`): AveragePool 3.3–4.9 ms,
+//! Pad + 5 shifted Slices + Sum 7.0–16 ms, Conv with a ones kernel 17–48 ms
+//! (ORT's LRN forward: 49–65 ms). ORT has no LRN gradient kernel.
 //!
 //! Spec: https://onnx.ai/onnx/operators/onnx__LRN.html.
 //! Opsets: 1 and 13 (13 added bfloat16 only): one rule serves both. ORT has
