@@ -9,7 +9,7 @@
 mod common;
 
 use common::{check, Check, Fd, Net, F32};
-use koala_graph::attrs::a_float;
+use koala_graph::attrs::{a_float, a_ints};
 
 fn instance_norm_case(seed: u64, opset: i64, x: &[usize], epsilon: Option<f32>) {
     let mut n = Net::new(opset, F32, seed);
@@ -49,4 +49,29 @@ fn instance_norm_rank3_default_epsilon() {
 #[test]
 fn instance_norm_at_opset_21() {
     instance_norm_case(952, 21, &[1, 4, 3, 3], Some(1e-4));
+}
+
+/// Conv → InstanceNormalization (the style-transfer and GAN block): the
+/// gradient reaches the Conv weight through the per-sample statistics.
+#[test]
+fn conv_then_instance_norm_trains_the_conv() {
+    let mut n = Net::new(17, F32, 953);
+    let x = n.input("x", &[2, 2, 4, 4]);
+    let w = n.rand_weight("w", &[3, 2, 3, 3]);
+    n.node(
+        "Conv",
+        &[&x, &w],
+        &["c"],
+        vec![a_ints("pads", &[1, 1, 1, 1])],
+    );
+    let s = n.away_from_zero(3, 0.5);
+    let scale = n.weight("scale", &[3], s);
+    let bias = n.rand_weight("bias", &[3]);
+    n.node(
+        "InstanceNormalization",
+        &["c", &scale, &bias],
+        &["y"],
+        vec![],
+    );
+    check(&n, "y", &Check::mse(F32).with_fd(Fd::F32_SMOOTH));
 }
