@@ -1,11 +1,11 @@
-//! Finite-difference checks of Add, Sub, Mul, Div, Neg (`backward/elementwise.rs`) with broadcasting on both sides; f64 (tolerance 1e-6).
+//! Finite-difference checks of Add, Sub, Mul, Div, Neg, Sum, Mean (`backward/elementwise.rs`) with broadcasting on both sides; f64 (tolerance 1e-6), Mean f32 (ORT's Mean kernels are f32 only; linear, so `Fd::F32`'s 1e-3 holds).
 //!
 //! Harness, step and tolerance reasoning: `common/mod.rs` (`Fd`). f64 where
 //! ONNX Runtime has the f64 kernel (tolerance 1e-6), else f32 (1e-3).
 
 mod common;
 
-use common::{check, mse, Check, Net, F64};
+use common::{check, mse, Check, Net, F32, F64};
 
 /// `op(A, B)` with A a leaf and B a weight of the given shapes.
 fn binary_case(seed: u64, op: &str, a: &[usize], b: &[usize]) {
@@ -70,4 +70,37 @@ fn variadic_sum_with_broadcasting() {
     n.node("Sum", &[&a, &b, &c, &a], &["s"], vec![]);
     n.node("Mul", &["s", &a], &["y"], vec![]);
     mse(&n, "y");
+}
+
+/// Mean of four operands (one repeated) broadcasting against each other, at
+/// opset 8 forms kept by 13 and 21; all operands trainable.
+#[test]
+fn variadic_mean_with_broadcasting() {
+    for (seed, opset) in [(46, 13), (47, 21)] {
+        let mut n = Net::new(opset, F32, seed);
+        let a = n.rand_leaf("a", &[2, 3, 4]);
+        let b = n.rand_weight("b", &[4]);
+        let c = n.rand_weight("c", &[3, 1]);
+        let d = n.rand_weight("d", &[2, 1, 1]);
+        n.node("Mean", &[&a, &b, &c, &a, &d], &["y"], vec![]);
+        mse(&n, "y");
+    }
+    // One operand: Mean is the identity.
+    let mut n = Net::new(17, F32, 48);
+    let a = n.rand_leaf("a", &[3, 2]);
+    n.node("Mean", &[&a], &["y"], vec![]);
+    mse(&n, "y");
+}
+
+/// Sum at the ends of the opset range koala differentiates (11 and 21).
+#[test]
+fn variadic_sum_at_the_ends_of_the_opset_range() {
+    for (seed, opset) in [(49, 11), (50, 21)] {
+        let mut n = Net::new(opset, F64, seed);
+        let a = n.rand_leaf("a", &[2, 3]);
+        let b = n.rand_weight("b", &[3]);
+        n.node("Sum", &[&a, &b], &["s"], vec![]);
+        n.node("Mul", &["s", &a], &["y"], vec![]);
+        mse(&n, "y");
+    }
 }

@@ -49,7 +49,11 @@ fn erf_gelu_softplus_softsign_f32() {
     let any = |n: &mut Net| n.uniform(12, -2.5, 2.5);
     unary(810, 13, F32, "Erf", any);
     // Softplus and Softsign: f32 kernels only in ORT 1.31 too.
-    unary(814, 17, F32, "Softplus", any);
+    // Softplus at 17 and at both ends of koala's opset range (its versions
+    // are 1 and 22; nothing changed in between).
+    for (seed, opset) in [(814, 17), (816, 11), (817, 21)] {
+        unary(seed, opset, F32, "Softplus", any);
+    }
     let away = |n: &mut Net| n.away_from_zero(12, 0.2);
     unary(815, 17, F32, "Softsign", away);
     for (seed, approx) in [(811, "none"), (812, "tanh")] {

@@ -1,17 +1,20 @@
 //! Finite-difference checks of Where, Max and Min (`backward/where_.rs`):
 //! broadcasting condition and operands, the masked-attention form
 //! `Where(mask, −inf, scores)` feeding Softmax (zero gradient and no NaN at
-//! masked positions), and Max/Min of two and three operands.
+//! masked positions), Max/Min of two and three operands, and Max/Min ties
+//! against PyTorch (`torch.maximum`/`torch.minimum` split a tie equally;
+//! numbers from `tests/fixtures/pytorch_subgradients/make_reference.py`).
 //!
 //! Harness, step and tolerance reasoning: `common/mod.rs` (`Fd`). f64 nets
 //! (ORT has f64 Where/Max/Min/Softmax kernels): tolerance 1e-6.
 
 mod common;
 
-use common::{check, mse, Check, Net, F64};
+use common::{check, mse, Check, Labels, Net, Run, F64};
 use koala_graph::attrs::{a_int, a_tensor};
 use koala_graph::proto::DataType;
 use koala_graph::proto::TensorProto;
+use koala_graph::LossSpec;
 
 /// A bool Constant node of the given shape and values.
 fn bool_const(n: &mut Net, name: &str, shape: &[i64], values: &[bool]) -> String {
@@ -110,5 +113,64 @@ fn max_and_min_of_two_and_three_operands() {
         let c = n.weight("c", &[1, 3], vec![0.875, -0.875, 0.0]);
         n.node(op, &[&a, &b, &c], &["y"], vec![]);
         mse(&n, "y");
+    }
+}
+
+/// Exact ties: `torch.maximum(a, b)` / `torch.minimum` give each of two
+/// equal operands half the output gradient (PyTorch's local derivatives for
+/// a = [1, 0.5, −0.25], b = [1, 0.25, −0.25]: Max dA = [0.5, 1, 0.5],
+/// dB = [0.5, 0, 0.5]; Min dA = [0.5, 0, 0.5], dB = [0.5, 1, 0.5]).
+/// Finite differences cannot judge a tie, so the gradients are compared
+/// with those numbers times the MSE's dL/dy = 2(y − t)/N (tolerance 1e-12:
+/// f64, one multiplication).
+#[test]
+fn max_and_min_ties_split_the_gradient_like_pytorch() {
+    let cases = [
+        ("Max", [0.5, 1.0, 0.5], [0.5, 0.0, 0.5]),
+        ("Min", [0.5, 0.0, 0.5], [0.5, 1.0, 0.5]),
+    ];
+    for (seed, (op, want_a, want_b)) in (707..).zip(cases) {
+        let mut n = Net::new(13, F64, seed);
+        let a = n.weight("a", &[3], vec![1.0, 0.5, -0.25]);
+        let b = n.weight("b", &[3], vec![1.0, 0.25, -0.25]);
+        n.node(op, &[&a, &b], &["y"], vec![]);
+        let graph = koala_graph::build(&n.model("y"), &n.spec(LossSpec::MeanSquaredError))
+            .unwrap_or_else(|e| panic!("build failed: {e:#}"));
+        let mut run = Run::new(&n, &graph, &Labels::RandomTargets, 7);
+        let w = run.weights.clone();
+        let e = run.eval(&w);
+        let dy: Vec<f64> = e
+            .model_output
+            .iter()
+            .zip(&run.targets)
+            .map(|(y, t)| 2.0 * (y - t) / 3.0)
+            .collect();
+        for (name, want) in [("a", want_a), ("b", want_b)] {
+            let k = w.iter().position(|t| t.name == name).expect("weight");
+            for i in 0..3 {
+                let (g, expect) = (e.grads[k][i], want[i] * dy[i]);
+                assert!(
+                    (g - expect).abs() <= 1e-12 * dy[i].abs().max(1e-12),
+                    "{op}: d{name}[{i}] = {g}, PyTorch's split gives {expect}"
+                );
+            }
+        }
+    }
+}
+
+/// Max and Min across the opsets the table claims (11 is the first with a
+/// float Equal, 21 the last koala supports), with broadcasting.
+#[test]
+fn max_and_min_at_the_ends_of_the_opset_range() {
+    for (seed, opset) in [(720, 11), (721, 21)] {
+        for op in ["Max", "Min"] {
+            let mut n = Net::new(opset, F64, seed);
+            // As above: values that let every operand win somewhere.
+            let a = n.rand_leaf("a", &[2, 3]);
+            let b = n.weight("b", &[3], vec![1.5, -1.5, 1.5]);
+            let c = n.weight("c", &[2, 1], vec![0.875, -0.875]);
+            n.node(op, &[&a, &b, &c], &["y"], vec![]);
+            mse(&n, "y");
+        }
     }
 }

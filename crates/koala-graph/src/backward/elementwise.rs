@@ -1,12 +1,18 @@
-//! Gradients of broadcasting arithmetic: Add, Sub, Mul, Div, Neg, Sum.
+//! Gradients of broadcasting arithmetic: Add, Sub, Mul, Div, Neg, Sum, Mean.
 //!
 //! Each operand's gradient is the output gradient (times the other operand's
 //! local derivative) summed back over the axes it was broadcast along.
+//! Sum(X₁…Xₙ): dXᵢ = unbroadcast(dY); Mean(X₁…Xₙ) = Sum/n:
+//! dXᵢ = unbroadcast(dY/n). No subgradient choices.
 //!
 //! Spec: https://onnx.ai/onnx/operators/onnx__Add.html, …/onnx__Sub.html,
-//! …/onnx__Mul.html, …/onnx__Div.html, …/onnx__Neg.html, …/onnx__Sum.html.
-//! Opsets: multidirectional broadcasting from 7 (Sum from 8); later versions
-//! changed only the type lists.
+//! …/onnx__Mul.html, …/onnx__Div.html, …/onnx__Neg.html, …/onnx__Sum.html,
+//! …/onnx__Mean.html.
+//! Opsets: multidirectional broadcasting from 7, Sum and Mean from 8 (their
+//! version 6 has no broadcasting: all inputs the same shape). The table
+//! starts Sum and Mean at 8, the broadcasting form the tests cover; models
+//! of opset 7–10 are upgraded to 17 before differentiation anyway. Later
+//! versions (13) changed only the type lists.
 //!
 //! Tests: `crates/koala-graph/tests/fd_elementwise.rs`.
 
@@ -100,6 +106,21 @@ pub fn sum(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
         if r.need(i) {
             let t = ctx.shape(r.input(i))?;
             *slot = Some(ctx.unbroadcast(&dy, &t)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Y = (X₁ + … + Xₙ)/n (variadic, broadcasting): dXᵢ = unbroadcast(dY/n).
+pub fn mean(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
+    let dy = r.dy0()?.to_string();
+    let k = ctx.scalar_like(1.0 / r.node.input.len() as f64, &dy)?;
+    let share = ctx.binary("Mul", &dy, &k)?;
+    let mut out = r.none();
+    for (i, slot) in out.iter_mut().enumerate() {
+        if r.need(i) {
+            let t = ctx.shape(r.input(i))?;
+            *slot = Some(ctx.unbroadcast(&share, &t)?);
         }
     }
     Ok(out)

@@ -27,20 +27,22 @@ use super::{norm_axis, GradCtx, RuleInput};
 use crate::attrs;
 use anyhow::Result;
 
-/// μ, r and x̂ of X over `axes`, with N.
-struct Stats {
-    r: String,
-    xhat: String,
-    n: usize,
+/// μ, r and x̂ of X over `axes`, with N (shared with `instancenorm.rs`).
+pub(super) struct Stats {
+    pub(super) r: String,
+    pub(super) xhat: String,
+    pub(super) n: usize,
 }
 
-fn mean(ctx: &mut GradCtx, x: &str, axes: &[i64], n: usize) -> Result<String> {
+/// Mean of `x` over `axes`, kept as size-1 axes (ReduceSum · 1/N).
+pub(super) fn mean(ctx: &mut GradCtx, x: &str, axes: &[i64], n: usize) -> Result<String> {
     let s = ctx.reduce_sum(x, axes, true)?;
     let k = ctx.scalar_like(1.0 / n as f64, x)?;
     ctx.binary("Mul", &s, &k)
 }
 
-fn stats(ctx: &mut GradCtx, x: &str, axes: &[i64], eps: f64) -> Result<Stats> {
+/// Recomputes the statistics of `x` over `axes` with variance epsilon `eps`.
+pub(super) fn stats(ctx: &mut GradCtx, x: &str, axes: &[i64], eps: f64) -> Result<Stats> {
     let xs = ctx.shape(x)?;
     let n: usize = axes.iter().map(|&a| xs[a as usize]).product();
     let mu = mean(ctx, x, axes, n)?;
@@ -54,6 +56,23 @@ fn stats(ctx: &mut GradCtx, x: &str, axes: &[i64], eps: f64) -> Result<Stats> {
     let r = ctx.emit_shaped("Reciprocal", &[&sd], vec![], dt, shape);
     let xhat = ctx.binary("Mul", &xc, &r)?;
     Ok(Stats { r, xhat, n })
+}
+
+/// dX = r·(g − mean(g) − x̂·mean(g·x̂)) for g = dY·γ: the gradient of X
+/// through x̂ (shared with `instancenorm.rs`).
+pub(super) fn normalized_input_grad(
+    ctx: &mut GradCtx,
+    g: &str,
+    st: &Stats,
+    axes: &[i64],
+) -> Result<String> {
+    let m1 = mean(ctx, g, axes, st.n)?;
+    let gx = ctx.binary("Mul", g, &st.xhat)?;
+    let m2 = mean(ctx, &gx, axes, st.n)?;
+    let c = ctx.binary("Sub", g, &m1)?;
+    let xm2 = ctx.binary("Mul", &st.xhat, &m2)?;
+    let c = ctx.binary("Sub", &c, &xm2)?;
+    ctx.binary("Mul", &c, &st.r)
 }
 
 /// `g` cast to `like`'s element type: Mean and InvStdDev have the stash
@@ -99,13 +118,7 @@ pub fn layer_norm(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>
         }
         if r.need(0) {
             let g = ctx.binary("Mul", dy, r.input(1))?;
-            let m1 = mean(ctx, &g, &axes, st.n)?;
-            let gx = ctx.binary("Mul", &g, &st.xhat)?;
-            let m2 = mean(ctx, &gx, &axes, st.n)?;
-            let c = ctx.binary("Sub", &g, &m1)?;
-            let xm2 = ctx.binary("Mul", &st.xhat, &m2)?;
-            let c = ctx.binary("Sub", &c, &xm2)?;
-            dx_parts.push(ctx.binary("Mul", &c, &st.r)?);
+            dx_parts.push(normalized_input_grad(ctx, &g, &st, &axes)?);
         }
     }
     if r.need(0) {

@@ -8,8 +8,9 @@
 //! an opset range) and tract's `register_all_ops`: a flat, greppable list.
 
 use super::{
-    activation, batchnorm, concat_split, conv, einsum, elementwise, gather, gemm, layernorm, math,
-    matmul, pool, reduce, shape_ops, slice_pad, softmax, tile_expand, where_, Rule,
+    activation, batchnorm, concat_split, conv, einsum, elementwise, gather, gemm, instancenorm,
+    layernorm, lrn, math, matmul, pool, reduce, shape_ops, slice_pad, softmax, tile_expand, where_,
+    Rule,
 };
 use crate::proto::NodeProto;
 
@@ -64,11 +65,15 @@ pub const RULES: &[RuleEntry] = &[
     r("Div", elementwise::div, 7, "elementwise", "broadcasting"),
     r("Neg", elementwise::neg, 6, "elementwise", ""),
     r("Sum", elementwise::sum, 8, "elementwise", "variadic, broadcasting"),
+    r("Mean", elementwise::mean, 8, "elementwise", "variadic, broadcasting"),
     r("Where", where_::where_, 9, "where_", "the condition is data"),
-    r("Max", where_::max, 11, "where_", "ties share the gradient equally"),
-    r("Min", where_::min, 11, "where_", "ties share the gradient equally"),
+    r("Max", where_::max, 11, "where_", "variadic, broadcasting; ties share the gradient equally"),
+    r("Min", where_::min, 11, "where_", "variadic, broadcasting; ties share the gradient equally"),
     r("Relu", activation::relu, 6, "activation", ""),
     r("LeakyRelu", activation::leaky_relu, 6, "activation", ""),
+    r("PRelu", activation::prelu, 7, "activation", "slope trainable, broadcast to X"),
+    r("Elu", activation::elu, 6, "activation", ""),
+    r("Selu", activation::selu, 6, "activation", ""),
     r("Clip", activation::clip, 6, "activation", ""),
     r("Sigmoid", activation::sigmoid, 6, "activation", ""),
     r("HardSigmoid", activation::hard_sigmoid, 6, "activation", ""),
@@ -90,6 +95,8 @@ pub const RULES: &[RuleEntry] = &[
     r("LogSoftmax", softmax::log_softmax, 1, "softmax", ""),
     r("BatchNormalization", batchnorm::batch_norm, 9, "batchnorm", "frozen statistics"),
     r("LayerNormalization", layernorm::layer_norm, 17, "layernorm", "Y, Mean and InvStdDev outputs"),
+    r("InstanceNormalization", instancenorm::instance_norm, 6, "instancenorm", "scale and B trainable"),
+    r("LRN", lrn::lrn, 1, "lrn", "odd size on NCHW (what ORT runs)"),
     r("MaxPool", pool::max_pool, 1, "pool", ""),
     r("AveragePool", pool::average_pool, 1, "pool", ""),
     r("GlobalAveragePool", pool::global_average_pool, 1, "pool", ""),

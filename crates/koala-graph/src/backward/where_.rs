@@ -4,17 +4,25 @@
 //! dX₂ = unbroadcast(dY·¬C); the condition is data and never differentiated.
 //! A masked attention score `Where(mask, −inf, s)` therefore passes exactly
 //! zero to the masked `s` (and Softmax already sends zero there).
-//! `Y = Max(X₁…Xₙ)` (and Min): dXᵢ = unbroadcast(dY·[Xᵢ = Y] / #{j: Xⱼ = Y}),
-//! i.e. ties share the gradient equally (PyTorch's convention for
-//! `torch.maximum`/`amax`).
+//! `Y = Max(X₁…Xₙ)` (and Min): dXᵢ = unbroadcast(dY·[Xᵢ = Y] / #{j: Xⱼ = Y}).
+//!
+//! Subgradient at ties: the k operands equal to the output share the
+//! gradient equally (1/k each). This is PyTorch's convention for
+//! `torch.maximum`/`torch.minimum` of two tensors (and `amax`): a tie gives
+//! each side ½, checked with torch 2 in
+//! `tests/fixtures/pytorch_subgradients/make_reference.py` and held in
+//! `tests/fd_where.rs`. (A chain of binary `torch.maximum` exported as one
+//! variadic Max would split a three-way tie ¼, ¼, ½; the variadic op has no
+//! order to follow, so koala splits it evenly.)
 //!
 //! Spec: https://onnx.ai/onnx/operators/onnx__Where.html,
 //! https://onnx.ai/onnx/operators/onnx__Max.html,
 //! https://onnx.ai/onnx/operators/onnx__Min.html.
-//! Opsets: Where 9/16 (16 adds bfloat16), Max/Min 8/12/13 (types only);
-//! every version has multidirectional broadcasting, so one rule serves all;
-//! the Max/Min rule compares floats with Equal, which accepts floats from
-//! opset 11 on (the table says 11).
+//! Opsets: Where 9/16 (16 adds bfloat16); Max/Min 6 (no broadcasting),
+//! 8 (multidirectional broadcasting), 12/13 (types only), so one rule serves
+//! 8–21; it compares floats with Equal, which accepts floats from opset 11
+//! on, so the table says 11 (models of opset 7–10 are upgraded to 17 before
+//! differentiation).
 //!
 //! Tests: `crates/koala-graph/tests/fd_where.rs`.
 
