@@ -219,6 +219,7 @@ fn ort_mismatch(c: &Case, seed: u64) -> Result<(), String> {
     };
     let mats = interpolation_matrices(
         &node,
+        c.opset,
         &c.x,
         &yshape,
         to64(&c.scales).as_deref(),
@@ -257,7 +258,6 @@ fn all_match_ort(cases: &[Case], seed: u64) {
         .iter()
         .enumerate()
         .filter_map(|(k, c)| ort_mismatch(c, seed + k as u64).err())
-        .filter(|e| !e.contains("within float rounding of a nearest_mode tie"))
         .collect();
     assert!(
         failures.is_empty(),
@@ -322,14 +322,6 @@ fn matrices_match_ort_for_every_mode_and_coordinate_transformation() {
     }
     assert_eq!(all.len(), 7 * 7 * 5);
     all_match_ort(&all, 0);
-    // The cases koala refuses, and only those, are near a rounding tie
-    // (where ORT's nearest kernel was seen to disagree with its formula).
-    let refused: Vec<String> = all
-        .iter()
-        .filter_map(|c| ort_mismatch(c, 0).err())
-        .filter(|e| e.contains("within float rounding of a nearest_mode tie"))
-        .collect();
-    assert!(refused.len() <= 10, "{}", refused.join("\n"));
 }
 
 /// Other layouts and ranks ORT's kernels take: NHWC linear, 5-D trilinear,
@@ -672,6 +664,7 @@ fn unsupported_attribute_values_name_node_attribute_and_value() {
         };
         let e = interpolation_matrices(
             &node,
+            13,
             &[1, 1, 2, 2],
             &[1, 1, 4, 4],
             Some(&[1.0, 1.0, 2.0, 2.0]),

@@ -8,10 +8,12 @@
 //! never on X. So `dX = dY ×ₐ Aₐᵀ`, axis after axis (the products along
 //! different axes commute). [`interpolation_matrices`] builds the Aₐ at
 //! graph-build time from the probed shapes with ONNX Runtime's own formulas
-//! (coordinates in f32 as ORT computes them, its nearest rounding, its
-//! clamping of linear/cubic taps to the border), so the gradient is exactly
-//! that of the forward ORT runs; `tests/fd_resize.rs` pins every matrix to
-//! ORT's Resize output.
+//! (coordinates in f32 as ORT computes them, its clamping of linear/cubic
+//! taps to the border), so the gradient is exactly that of the forward ORT
+//! runs; `tests/fd_resize.rs` pins every matrix to ORT's Resize output.
+//! Nearest picks are read from ORT itself, by running the node once on a
+//! probe tensor of indices: near rounding ties ORT's nearest kernel does not
+//! follow its own f32 coordinate formula (see [`nearest_picks`]).
 //!
 //! Where ORT's kernel differs from the ONNX reference implementation and koala
 //! follows ORT: an axis whose scale is exactly 1 is the identity whatever the
@@ -108,14 +110,6 @@ enum Transform {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Rounding {
-    RoundPreferFloor,
-    RoundPreferCeil,
-    Floor,
-    Ceil,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
 enum Policy {
     Stretch,
     NotLarger,
@@ -126,7 +120,6 @@ enum Policy {
 struct Attrs {
     mode: Mode,
     transform: Transform,
-    rounding: Rounding,
     cubic_a: f32,
     exclude_outside: bool,
     /// The resized axes (the `axes` attribute, normalised; all axes without it).
@@ -166,20 +159,17 @@ fn parse_attrs(node: &NodeProto, rank: usize) -> Result<Attrs> {
             ))
         }
     };
-    let rounding = match attrs::string(node, "nearest_mode", "round_prefer_floor").as_str() {
-        "round_prefer_floor" => Rounding::RoundPreferFloor,
-        "round_prefer_ceil" => Rounding::RoundPreferCeil,
-        "floor" => Rounding::Floor,
-        "ceil" => Rounding::Ceil,
-        other => {
-            return Err(unsupported(
-                node,
-                "nearest_mode",
-                other,
-                "round_prefer_floor, round_prefer_ceil, floor, ceil",
-            ))
-        }
-    };
+    let nearest_mode = attrs::string(node, "nearest_mode", "round_prefer_floor");
+    if !["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
+        .contains(&nearest_mode.as_str())
+    {
+        return Err(unsupported(
+            node,
+            "nearest_mode",
+            &nearest_mode,
+            "round_prefer_floor, round_prefer_ceil, floor, ceil",
+        ));
+    }
     let antialias = attrs::int(node, "antialias", 0);
     if antialias != 0 {
         bail!(
@@ -222,7 +212,6 @@ fn parse_attrs(node: &NodeProto, rank: usize) -> Result<Attrs> {
     Ok(Attrs {
         mode,
         transform,
-        rounding,
         cubic_a: attrs::float(node, "cubic_coeff_a", -0.75),
         exclude_outside: attrs::int(node, "exclude_outside", 0) != 0,
         axes,
@@ -313,12 +302,15 @@ fn axis_roi(
     Ok(out)
 }
 
-/// The interpolation matrices of a Resize node whose input X has shape `x`
-/// and output Y shape `y` (as ORT computes them): `Y = X ×ₐ Aₐ` over the
-/// returned axes, the identity along all others. `scales`, `sizes` and `roi`
-/// are the values of those inputs (None or empty when absent).
+/// The interpolation matrices of a Resize node (default-domain `opset`)
+/// whose input X has shape `x` and output Y shape `y` (as ORT computes them):
+/// `Y = X ×ₐ Aₐ` over the returned axes, the identity along all others.
+/// `scales`, `sizes` and `roi` are the values of those inputs (None or empty
+/// when absent). Linear and cubic weights follow ORT's formulas; nearest
+/// picks are read from ORT itself (see [`nearest_picks`]).
 pub fn interpolation_matrices(
     node: &NodeProto,
+    opset: i64,
     x: &[usize],
     y: &[usize],
     scales: Option<&[f64]>,
@@ -338,19 +330,220 @@ pub fn interpolation_matrices(
     }
     let s = axis_scales(node, &a, x, scales, sizes)?;
     let r = axis_roi(node, &a, x.len(), roi)?;
+    let resized: Vec<usize> = (0..x.len())
+        .filter(|&ax| !(s[ax] == 1.0 && x[ax] == y[ax]))
+        .collect();
+    let picks = if a.mode == Mode::Nearest {
+        Some(nearest_picks(
+            node, opset, &a, x, y, &resized, scales, sizes, roi,
+        )?)
+    } else {
+        None
+    };
     let mut out = Vec::new();
-    for ax in 0..x.len() {
-        if s[ax] == 1.0 && x[ax] == y[ax] {
-            continue;
-        }
+    for (k, &ax) in resized.iter().enumerate() {
+        let weights = match &picks {
+            Some(p) => one_hot_rows(&p[k], x[ax]),
+            None => axis_weights(&a, x[ax], y[ax], s[ax], r[ax]),
+        };
         out.push(AxisMatrix {
             axis: ax,
             input: x[ax],
             output: y[ax],
-            weights: axis_weights(node, &a, x[ax], y[ax], s[ax], r[ax])?,
+            weights,
         });
     }
     Ok(out)
+}
+
+/// Rows one-hot at each pick (None: an extrapolated output, a zero row).
+fn one_hot_rows(picks: &[Option<usize>], inp: usize) -> Vec<f64> {
+    let mut w = vec![0.0; picks.len() * inp];
+    for (o, p) in picks.iter().enumerate() {
+        if let Some(i) = p {
+            w[o * inp + i] = 1.0;
+        }
+    }
+    w
+}
+
+/// For every resized axis, the input index ORT's nearest kernel picks for
+/// each output index (None where tf_crop_and_resize extrapolates).
+///
+/// Read from ORT rather than recomputed: near a rounding tie (a coordinate
+/// within f32 rounding of a half-integer, or of an integer for floor/ceil)
+/// ORT 1.31's nearest kernel was measured to disagree with its own f32
+/// coordinate formula (e.g. half_pixel_symmetric at scale 0.6 gives 0.5000002
+/// for output 0, yet round_prefer_floor picks pixel 0, and sizes 1 of 7 with
+/// tf_half_pixel_for_nn). So koala runs the node once on a probe tensor whose
+/// values are their own flat index: the probe keeps X's resized axes and
+/// shrinks the others to 1 (their scale is exactly 1, the identity in ORT),
+/// so it holds ∏ of the resized input lengths values.
+#[allow(clippy::too_many_arguments)]
+fn nearest_picks(
+    node: &NodeProto,
+    opset: i64,
+    a: &Attrs,
+    x: &[usize],
+    y: &[usize],
+    resized: &[usize],
+    scales: Option<&[f64]>,
+    sizes: Option<&[i64]>,
+    roi: Option<&[f64]>,
+) -> Result<Vec<Vec<Option<usize>>>> {
+    let rank = x.len();
+    let p: Vec<usize> = (0..rank)
+        .map(|ax| if resized.contains(&ax) { x[ax] } else { 1 })
+        .collect();
+    let q: Vec<usize> = (0..rank)
+        .map(|ax| if resized.contains(&ax) { y[ax] } else { 1 })
+        .collect();
+    let n: usize = p.iter().product();
+    if n > 1 << 24 {
+        bail!(
+            "Resize node '{}': the resized axes of its input hold {n} values per channel, more than koala's nearest-mode probe handles (2^24)",
+            node.name
+        );
+    }
+    let sizes: Option<Vec<i64>> = sizes.filter(|v| !v.is_empty()).map(|v| {
+        a.axes
+            .iter()
+            .zip(v)
+            .map(|(&ax, &s)| if resized.contains(&ax) { s } else { 1 })
+            .collect()
+    });
+    let scales: Option<Vec<f32>> = scales
+        .filter(|v| !v.is_empty())
+        .map(|v| v.iter().map(|&f| f as f32).collect());
+    let roi: Option<Vec<f32>> = roi
+        .filter(|v| !v.is_empty())
+        .map(|v| v.iter().map(|&f| f as f32).collect());
+    let model = probe_model(node, opset, &p, roi, scales, sizes);
+    let bytes = prost::Message::encode_to_vec(&model);
+    let opts = koala_runtime::SessionOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    };
+    let ort_failed = |e: koala_runtime::Error| {
+        anyhow!(
+            "Resize node '{}': ONNX Runtime could not run the node on koala's nearest-mode probe: {e}",
+            node.name
+        )
+    };
+    let mut session = koala_runtime::Session::from_bytes(&bytes, &opts).map_err(ort_failed)?;
+    let iota: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let out = session
+        .run(&[("x", koala_runtime::TensorView::f32(&iota, &p))])
+        .map_err(ort_failed)?;
+    let got = out[0].as_f32().unwrap_or_default();
+    if out[0].shape != q {
+        bail!(
+            "Resize node '{}': koala's nearest-mode probe gave shape {:?}, expected {q:?} (internal)",
+            node.name,
+            out[0].shape
+        );
+    }
+    let strides = |shape: &[usize]| -> Vec<usize> {
+        let mut st = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            st[i] = st[i + 1] * shape[i + 1];
+        }
+        st
+    };
+    let (sp, sq) = (strides(&p), strides(&q));
+    Ok(resized
+        .iter()
+        .map(|&ax| {
+            (0..q[ax])
+                .map(|o| {
+                    let v = got[o * sq[ax]];
+                    (v >= 0.0).then(|| (v as usize / sp[ax]) % p[ax])
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// A one-node model: the Resize node on input `x` of shape `p`, its
+/// extrapolation value −1 (marks extrapolated outputs; indices are ≥ 0).
+fn probe_model(
+    node: &NodeProto,
+    opset: i64,
+    p: &[usize],
+    roi: Option<Vec<f32>>,
+    scales: Option<Vec<f32>>,
+    sizes: Option<Vec<i64>>,
+) -> crate::proto::ModelProto {
+    use crate::proto::{GraphProto, ModelProto, OperatorSetIdProto};
+    let mut inits = Vec::new();
+    let mut input = vec!["x".to_string()];
+    let required = opset < 13;
+    for (name, v) in [("roi", roi), ("scales", scales)] {
+        match v {
+            Some(v) => inits.push(crate::tensor::from_f32(name, &[v.len() as i64], &v)),
+            None if required => inits.push(crate::tensor::from_f32(name, &[0], &[])),
+            None => {
+                input.push(String::new());
+                continue;
+            }
+        }
+        input.push(name.into());
+    }
+    if let Some(s) = sizes {
+        inits.push(crate::tensor::from_i64("sizes", &[s.len() as i64], &s));
+        input.push("sizes".into());
+    }
+    while input.last().is_some_and(|i| i.is_empty()) {
+        input.pop();
+    }
+    let mut attribute: Vec<_> = node
+        .attribute
+        .iter()
+        .filter(|a| a.name != "extrapolation_value")
+        .cloned()
+        .collect();
+    attribute.push(attrs::a_float("extrapolation_value", -1.0));
+    let resize = NodeProto {
+        name: "koala_nearest_probe".into(),
+        op_type: "Resize".into(),
+        input,
+        output: vec!["y".into()],
+        attribute,
+        ..Default::default()
+    };
+    let float_out = crate::proto::ValueInfoProto {
+        name: "y".into(),
+        r#type: Some(crate::proto::TypeProto {
+            value: Some(crate::proto::type_proto::Value::TensorType(
+                crate::proto::type_proto::Tensor {
+                    elem_type: crate::proto::DataType::Float as i32,
+                    shape: None,
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(GraphProto {
+            name: "koala_nearest_probe".into(),
+            node: vec![resize],
+            initializer: inits,
+            input: vec![crate::training::value_info(
+                "x",
+                crate::proto::DataType::Float,
+                p,
+            )],
+            output: vec![float_out],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// ORT's coordinate of output index `o` in the input (f32 arithmetic as in
@@ -397,22 +590,6 @@ fn original_coordinate(
     }
 }
 
-/// ORT's nearest pixel (before clamping).
-fn nearest_pixel(r: Rounding, x: f32) -> i64 {
-    match r {
-        Rounding::RoundPreferFloor => {
-            if x == (x as i64) as f32 + 0.5 {
-                x.floor() as i64
-            } else {
-                x.round() as i64
-            }
-        }
-        Rounding::RoundPreferCeil => x.round() as i64,
-        Rounding::Floor => x.floor() as i64,
-        Rounding::Ceil => x.ceil() as i64,
-    }
-}
-
 /// Keys' cubic convolution weights of the taps at −1, 0, 1, 2 from ⌊x⌋ for
 /// fraction `s` (ORT's `GetCubicCoeffs`, f32).
 fn cubic_coeffs(s: f32, a: f32) -> [f32; 4] {
@@ -422,30 +599,8 @@ fn cubic_coeffs(s: f32, a: f32) -> [f32; 4] {
     [far(s + 1.0), near(s), near(1.0 - s), far(2.0 - s)]
 }
 
-/// Is `x` within f32 rounding of a nearest-rounding boundary (a
-/// half-integer for the round_* modes, an integer for floor and ceil)
-/// without lying exactly on it? There ORT's nearest kernel was measured to
-/// pick either neighbour (ORT 1.31: half_pixel_symmetric at scale 0.6 puts
-/// output 0 at 0.5000002 by its own f32 formula and still picks pixel 0
-/// under round_prefer_floor), so the matrix would be a guess.
-fn near_rounding_tie(r: Rounding, x: f32) -> bool {
-    let boundary = match r {
-        Rounding::RoundPreferFloor | Rounding::RoundPreferCeil => (x - 0.5).round() + 0.5,
-        Rounding::Floor | Rounding::Ceil => x.round(),
-    };
-    let d = (x - boundary).abs();
-    d > 0.0 && d <= x.abs().max(1.0) * f32::EPSILON * 8.0
-}
-
-/// Row-major [out, inp] weights of one axis.
-fn axis_weights(
-    node: &NodeProto,
-    a: &Attrs,
-    inp: usize,
-    out: usize,
-    scale: f32,
-    roi: (f32, f32),
-) -> Result<Vec<f64>> {
+/// Row-major [out, inp] weights of one axis in linear or cubic mode.
+fn axis_weights(a: &Attrs, inp: usize, out: usize, scale: f32, roi: (f32, f32)) -> Vec<f64> {
     let mut w = vec![0.0f64; out * inp];
     let last = inp as i64 - 1;
     for o in 0..out {
@@ -457,17 +612,8 @@ fn axis_weights(
         }
         let row = &mut w[o * inp..(o + 1) * inp];
         match a.mode {
-            Mode::Nearest => {
-                if near_rounding_tie(a.rounding, x) {
-                    bail!(
-                        "Resize node '{}': output {o} of an axis of length {out} (input {inp}, scale {scale}) samples input coordinate {x}, within float rounding of a nearest_mode tie, where ONNX Runtime's nearest kernel does not follow its own coordinate formula reproducibly; koala cannot tell which pixel it picks. Use scales or sizes whose sampling points are not ties (e.g. integer factors), mode = 'linear', or freeze the weights before this Resize",
-                        node.name
-                    );
-                }
-                let i = nearest_pixel(a.rounding, x).clamp(0, last);
-                row[i as usize] = 1.0;
-            }
-            Mode::Linear => {
+            // Nearest never gets here: its picks come from `nearest_picks`.
+            Mode::Linear | Mode::Nearest => {
                 let v = x.min(last as f32).max(0.0);
                 let i1 = (v as i64).min(last);
                 let i2 = (i1 + 1).min(last);
@@ -500,7 +646,7 @@ fn axis_weights(
             }
         }
     }
-    Ok(w)
+    w
 }
 
 /// The values of a float parameter input (None when the input is absent).
@@ -552,6 +698,7 @@ pub fn resize(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
     };
     let mats = interpolation_matrices(
         r.node,
+        ctx.opset(),
         &xs,
         &ys,
         scales.as_deref(),
