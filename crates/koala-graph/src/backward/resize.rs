@@ -36,9 +36,16 @@
 //! Supported: modes nearest (round_prefer_floor, round_prefer_ceil, floor,
 //! ceil), linear and cubic (cubic_coeff_a, exclude_outside); every coordinate
 //! transformation (tf_crop_and_resize: extrapolated outputs are constants with
-//! zero gradient); scales or sizes, constant or computed from shapes (the
-//! probe reads them); axes; keep_aspect_ratio_policy. Not supported:
-//! antialias = 1 (a clear error naming node, attribute and value).
+//! zero gradient); scales or sizes, constant or computed in the graph (the
+//! probe reads their values); axes; keep_aspect_ratio_policy. Not supported:
+//! antialias = 1 (a clear error naming node, attribute and value); a weight
+//! feeding roi/scales (an error naming the input).
+//!
+//! Outside this rule (measured with ORT 1.31): with tf_crop_and_resize, ONNX
+//! shape inference scales the output length by the roi's extent (in f32)
+//! while ORT's kernel uses floor(in·scale), so unless both agree (roi extent
+//! 1, scales exact in binary) ORT refuses to load the training graph; and
+//! ORT's kernel ignores keep_aspect_ratio_policy when `axes` are negative.
 //!
 //! Spec: https://onnx.ai/onnx/operators/onnx__Resize.html
 //! Tests: `crates/koala-graph/tests/fd_resize.rs`.
