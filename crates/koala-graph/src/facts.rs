@@ -31,6 +31,9 @@ pub const MAX_KEPT_INTS: usize = 64;
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
     values: HashMap<String, ValueFact>,
+    /// Values of small float tensors that rules read as parameters (Resize's
+    /// `scales` and `roi`): constants, and values the probe computed.
+    floats: HashMap<String, Vec<f64>>,
 }
 
 impl Facts {
@@ -42,6 +45,16 @@ impl Facts {
     /// The fact for a value, if known.
     pub fn get(&self, name: &str) -> Option<&ValueFact> {
         self.values.get(name)
+    }
+
+    /// Records the values of a small float tensor.
+    pub fn insert_floats(&mut self, name: &str, values: Vec<f64>) {
+        self.floats.insert(name.to_string(), values);
+    }
+
+    /// The values of a small float tensor, if known.
+    pub fn floats(&self, name: &str) -> Option<&[f64]> {
+        self.floats.get(name).map(|v| v.as_slice())
     }
 
     /// Number of values with facts.

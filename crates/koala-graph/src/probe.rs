@@ -23,6 +23,7 @@ pub fn static_facts(model: &Model, inputs: &InputShapes) -> Result<Facts> {
     let g = model.graph();
     for t in &g.initializer {
         facts.insert(&t.name, fact_of_tensor(t)?);
+        keep_small_floats(&mut facts, &t.name, t);
     }
     for n in g.node.iter().filter(|n| n.op_type == "Constant") {
         if let Some(t) = n
@@ -32,6 +33,7 @@ pub fn static_facts(model: &Model, inputs: &InputShapes) -> Result<Facts> {
             .and_then(|a| a.t.as_ref())
         {
             facts.insert(&n.output[0], fact_of_tensor(t)?);
+            keep_small_floats(&mut facts, &n.output[0], t);
         }
     }
     for i in &g.input {
@@ -48,6 +50,27 @@ pub fn static_facts(model: &Model, inputs: &InputShapes) -> Result<Facts> {
         }
     }
     Ok(facts)
+}
+
+/// Small float constants keep their values (Resize's `scales` and `roi`
+/// decide its interpolation weights, which its gradient rule rebuilds).
+fn keep_small_floats(facts: &mut Facts, name: &str, t: &TensorProto) {
+    if tensor::numel(&t.dims) <= MAX_KEPT_INTS {
+        if let Ok(v) = tensor::to_f32(t) {
+            facts.insert_floats(name, v.into_iter().map(f64::from).collect());
+        }
+    }
+}
+
+/// Values read as Resize's `roi` or `scales` (inputs 1 and 2): the probe
+/// fetches them when the graph computes them.
+fn resize_parameters(g: &crate::proto::GraphProto) -> std::collections::HashSet<&str> {
+    g.node
+        .iter()
+        .filter(|n| n.op_type == "Resize")
+        .flat_map(|n| n.input.iter().skip(1).take(2))
+        .map(|s| s.as_str())
+        .collect()
 }
 
 fn fact_of_tensor(t: &TensorProto) -> Result<ValueFact> {
@@ -144,6 +167,7 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
     let pg = probe.graph.as_mut().unwrap();
     pg.output.clear();
     let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (value, shape output, keep ints)
+    let float_params = resize_parameters(model.graph());
     for (k, v) in values.iter().enumerate() {
         let sname = format!("koala_probe_shape_{k}");
         pg.node.push(NodeProto {
@@ -158,7 +182,7 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
             ..Default::default()
         });
         let is_int = dtypes.get(v) == Some(&DataType::Int64);
-        if is_int {
+        if is_int || float_params.contains(v.as_str()) {
             pg.output.push(ValueInfoProto {
                 name: v.clone(),
                 ..Default::default()
@@ -211,6 +235,15 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
         } else {
             None
         };
+        if let Some(t) = by_name.get(v.as_str()).filter(|_| !is_int) {
+            let floats = t
+                .as_f32()
+                .map(|x| x.iter().map(|&f| f as f64).collect::<Vec<f64>>())
+                .or_else(|| t.as_f64().map(|x| x.to_vec()));
+            if let Some(f) = floats.filter(|f| f.len() <= MAX_KEPT_INTS) {
+                facts.insert_floats(&v, f);
+            }
+        }
         let dtype = dtypes.get(&v).copied().unwrap_or(DataType::Undefined);
         facts.insert(&v, ValueFact { dtype, shape, ints });
     }

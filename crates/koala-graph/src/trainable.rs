@@ -91,8 +91,8 @@ pub fn batchnorm_statistics(model: &Model) -> HashSet<String> {
 /// computes on. Some exports store them as float initializers, but no
 /// gradient rule differentiates them (PyTorch, the reference, treats them as
 /// constants too), so they are never trainable: selecting Resize's `scales`
-/// would, for instance, demand a gradient through Resize (which has no rule)
-/// even after every weight before it is frozen. One table, so every consumer
+/// would, for instance, demand a gradient with respect to `scales`, which
+/// Resize's rule refuses (it differentiates X only). One table, so every consumer
 /// (selection, `check`, messages) agrees.
 pub const OPERATOR_SETTINGS: &[(&str, &[usize])] = &[
     ("Clip", &[1, 2]),

@@ -166,20 +166,39 @@ fn the_training_graph_reads_logits_and_reports_the_output() {
     assert_eq!(g.model_output_shape, [2, 2]);
 }
 
-/// Resize's `scales` is an operator setting: never trainable; the error for
-/// Resize names the node, the tensor that needs the gradient and a --freeze
-/// flag, and following that advice builds.
+/// Resize's `scales` is an operator setting: never trainable; the weights
+/// before the Resize train through it (`backward/resize.rs`).
 #[test]
-fn resize_scales_never_train_and_the_advice_works() {
+fn resize_scales_never_train_and_conv1_trains_through_resize() {
     let m = conv_resize_conv();
     let selected = koala_graph::trainable::select(&m, &TrainableSpec::default()).unwrap();
     assert!(
         !selected.contains(&"resize.scales".to_string()),
         "{selected:?}"
     );
+    let g = koala_graph::build(&m, &spec(&m, TrainableSpec::default(), None)).unwrap();
+    let names: Vec<&str> = g.trainable.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    );
+}
+
+/// An op without a gradient rule (here Atan where the Resize was): the error
+/// names the node, the tensor that needs the gradient and a --freeze flag,
+/// and following that advice builds.
+#[test]
+fn missing_rule_advice_works() {
+    let mut m = conv_resize_conv();
+    let g = m.proto.graph.as_mut().unwrap();
+    let up = g.node.iter_mut().find(|n| n.name == "upsample").unwrap();
+    up.op_type = "Atan".into();
+    up.input.truncate(1);
+    g.initializer.retain(|t| t.name != "resize.scales");
+    let m = koala_graph::Model::from_proto(m.proto.clone()).unwrap();
     let e = koala_graph::build(&m, &spec(&m, TrainableSpec::default(), None)).unwrap_err();
     let msg = format!("{e:#}");
-    for needle in ["Resize", "upsample", "'c1'", "conv1.weight", "--freeze '^("] {
+    for needle in ["Atan", "upsample", "'c1'", "conv1.weight", "--freeze '^("] {
         assert!(msg.contains(needle), "'{needle}' missing from: {msg}");
     }
     let flag = msg

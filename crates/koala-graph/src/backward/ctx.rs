@@ -83,6 +83,12 @@ impl<'f> GradCtx<'f> {
         self.facts.get(name).and_then(|f| f.ints.clone())
     }
 
+    /// The values of a small float tensor (a constant, or Resize's computed
+    /// `scales`/`roi`, which the probe fetches).
+    pub fn floats(&self, name: &str) -> Option<Vec<f64>> {
+        self.facts.floats(name).map(|v| v.to_vec())
+    }
+
     fn fact(&self, name: &str) -> Result<&ValueFact> {
         self.facts.get(name).ok_or_else(|| {
             anyhow!("no shape is known for value '{name}' (internal: probe missed it)")

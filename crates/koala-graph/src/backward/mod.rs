@@ -24,6 +24,7 @@ mod math;
 mod matmul;
 mod pool;
 mod reduce;
+mod resize;
 mod shape_ops;
 mod slice_pad;
 mod softmax;
@@ -33,6 +34,7 @@ mod where_;
 
 pub use ctx::{broadcast_shape, norm_axis, GradCtx};
 pub use gather::EmbeddingGrad;
+pub use resize::{interpolation_matrices, AxisMatrix};
 pub use table::{
     is_non_differentiable, rule_entry, rule_for, supported_op_names, supported_ops_markdown,
     NonDifferentiable, RuleEntry, NON_DIFFERENTIABLE, RULES,

@@ -9,8 +9,8 @@
 
 use super::{
     activation, batchnorm, concat_split, conv, einsum, elementwise, gather, gemm, instancenorm,
-    layernorm, lrn, math, matmul, pool, reduce, shape_ops, slice_pad, softmax, tile_expand, where_,
-    Rule,
+    layernorm, lrn, math, matmul, pool, reduce, resize, shape_ops, slice_pad, softmax, tile_expand,
+    where_, Rule,
 };
 use crate::proto::NodeProto;
 
@@ -100,6 +100,7 @@ pub const RULES: &[RuleEntry] = &[
     r("MaxPool", pool::max_pool, 1, "pool", ""),
     r("AveragePool", pool::average_pool, 1, "pool", ""),
     r("GlobalAveragePool", pool::global_average_pool, 1, "pool", ""),
+    r("Resize", resize::resize, 11, "resize", "X only; nearest, linear, cubic; all coordinate transformations; scales or sizes, axes; no antialias"),
     r("ReduceMean", reduce::reduce_mean, 1, "reduce", "axes as attribute or input"),
     r("ReduceSum", reduce::reduce_sum, 1, "reduce", "axes as attribute or input"),
     r("Flatten", shape_ops::reshape_like, 1, "shape_ops", ""),

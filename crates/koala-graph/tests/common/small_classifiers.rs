@@ -254,8 +254,7 @@ pub fn model(graph: GraphProto) -> Model {
 }
 
 /// Conv → Resize (float `scales` initializer, ×2 nearest) → Conv → pool →
-/// `logits [N, 2]`: Resize has no gradient rule, so only the second Conv can
-/// train.
+/// `logits [N, 2]`: both Convs train (the first through the Resize).
 pub fn conv_resize_conv() -> Model {
     let inits = vec![
         tensor::from_f32("conv1.weight", &[2, 3, 3, 3], &weights(54, 5)),
