@@ -80,6 +80,8 @@ pub struct Head {
     pub bias: Option<String>,
     /// Number of classes the head has now.
     pub classes: usize,
+    /// The axis of the weight initializer that holds the classes.
+    class_axis: usize,
     /// The Reshape between the weight initializer and the Gemm, if any.
     weight_reshape: Option<usize>,
     /// Reshape nodes between the head and the output.
@@ -197,20 +199,28 @@ pub fn find_head(model: &Model, choice: &ClassifierOutput) -> Result<Head> {
         _ => bail!("{name}: the output comes from {label}, not from a Gemm, MatMul(+Add) or Conv classifier (walking back through {}); koala cannot replace the head", CLASS_PRESERVING.join(", ")),
     };
     let dims = initializer(g, &weight).unwrap().dims.clone();
-    let classes = match kind {
-        HeadKind::Gemm { trans_b: true } | HeadKind::Conv => dims.first().copied(),
-        HeadKind::Gemm { trans_b: false } | HeadKind::MatMul => {
-            dims.get(1).copied().filter(|_| dims.len() == 2)
+    let bad = || {
+        anyhow::anyhow!("{name}: classifier weight '{weight}' of {label} has shape {dims:?}, which koala does not read as a classifier weight (expected [classes, in] for Gemm transB=1, [in, classes] for MatMul, [classes, C_in, kH, kW] for Conv, or a Reshape of a weight to [classes, in] with a constant shape)")
+    };
+    // Which axis of the weight initializer holds the classes.
+    let class_axis = match (kind, weight_reshape) {
+        (HeadKind::Conv, _) if dims.len() >= 3 => 0,
+        (_, Some(r)) => {
+            // Inception v1: `Reshape(w [1, 1, 1000, 1024] or [1000, 1024, 1, 1], [1000, 1024])`;
+            // the shape's first entry is the class count.
+            let c = constant_i64(g, &g.node[r].input[1])
+                .and_then(|s| s.first().copied())
+                .ok_or_else(bad)?;
+            dims.iter().position(|&d| d == c).ok_or_else(bad)?
         }
+        (HeadKind::Gemm { trans_b: true }, None) if dims.len() == 2 => 0,
+        (HeadKind::Gemm { trans_b: false } | HeadKind::MatMul, None) if dims.len() == 2 => 1,
+        _ => return Err(bad()),
     };
-    let expected_rank_ok = match (kind, weight_reshape) {
-        (HeadKind::Conv, _) => dims.len() >= 3,
-        (_, Some(_)) => dims.len() >= 2,
-        _ => dims.len() == 2,
-    };
-    let Some(classes) = classes.filter(|&c| c > 0 && expected_rank_ok) else {
-        bail!("{name}: classifier weight '{weight}' of {label} has shape {dims:?}, which koala does not read as a classifier weight (expected [classes, in] for Gemm transB=1, [in, classes] for MatMul, [classes, C_in, kH, kW] for Conv)");
-    };
+    let classes = dims[class_axis];
+    if classes < 1 {
+        return Err(bad());
+    }
     Ok(Head {
         node: label,
         op: node.op_type.clone(),
@@ -220,6 +230,7 @@ pub fn find_head(model: &Model, choice: &ClassifierOutput) -> Result<Head> {
         weight_dims: dims,
         bias,
         classes: classes as usize,
+        class_axis,
         weight_reshape,
         reshapes,
     })
@@ -250,24 +261,14 @@ pub fn replace_head(
             rewritten.push(s);
         }
     }
-    let w_rows_are_outputs = matches!(head.kind, HeadKind::Gemm { trans_b: true } | HeadKind::Conv);
     let dims = &head.weight_dims;
-    let fan_in: i64 = if w_rows_are_outputs {
-        dims[1..].iter().product()
-    } else {
-        dims[0]
-    };
+    let fan_in: i64 = dims.iter().product::<i64>() / old;
     let bound = 1.0 / (fan_in as f32).sqrt();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let n = classes * fan_in as usize;
     let w: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-    let new_dims: Vec<i64> = if w_rows_are_outputs {
-        std::iter::once(new)
-            .chain(dims[1..].iter().copied())
-            .collect()
-    } else {
-        vec![fan_in, new]
-    };
+    let mut new_dims = dims.clone();
+    new_dims[head.class_axis] = new;
     let gm = model.graph_mut();
     let wt = gm
         .initializer
@@ -410,6 +411,16 @@ fn rewrite_reshape_shape(
         }
     }
     Ok(Some(target))
+}
+
+/// The values of an int64 constant: an initializer or a Constant node's output.
+fn constant_i64(g: &GraphProto, name: &str) -> Option<Vec<i64>> {
+    if let Some(t) = initializer(g, name) {
+        return tensor::to_i64(t).ok();
+    }
+    let c = producer(g, name).filter(|&c| g.node[c].op_type == "Constant")?;
+    let t = crate::attrs::get(&g.node[c], "value")?.t.as_ref()?;
+    tensor::to_i64(t).ok()
 }
 
 /// The graph input of a 1-D int64 shape initializer (IR < 4 files list every

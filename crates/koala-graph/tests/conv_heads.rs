@@ -169,9 +169,10 @@ fn a_reshape_naming_the_class_count_follows_the_new_head() {
     }
 }
 
-/// Inception v1 (opset 9, IR 3): Gemm reads `Reshape(loss3/classifier_w_0
-/// [1000, C, 1, 1], [1000, C])`; the weight keeps its rank and the Reshape's
-/// shape takes the new count.
+/// Inception v1: Gemm reads `Reshape(loss3/classifier_w_0 [1, 1, 1000, C],
+/// [1000, C])` (the zoo file's layout); the weight keeps its layout with the
+/// class axis resized, the Reshape's shape takes the new count, and ONNX
+/// Runtime runs the result.
 #[test]
 fn a_gemm_weight_through_a_reshape_is_replaced() {
     let mut m = zoo::build(Arch::InceptionV1, Form { opset: 13 }, 1);
@@ -179,13 +180,13 @@ fn a_gemm_weight_through_a_reshape_is_replaced() {
     let h = find_head(&m, &c).unwrap();
     assert!(
         h.describe(None)
-            .contains("weight loss3/classifier_w_0 [1000,20,1,1]"),
+            .contains("weight loss3/classifier_w_0 [1,1,1000,20]"),
         "{}",
         h.describe(None)
     );
     let r = replace_head(&mut m, &c, 6, 0).unwrap();
     assert_eq!(r.reshapes, ["OC2_DUMMY_3"]);
-    assert_eq!(init_dims(&m, "loss3/classifier_w_0"), [6, 20, 1, 1]);
+    assert_eq!(init_dims(&m, "loss3/classifier_w_0"), [1, 1, 6, 20]);
     let t = m
         .graph()
         .initializer

@@ -6,7 +6,7 @@
 //! blocks with Concat, BatchNormalization followed by the
 //! `Unsqueeze`+`Mul`+`Add` scale pattern, GlobalAveragePool → Conv 1×1 head),
 //! Inception v1 (LRN, inception modules, AveragePool, Dropout, a Gemm whose
-//! weight is a Reshape of the initializer), ShuffleNet (grouped and
+//! weight is a Reshape of the initializer stored `[1, 1, 1000, C]`), ShuffleNet (grouped and
 //! depthwise Conv, channel shuffle Reshape → Transpose → Reshape, `Sum`,
 //! AveragePool with stride), VGG / AlexNet (LRN for AlexNet, Gemm + Dropout,
 //! Softmax).
@@ -193,6 +193,14 @@ impl Builder {
     /// He-uniform weight `dims` (fan_in = product of dims after the first).
     fn he(&mut self, name: &str, dims: &[i64]) -> String {
         let fan_in: i64 = dims[1..].iter().product();
+        let bound = (6.0 / fan_in as f32).sqrt();
+        let n = dims.iter().product::<i64>() as usize;
+        let v = self.uniform(n, -bound, bound);
+        self.init(name, dims, v)
+    }
+
+    /// He-uniform weight `dims` whose fan-in is `fan_in` (a weight stored in another layout).
+    fn init_he_rows(&mut self, name: &str, dims: &[i64], fan_in: i64) -> String {
         let bound = (6.0 / fan_in as f32).sqrt();
         let n = dims.iter().product::<i64>() as usize;
         let v = self.uniform(n, -bound, bound);
@@ -406,7 +414,8 @@ fn gemm_head(
     let f = b.reshape(&p, "OC2_DUMMY_1", &[1, c]);
     let logits = if w_reshape {
         // Inception v1: the classifier weight reaches Gemm through a Reshape.
-        let w = b.he("loss3/classifier_w_0", &[CLASSES, c, 1, 1]);
+        // As the zoo's file: the weight is stored `[1, 1, 1000, C]`.
+        let w = b.init_he_rows("loss3/classifier_w_0", &[1, 1, CLASSES, c], c);
         let wr = b.reshape(&w, "OC2_DUMMY_3", &[CLASSES, c]);
         let bias = b.bias("loss3/classifier_b_0", CLASSES);
         let out = b.node("Gemm", &[&f, &wr, &bias], vec![a_int("transB", 1)]);
