@@ -375,8 +375,10 @@ fn rewrite_reshape_shape(
         return Ok(None);
     };
     let hit = |i: usize, v: i64| v == old && (!first_only || i == 0);
-    if !values.iter().enumerate().any(|(i, &v)| hit(i, v)) {
-        return Ok(None);
+    match values.iter().enumerate().filter(|&(i, &v)| hit(i, v)).count() {
+        0 => return Ok(None),
+        1 => {}
+        _ => bail!("{name}: {label} reshapes the classifier's output to {values:?}, and koala cannot tell which {old} is the class count to change for --num-classes; re-export the model with -1 or 0 in the other places"),
     }
     let rewritten: Vec<i64> = values
         .iter()

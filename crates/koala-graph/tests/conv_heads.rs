@@ -169,6 +169,42 @@ fn a_reshape_naming_the_class_count_follows_the_new_head() {
     }
 }
 
+/// A one-class head reshaped to `[1, 1]`: either 1 could be the class count,
+/// so a second `--num-classes` refuses, naming the node and the shape, rather
+/// than guess.
+#[test]
+fn an_ambiguous_class_count_in_a_reshape_is_refused() {
+    let mut m = zoo::build(Arch::SqueezeNet, Form { opset: 13 }, 1);
+    let g = m.graph_mut();
+    g.initializer
+        .push(tensor::from_i64("class_shape", &[2], &[1, CLASSES]));
+    g.node.push(NodeProto {
+        op_type: "Reshape".into(),
+        name: "flatten_classes".into(),
+        input: vec!["softmaxout_1".into(), "class_shape".into()],
+        output: vec!["prob".into()],
+        ..Default::default()
+    });
+    g.output[0] = zoo_info("prob", &[1, CLASSES]);
+    let c = choose(&m, None, None).unwrap();
+    replace_head(&mut m, &c, 1, 0).unwrap();
+    let t = m
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name == "class_shape")
+        .unwrap();
+    assert_eq!(tensor::to_i64(t).unwrap(), [1, 1]);
+    let c = choose(&m, None, None).unwrap();
+    let e = format!("{:#}", replace_head(&mut m, &c, 3, 0).unwrap_err());
+    assert!(
+        e.contains("'flatten_classes'")
+            && e.contains("[1, 1]")
+            && e.contains("which 1 is the class count"),
+        "{e}"
+    );
+}
+
 /// Inception v1: Gemm reads `Reshape(loss3/classifier_w_0 [1, 1, 1000, C],
 /// [1000, C])` (the zoo file's layout); the weight keeps its layout with the
 /// class axis resized, the Reshape's shape takes the new count, and ONNX
