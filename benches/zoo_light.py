@@ -140,6 +140,18 @@ def run(cmd, timeout):
 
 
 def first_error(log):
+    """The first error of a koala log, short enough for a table cell."""
+    text = full_error(log)
+    rule = re.search(r"node #(\d+) '[^']*' \((\w+)\) has no gradient rule", text)
+    if rule:
+        return f"no gradient rule for {rule.group(2)} (node #{rule.group(1)})"
+    opset = re.search(r"default-domain opset (\d+) is outside the supported range [0-9–-]+", text)
+    if opset:
+        return opset.group(0)
+    return text[:100]
+
+
+def full_error(log):
     lines = [l.strip() for l in log.splitlines() if l.strip()]
     for i, line in enumerate(lines):
         if "cannot be fine-tuned as configured" in line and i + 1 < len(lines):
@@ -196,6 +208,8 @@ def main():
         onnx.save(model, path)
         rc, log, _ = run([a.koala, "check", path, "--threads", "2"], a.timeout)
         check = "ok" if rc == 0 else f"refused: {first_error(log)}"
+        with open(os.path.join(scratch, f"{stem}.log"), "w") as f:
+            f.write(f"$ koala check {path}\n{log}\n$ koala finetune ...\n")
         run_dir = os.path.join(scratch, f"run_{stem}")
         shutil.rmtree(run_dir, ignore_errors=True)
         rc, log, wall = run(
@@ -221,7 +235,7 @@ def main():
         else:
             finetune = f"failed: {first_error(log)}"
             export = "–"
-        with open(os.path.join(scratch, f"{stem}.log"), "w") as f:
+        with open(os.path.join(scratch, f"{stem}.log"), "a") as f:
             f.write(log)
         rows.append((arch, f"{params / 1e6:.1f} M", check, finetune, export, step))
         print(f"{arch}: check {check}; finetune {finetune}; export {export}", file=sys.stderr, flush=True)
