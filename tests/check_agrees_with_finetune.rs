@@ -160,7 +160,9 @@ fn opset(v: i64) -> Model {
     m
 }
 
-fn output_after_relu() -> Model {
+/// A Gemm → Tanh output: Tanh is not among the class-preserving ops `--num-classes` walks
+/// back through (a Relu is, since SqueezeNet's Conv head → Relu → pooling: issue 12).
+fn output_after_tanh() -> Model {
     let mut m = tiny_cnn();
     let g = m.graph_mut();
     g.node
@@ -168,7 +170,7 @@ fn output_after_relu() -> Model {
         .find(|n| n.op_type == "Gemm")
         .unwrap()
         .output = vec!["fc_out".into()];
-    g.node.push(node("Relu", &["fc_out"], &["logits"]));
+    g.node.push(node("Tanh", &["fc_out"], &["logits"]));
     m
 }
 
@@ -332,7 +334,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         },
         Case {
             name: "--num-classes on a head koala cannot find",
-            model: m(output_after_relu(), "relu_head"),
+            model: m(output_after_tanh(), "tanh_head"),
             flags: img(&["--num-classes", "2"]),
             expect: Err("classifier"),
         },

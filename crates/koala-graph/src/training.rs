@@ -186,10 +186,16 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     // A Softmax over `[N, C, 1, 1]` followed by Flatten: the logits have the
     // reported output's elements in another shape. The loss reads them in
     // the output's shape, and the seed goes back through the same Reshape.
+    // A conv head's `[N, C, 1, 1]` (SqueezeNet, DenseNet) is read as `[N, C]`:
+    // the cross-entropy takes the last axis as the classes.
     let (loss_input, seed_shape) = {
-        let (at, to) = (ctx.shape(&output)?, ctx.shape(&reported)?);
+        let (at, mut to) = (ctx.shape(&output)?, ctx.shape(&reported)?);
+        let pooled_map = to.len() > 2 && to[2..].iter().all(|&d| d == 1);
+        if matches!(spec.loss, LossSpec::SoftmaxCrossEntropy { .. }) && pooled_map {
+            to.truncate(2);
+        }
         let numel = |s: &[usize]| s.iter().product::<usize>();
-        if reported != output && at != to && numel(&at) == numel(&to) {
+        if at != to && numel(&at) == numel(&to) {
             (ctx.reshape(&output, &to)?, Some(at))
         } else {
             (output.clone(), None)

@@ -106,8 +106,13 @@ pub fn prepare_model(model: &mut Model, cfg: &TrainConfig, quiet: bool) -> Resul
         let choice = choose_output(model, cfg, None)?;
         let h = koala_graph::head::replace_head(model, &choice, n, cfg.seed)?;
         if !quiet {
+            let shapes = if h.reshapes.is_empty() {
+                String::new()
+            } else {
+                format!("; Reshape shape(s) {} follow", h.reshapes.join(", "))
+            };
             eprintln!(
-                "replaced head {} ({} → {} classes)",
+                "replaced head {} ({} → {} classes{shapes})",
                 h.node, h.classes.0, h.classes.1
             );
         }
@@ -161,7 +166,7 @@ impl Task for ImageClassification {
     fn check_graph(&mut self, graph: &TrainingGraph) -> Result<()> {
         check_classes(
             &self.data,
-            graph.model_output_shape.last().copied().unwrap_or(0),
+            class_axis(&graph.model_output_shape),
             self.cfg.num_classes.is_some(),
         )
     }
@@ -497,6 +502,15 @@ fn set_images(
         koala_data::ModelPixels::U8(v) => GBatch::U8(v),
     };
     step.set_batch(&[data], GBatch::I64(labels))
+}
+
+/// The number of class scores in an output of `shape`: its last axis, or axis 1 of a conv
+/// head's pooled `[N, C, 1, 1]` map (SqueezeNet, DenseNet).
+fn class_axis(shape: &[usize]) -> usize {
+    match shape {
+        [_, c, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d == 1) => *c,
+        _ => shape.last().copied().unwrap_or(0),
+    }
 }
 
 /// The data's classes must fit the model's outputs; say which flag fixes it

@@ -64,6 +64,9 @@ pub fn run(
     quiet: bool,
 ) -> Result<Preflight> {
     let mut extra = Vec::new();
+    if task == TaskKind::ImageClassification {
+        extra.extend(head_note(&model, cfg));
+    }
     let prepared = prepare_model(&mut model, cfg, task, quiet);
     let spec = prepared.and_then(|()| training_spec(cfg, &model, task, data_classes));
     let trainable = match &spec {
@@ -121,6 +124,18 @@ pub fn run(
         model,
         report,
         step,
+    })
+}
+
+/// The classifier head `--num-classes` replaces (found before it is replaced), as a note;
+/// none when koala cannot tell the output or find a head (`--num-classes` then says why).
+fn head_note(model: &Model, cfg: &TrainConfig) -> Option<Problem> {
+    let choice = crate::image_classification::choose_output(model, cfg, None).ok()?;
+    let head = koala_graph::head::find_head(model, &choice).ok()?;
+    Some(Problem {
+        severity: Severity::Note,
+        message: head.describe(cfg.num_classes),
+        suggestion: String::new(),
     })
 }
 
