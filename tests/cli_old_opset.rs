@@ -12,7 +12,7 @@ use koala::graph::proto::{
 use koala::graph::training::value_info;
 use koala::graph::{tensor, Model};
 use std::path::{Path, PathBuf};
-use support::cli::{koala, ok, text};
+use support::cli::{koala, number_after, ok, text};
 
 mod support;
 
@@ -198,6 +198,11 @@ fn check_finetune_export(opset: i64) {
         "--run-dir",
         run_dir.to_str().unwrap(),
     ]);
+    // The export check: ORT reloads the opset-9 file and its output matches the opset-17
+    // training graph's (the same f32 math, with BatchNormalization folded into the Conv in
+    // the training graph: a few ulps; a wrong upgrade is off by ≳ 1e-2).
+    let diff = number_after(&log, "max |Δ| vs training graph");
+    assert!(diff <= 1e-5, "export vs training graph: {diff:e}\n{log}");
     let exported_path = run_dir.join("model.onnx");
     assert!(
         exported_path.exists(),

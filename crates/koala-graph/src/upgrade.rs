@@ -207,17 +207,6 @@ pub fn drop_initializer_inputs(model: &mut Model) -> Vec<String> {
     dropped
 }
 
-/// The graph inputs of `model` that are data, not weights: every input that
-/// no initializer of the same name backs (IR < 4 files list initializers as
-/// inputs too).
-pub fn data_inputs(g: &GraphProto) -> Vec<&crate::proto::ValueInfoProto> {
-    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    g.input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .collect()
-}
-
 fn is_default(domain: &str) -> bool {
     domain.is_empty() || domain == "ai.onnx"
 }
