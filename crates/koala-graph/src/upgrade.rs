@@ -579,7 +579,7 @@ fn dropout(e: &mut Emitter, n: &NodeProto, cx: &Cx) -> Rewrite {
     }
     if let Some(mask) = n.output.get(1).filter(|s| !s.is_empty()) {
         let shape = e.op("Shape", &[x], vec![], "shape");
-        let one = TensorProto {
+        let falses = TensorProto {
             name: "value".into(),
             dims: vec![1],
             data_type: DataType::Bool as i32,
@@ -590,7 +590,7 @@ fn dropout(e: &mut Emitter, n: &NodeProto, cx: &Cx) -> Rewrite {
             e.op_into(
                 "ConstantOfShape",
                 &[&shape],
-                vec![a_tensor("value", one)],
+                vec![a_tensor("value", falses)],
                 mask,
             );
         } else {
@@ -598,7 +598,7 @@ fn dropout(e: &mut Emitter, n: &NodeProto, cx: &Cx) -> Rewrite {
             let t = e.op(
                 "ConstantOfShape",
                 &[&shape],
-                vec![a_tensor("value", one)],
+                vec![a_tensor("value", falses)],
                 "mask_bool",
             );
             e.op_into("CastLike", &[&t, x], vec![], mask);
@@ -641,14 +641,15 @@ fn resize(e: &mut Emitter, n: &NodeProto, cx: &Cx) -> Rewrite {
             a_string("coordinate_transformation_mode", "asymmetric"),
             a_string("nearest_mode", rounding),
         ];
+        let out_is_y = out.is_some();
         let out = match out {
             Some(o) => o.to_string(),
             None => e.value("downsampled"),
         };
-        let name = if n.name.is_empty() {
-            e.names.fresh(format!("{}/Resize", e.base))
-        } else {
-            e.names.fresh(n.name.clone())
+        // The node writing the original output keeps the original name.
+        let name = match (out_is_y, n.name.is_empty()) {
+            (true, false) => n.name.clone(),
+            _ => e.names.fresh(format!("{}/Resize", e.base)),
         };
         e.nodes.push(NodeProto {
             name,
