@@ -322,9 +322,9 @@ fn cases(dir: &Path) -> Vec<Case> {
         },
         Case {
             name: "opset outside the supported range",
-            model: m(opset(9), "opset9"),
+            model: m(opset(6), "opset6"),
             flags: img(&[]),
-            expect: Err("opset 9"),
+            expect: Err("opset 6"),
         },
         Case {
             name: "--image-size against a fixed input size",

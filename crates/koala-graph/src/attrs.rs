@@ -59,6 +59,16 @@ pub fn a_ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
+/// Builds a FLOATS attribute.
+pub fn a_floats(name: &str, v: &[f32]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Floats as i32,
+        floats: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// Builds a STRING attribute.
 pub fn a_string(name: &str, v: &str) -> AttributeProto {
     AttributeProto {

@@ -13,8 +13,12 @@ use anyhow::Result;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-/// Supported default-domain opset range.
-pub const OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
+/// Supported default-domain opset range (7–10 are upgraded to 17 in the
+/// training graph, see `upgrade.rs`).
+pub const OPSETS: std::ops::RangeInclusive<i64> = 7..=21;
+
+/// Opsets whose forms the gradient rules read directly (the README's op table).
+pub const NATIVE_OPSETS: std::ops::RangeInclusive<i64> = 11..=21;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,8 +107,9 @@ pub fn check_output(
     if spec.train_constants {
         trainable::promote_constants(&mut work);
     }
-    // What training will differentiate: the graph after lowering ORT-domain
-    // fusions to standard ops.
+    // What training will differentiate: the graph upgraded to opset 17 (for
+    // opset 7–10 models) and after lowering ORT-domain fusions to standard ops.
+    let upgraded = crate::upgrade::upgrade(&mut work);
     let lowered = crate::lower::lower(&mut work)?;
     let mut selected = trainable::select(&work, spec)?;
     selected.retain(|w| !lowered.fixed_tables.contains(w));
@@ -130,9 +135,26 @@ pub fn check_output(
                 OPSETS.start(),
                 OPSETS.end()
             ),
-            suggestion:
-                "convert the model (e.g. onnx.version_converter.convert_version(model, 17))".into(),
+            suggestion: if opset < *OPSETS.start() {
+                crate::upgrade::TOO_OLD_REMEDY.into()
+            } else {
+                "re-export the model with opset 21 or lower (e.g. torch.onnx.export(..., opset_version=17))".into()
+            },
         });
+    } else {
+        match &upgraded {
+            Ok(up) if up.changed_opset() => problems.push(Problem {
+                severity: Severity::Note,
+                message: up.note(),
+                suggestion: "nothing to do".into(),
+            }),
+            Ok(_) => {}
+            Err(e) => problems.push(Problem {
+                severity: Severity::Error,
+                message: format!("{e:#}"),
+                suggestion: "re-export the model with opset 11 or later (e.g. torch.onnx.export(..., opset_version=17)), or see the message".into(),
+            }),
+        }
     }
     if selected.is_empty() {
         let (message, suggestion) = trainable::nothing_selected(&work, spec);

@@ -56,7 +56,48 @@ pub fn with_weights<'a>(
             .context("Constant node without a tensor value")?;
         tensor::overwrite_f32(t, values)?;
     }
+    sync_initializer_inputs(g);
     Ok(out)
+}
+
+/// IR < 4 files also declare every initializer as a graph input. When a replaced head
+/// changed an initializer's shape (e.g. `fc8_b` from 1000 to 2 classes), the declaration must
+/// follow, or ONNX Runtime refuses the file ("Can't merge shape info"). The input list itself
+/// stays the user's.
+fn sync_initializer_inputs(g: &mut crate::proto::GraphProto) {
+    use crate::proto::{dimension, type_proto, Dimension, TensorShapeProto};
+    for i in g.input.iter_mut() {
+        let Some(t) = g.initializer.iter().find(|t| t.name == i.name) else {
+            continue;
+        };
+        let Some(type_proto::Value::TensorType(tt)) =
+            i.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        let declared: Option<Vec<Option<i64>>> = tt.shape.as_ref().map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(dimension::Value::DimValue(v)) => Some(v),
+                    _ => None,
+                })
+                .collect()
+        });
+        let actual: Vec<Option<i64>> = t.dims.iter().map(|&d| Some(d)).collect();
+        if declared.is_some_and(|d| d != actual) {
+            tt.shape = Some(TensorShapeProto {
+                dim: t
+                    .dims
+                    .iter()
+                    .map(|&d| Dimension {
+                        value: Some(dimension::Value::DimValue(d)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            });
+        }
+    }
 }
 
 /// Writes `model` to `path` atomically. Refuses to overwrite `input` (the
@@ -125,6 +166,44 @@ pub fn externalize(tensors: &mut [TensorProto], location: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replaced head shrank `b` from 5 to 3 values: its IR-3 input declaration follows
+    /// (ONNX Runtime refuses a file whose declared and actual shapes differ), the input list
+    /// stays.
+    #[test]
+    fn initializer_input_declarations_follow_a_changed_shape() {
+        use crate::proto::{DataType, GraphProto, ModelProto, OperatorSetIdProto};
+        use crate::training::{declared_dims, value_info};
+        let proto = ModelProto {
+            ir_version: 3,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 9,
+            }],
+            graph: Some(GraphProto {
+                initializer: vec![tensor::from_f32("b", &[3], &[0.0; 3])],
+                node: vec![crate::proto::NodeProto {
+                    op_type: "Add".into(),
+                    input: vec!["x".into(), "b".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![
+                    value_info("x", DataType::Float, &[1, 3]),
+                    value_info("b", DataType::Float, &[5]),
+                ],
+                output: vec![value_info("y", DataType::Float, &[1, 3])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = Model::from_proto(proto).unwrap();
+        let out = with_weights(&m, [("b", &[1.0f32, 2.0, 3.0][..])]).unwrap();
+        let g = out.graph();
+        assert_eq!(g.input.len(), 2);
+        assert_eq!(declared_dims(&g.input[1]), vec![Some(3)]);
+        assert_eq!(declared_dims(&g.input[0]), vec![Some(1), Some(3)]);
+    }
 
     #[test]
     fn externalized_tensors_point_into_the_data_file() {

@@ -13,6 +13,7 @@ pub mod proto;
 pub mod tensor;
 pub mod trainable;
 pub mod training;
+pub mod upgrade;
 
 pub use backward::{BackwardOptions, ConvWeightGrad};
 pub use loss::LossSpec;

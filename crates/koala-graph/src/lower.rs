@@ -1033,12 +1033,12 @@ fn head_size(types: &ValueTable, x: &str, rank: usize, num_heads: i64) -> Option
 // Emitting standard nodes.
 
 /// Hands out value/node names not used anywhere in the graph.
-struct Namer {
+pub(crate) struct Namer {
     used: HashSet<String>,
 }
 
 impl Namer {
-    fn new(g: &GraphProto) -> Namer {
+    pub(crate) fn new(g: &GraphProto) -> Namer {
         let mut used: HashSet<String> = HashSet::new();
         used.extend(g.input.iter().map(|v| v.name.clone()));
         used.extend(g.output.iter().map(|v| v.name.clone()));
@@ -1051,7 +1051,7 @@ impl Namer {
         Namer { used }
     }
 
-    fn fresh(&mut self, want: String) -> String {
+    pub(crate) fn fresh(&mut self, want: String) -> String {
         let mut name = want.clone();
         let mut k = 1;
         while !self.used.insert(name.clone()) {
@@ -1063,15 +1063,15 @@ impl Namer {
 }
 
 /// Emits the replacement nodes of one original node.
-struct Emitter<'a> {
-    names: &'a mut Namer,
-    base: String,
-    opset: i64,
-    nodes: Vec<NodeProto>,
+pub(crate) struct Emitter<'a> {
+    pub(crate) names: &'a mut Namer,
+    pub(crate) base: String,
+    pub(crate) opset: i64,
+    pub(crate) nodes: Vec<NodeProto>,
 }
 
 impl Emitter<'_> {
-    fn push(
+    pub(crate) fn push(
         &mut self,
         op: &str,
         inputs: &[&str],
@@ -1089,12 +1089,18 @@ impl Emitter<'_> {
         });
     }
 
-    fn value(&mut self, hint: &str) -> String {
+    pub(crate) fn value(&mut self, hint: &str) -> String {
         self.names.fresh(format!("{}/{hint}", self.base))
     }
 
     /// A node with one fresh output.
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, hint: &str) -> String {
+    pub(crate) fn op(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        hint: &str,
+    ) -> String {
         self.op_named(op, inputs, attrs, None, hint)
     }
 
@@ -1116,18 +1122,24 @@ impl Emitter<'_> {
     }
 
     /// A node writing exactly `out` (an output of the original node).
-    fn op_into(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, out: &str) {
+    pub(crate) fn op_into(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        out: &str,
+    ) {
         self.push(op, inputs, &[out], attrs);
     }
 
-    fn constant(&mut self, t: TensorProto, hint: &str) -> String {
+    pub(crate) fn constant(&mut self, t: TensorProto, hint: &str) -> String {
         let out = self.value(hint);
         self.push("Constant", &[], &[&out], vec![a_tensor("value", t)]);
         out
     }
 
     /// A scalar of element type `dt`.
-    fn scalar(&mut self, dt: DataType, v: f64, hint: &str) -> String {
+    pub(crate) fn scalar(&mut self, dt: DataType, v: f64, hint: &str) -> String {
         let t = match dt {
             DataType::Double => tensor::from_f64("value", &[], &[v]),
             _ => tensor::from_f32("value", &[], &[v as f32]),
@@ -1136,7 +1148,7 @@ impl Emitter<'_> {
     }
 
     /// An int64 vector.
-    fn ints(&mut self, v: &[i64], hint: &str) -> String {
+    pub(crate) fn ints(&mut self, v: &[i64], hint: &str) -> String {
         self.constant(tensor::from_i64("value", &[v.len() as i64], v), hint)
     }
 
@@ -1189,7 +1201,7 @@ impl Emitter<'_> {
 /// Element types and (partial) shapes of values, from initializers,
 /// Constant nodes and declared value infos, with element types carried
 /// forward through the nodes for values nothing declares.
-struct ValueTable {
+pub(crate) struct ValueTable {
     dtypes: HashMap<String, DataType>,
     /// Dimensions (None for symbolic ones) of values whose rank is known.
     dims: HashMap<String, Vec<Option<i64>>>,
@@ -1198,7 +1210,7 @@ struct ValueTable {
 }
 
 impl ValueTable {
-    fn new(g: &GraphProto) -> ValueTable {
+    pub(crate) fn new(g: &GraphProto) -> ValueTable {
         let mut t = ValueTable {
             dtypes: HashMap::new(),
             dims: HashMap::new(),
@@ -1341,6 +1353,7 @@ impl ValueTable {
                 .zip(rank_of(1))
                 .and_then(|(a, b)| (a + b).checked_sub(1)),
             "Shape" => Some(1),
+            "Gemm" | "Flatten" => Some(2),
             _ => None,
         };
         let Some(rank) = rank else { return };
@@ -1385,7 +1398,7 @@ impl ValueTable {
         }
     }
 
-    fn dtype(&self, name: &str) -> Option<DataType> {
+    pub(crate) fn dtype(&self, name: &str) -> Option<DataType> {
         self.dtypes.get(name).copied()
     }
 
@@ -1393,7 +1406,7 @@ impl ValueTable {
         self.dims.get(name).map(|d| d.as_slice())
     }
 
-    fn rank(&self, name: &str) -> Option<usize> {
+    pub(crate) fn rank(&self, name: &str) -> Option<usize> {
         self.dims.get(name).map(|d| d.len())
     }
 }

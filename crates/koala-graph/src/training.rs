@@ -133,6 +133,9 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     // export keeps the user's original graph.
     // Ops it cannot lower stay; if one lies between a weight and the loss,
     // the backward pass names it (ORT still runs those off the path).
+    // Opset 7–10 models: the training copy is upgraded to opset 17 (export
+    // keeps the user's opset); initializers listed as inputs leave the inputs.
+    crate::upgrade::upgrade(&mut model)?;
     let lowered = crate::lower::lower(&mut model)?;
     let mut selected = trainable::select(&model, &spec.trainable)?;
     // Rotary cos/sin tables are constants of the architecture, not weights.

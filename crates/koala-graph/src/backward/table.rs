@@ -217,7 +217,9 @@ pub fn supported_op_names() -> Vec<&'static str> {
 pub fn supported_ops_markdown() -> String {
     let mut s = String::from("| op | opsets | family | note |\n|---|---|---|---|\n");
     for e in RULES {
-        let lo = e.min_opset.max(crate::check::OPSETS.start().to_owned());
+        let lo = e
+            .min_opset
+            .max(crate::check::NATIVE_OPSETS.start().to_owned());
         s.push_str(&format!(
             "| {} | {}–{} | `backward/{}.rs` | {} |\n",
             e.op, lo, e.max_opset, e.family, e.note
