@@ -132,8 +132,9 @@ def slice_idx(src, dst, train, test):
 def run(cmd, timeout):
     t = time.time()
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        return p.returncode, p.stdout + p.stderr, time.time() - t
+        # One stream, in the order koala wrote it (progress on stderr, summary on stdout).
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        return p.returncode, p.stdout, time.time() - t
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         return 124, out + f"\n(timed out after {timeout} s)", time.time() - t
@@ -208,16 +209,17 @@ def main():
         onnx.save(model, path)
         rc, log, _ = run([a.koala, "check", path, "--threads", "2"], a.timeout)
         check = "ok" if rc == 0 else f"refused: {first_error(log)}"
-        with open(os.path.join(scratch, f"{stem}.log"), "w") as f:
-            f.write(f"$ koala check {path}\n{log}\n$ koala finetune ...\n")
         run_dir = os.path.join(scratch, f"run_{stem}")
         shutil.rmtree(run_dir, ignore_errors=True)
-        rc, log, wall = run(
-            [a.koala, "finetune", "--model", path, "--data", data, "--num-classes", "10",
-             "--batch-size", "1", "--accumulate", "2", "--max-steps", "2", "--no-augment",
-             "--threads", "2", "--run-dir", run_dir],
-            a.timeout,
-        )
+        finetune_cmd = [a.koala, "finetune", "--model", path, "--data", data, "--num-classes", "10",
+                        "--batch-size", "1", "--accumulate", "2", "--max-steps", "2", "--no-augment",
+                        "--threads", "2", "--run-dir", run_dir]
+        with open(os.path.join(scratch, f"{stem}.log"), "w") as f:
+            f.write(f"# {arch} from the onnx package's {file}, with seeded random He-normal weights in place of\n"
+                    "# its ConstantOfShape fills: a smoke run of check/finetune/export, so the losses and\n"
+                    "# accuracies below are those of a random network after 2 steps, not of a trained model.\n")
+            f.write(f"$ koala check {path} --threads 2\n{log}\n$ {' '.join(finetune_cmd)}\n")
+        rc, log, wall = run(finetune_cmd, a.timeout)
         step = "–"
         if rc == 0:
             finetune = f"ok ({wall:.0f} s in all)"

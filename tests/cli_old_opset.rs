@@ -246,3 +246,33 @@ fn check_finetune_export(opset: i64) {
     assert_eq!(p.len(), 2);
     assert!((p[0] + p[1] - 1.0).abs() < 1e-5, "softmax output {p:?}");
 }
+
+/// A refused upgrade (BatchNormalization `spatial = 0`, opset 8) is the one error `koala
+/// check` reports: the rest of the old graph is not judged by rules written for opset 11+
+/// (which would name Gemm, Clip… as "no gradient rule" with a --freeze advice that freezes
+/// everything), and the remedy is the message's own.
+#[test]
+fn a_refused_upgrade_is_the_only_error_check_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = old_cnn(8);
+    let bn = model
+        .graph_mut()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "BatchNormalization")
+        .unwrap();
+    bn.attribute.retain(|a| a.name != "spatial");
+    bn.attribute.push(a_int("spatial", 0));
+    let path = dir.path().join("spatial0.onnx");
+    std::fs::write(&path, model.to_bytes()).unwrap();
+    let check = koala(&["check", path.to_str().unwrap()]);
+    let out = format!("{}{}", text(&check.stdout), text(&check.stderr));
+    assert!(!check.status.success(), "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0].contains("node #2 'batchnormalization_bn' (BatchNormalization) of opset 8 cannot be upgraded to opset 17: spatial=0"),
+        "{out}"
+    );
+    assert!(!out.contains("no gradient rule"), "{out}");
+}

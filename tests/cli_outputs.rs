@@ -445,6 +445,12 @@ fn the_trained_output_is_recorded_for_eval() {
         err.contains("output: 'logits2' (model metadata koala.output)"),
         "{err}"
     );
+    // Eval scores (it does not train) the output the file records, and says so.
+    assert!(
+        err.contains("evaluates output 'logits2' (recorded in the file's koala.output)")
+            && !err.contains("trains output"),
+        "{err}"
+    );
 }
 
 /// A second graph input is refused by check and eval, naming it and the remedy.

@@ -166,15 +166,15 @@ cases! {
 /// re-headed for 3 classes, trained 6 epochs on 3 × 6 tinted images (batch 1,
 /// accumulated to 3, KOALA++ defaults, seed 1), scored on those images. A
 /// fresh 3-class head starts near ln 3 = 1.0986 (uniform guessing: 1.105 and
-/// 1.197 here). DenseNet reaches loss 0.28 and 100 %: asserted < 0.5 and all
-/// right. SqueezeNet reaches 0.73: its Relu after the head leaves a class whose
-/// fresh `conv10` row is negative on every image without gradient (as in
-/// PyTorch), so two of its classes stay at logit 0 and the accuracy stays at
-/// 1/3; asserted < 0.9, which a head that did not train (1.10) cannot reach.
+/// 1.197 here). DenseNet reaches loss 0.44 and 100 %: asserted < 0.5 and all
+/// right. SqueezeNet's head sits behind a Relu, so it starts at zero weights and
+/// bias `RELU_HEAD_BIAS` (every class active; with PyTorch's default init a
+/// class whose fresh row was negative on every image never learned: loss 0.73,
+/// accuracy 1/3); it reaches 0.69 and 2/3 here: asserted < 0.8 and ≥ 2/3.
 #[test]
 fn conv_heads_learn_with_num_classes() {
     for (arch, max_loss, min_accuracy) in [
-        (Arch::SqueezeNet, 0.9, 1.0 / 3.0),
+        (Arch::SqueezeNet, 0.8, 2.0 / 3.0),
         (Arch::DenseNet121, 0.5, 1.0),
     ] {
         let tmp = tempfile::tempdir().unwrap();

@@ -152,7 +152,11 @@ pub fn check_output(
             Err(e) => problems.push(Problem {
                 severity: Severity::Error,
                 message: format!("{e:#}"),
-                suggestion: "re-export the model with opset 11 or later (e.g. torch.onnx.export(..., opset_version=17)), or see the message".into(),
+                // Opset 11–15 models are upgraded only when a gradient needs opset 16.
+                suggestion: format!(
+                    "change what the message names, or re-export the model with opset {} or later (e.g. torch.onnx.export(..., opset_version=17)), which needs no upgrade",
+                    if opset > crate::upgrade::MAX_OLD_OPSET { crate::upgrade::SCATTER_REDUCTION_OPSET } else { 11 }
+                ),
             }),
         }
     }
@@ -207,7 +211,18 @@ pub fn check_output(
             suggestion: "nothing to do: koala trains them as one tensor and writes it back to both on export".into(),
         });
     }
-    path_problems(&work, &selected, &mut problems);
+    // A refused upgrade leaves an old-opset graph whose ops the rules (written
+    // for opset 11+) would all report as missing: only the upgrade error is true.
+    if upgraded.is_ok() {
+        path_problems(&work, &selected, &mut problems);
+    }
+    for message in crate::backward::lrn_ort_refusals(model) {
+        problems.push(Problem {
+            severity: Severity::Error,
+            message,
+            suggestion: "see the message".into(),
+        });
+    }
     let preprocessing = preprocessing_lines(&work, &selected);
     let output = match classifier_output_report(model, output, classes) {
         Some(Ok(line)) => Some(line),

@@ -58,6 +58,21 @@ impl ClassifierOutput {
         };
         format!("trains output '{}' ({}); {reads}", self.output, self.reason)
     }
+
+    /// One line for `koala eval`, which scores rather than trains.
+    pub fn describe_scoring(&self) -> String {
+        let reads = match &self.through {
+            Some(node) => format!(
+                "scored on '{}', the input of {node}: cross-entropy and accuracy from logits",
+                self.logits
+            ),
+            None => format!("scored on '{}' as logits", self.logits),
+        };
+        format!(
+            "evaluates output '{}' ({}); {reads}",
+            self.output, self.reason
+        )
+    }
 }
 
 /// What walking back from one output finds.

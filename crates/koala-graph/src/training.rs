@@ -161,6 +161,10 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     if !spec.backward.keep_batchnorm {
         crate::fold::fold_batchnorm_into_conv(&mut model);
     }
+    let refusals = crate::backward::lrn_ort_refusals(&model);
+    if !refusals.is_empty() {
+        bail!("{}: {}", model.display_name(), refusals.join("\n"));
+    }
     let data_inputs = data_inputs(&model, &spec.input_shapes)?;
     let mut facts: Facts = match probe::probe(&model, &spec.input_shapes, spec.probe_threads.max(1))
     {

@@ -1,6 +1,9 @@
 //! Upgrading old-opset models (default-domain opset 7–10) to opset 17 in the
 //! *training graph only*, so that classic exports (the ONNX model zoo's
 //! opset-7/8/9 classifiers) fine-tune without a Python version converter.
+//! Models of opset 11–15 are upgraded the same way when a gradient needs
+//! opset 16 ([`needs_opset_16`]: a MaxPool with overlapping windows, as in
+//! every ResNet stem, or a GatherElements); otherwise they keep their nodes.
 //! The exported file keeps the user's graph and opset; only its weights
 //! change (`export.rs` writes into the original model).
 //!
@@ -85,8 +88,13 @@ use std::fmt;
 pub const TARGET_OPSET: i64 = 17;
 /// The oldest default-domain opset koala upgrades.
 pub const MIN_OPSET: i64 = 7;
-/// The newest opset that needs upgrading (11 and later are read as they are).
+/// The newest opset that always needs upgrading (11 and later are read as
+/// they are, unless a gradient needs opset 16: see [`needs_opset_16`]).
 pub const MAX_OLD_OPSET: i64 = 10;
+
+/// The opset of `ScatterElements(reduction = "add")`, which the gradients of
+/// MaxPool with overlapping windows and of GatherElements emit.
+pub const SCATTER_REDUCTION_OPSET: i64 = 16;
 
 /// The remedy for a model older than opset 7.
 pub const TOO_OLD_REMEDY: &str = "re-export the model from its source framework with opset 11 or later \
@@ -107,6 +115,9 @@ pub struct Upgraded {
     /// Graph inputs dropped because an initializer of the same name holds a
     /// weight (IR < 4 files list every initializer as an input).
     pub initializer_inputs: Vec<String>,
+    /// Why a model of opset 11–15 was upgraded (the node whose gradient needs
+    /// opset 16); `None` for opset 7–10, which is always upgraded.
+    pub reason: Option<String>,
 }
 
 impl Upgraded {
@@ -117,8 +128,12 @@ impl Upgraded {
 
     /// The note `koala check` prints for an upgraded model.
     pub fn note(&self) -> String {
+        let why = self
+            .reason
+            .as_ref()
+            .map_or(String::new(), |r| format!(" ({r})"));
         format!(
-            "opset {} upgraded to {} for training; the exported file keeps opset {} and the original graph",
+            "opset {} upgraded to {} for training{why}; the exported file keeps opset {} and the original graph",
             self.from, self.to, self.from
         )
     }
@@ -156,7 +171,10 @@ pub fn upgrade(model: &mut Model) -> Result<Upgraded> {
         ..Default::default()
     };
     if from > MAX_OLD_OPSET {
-        return Ok(up);
+        match needs_opset_16(model) {
+            Some(why) if from < SCATTER_REDUCTION_OPSET => up.reason = Some(why),
+            _ => return Ok(up),
+        }
     }
     if from < MIN_OPSET {
         bail!(
@@ -190,6 +208,47 @@ pub fn upgrade(model: &mut Model) -> Result<Upgraded> {
     model.proto.ir_version = model.proto.ir_version.max(8);
     up.to = TARGET_OPSET;
     Ok(up)
+}
+
+/// Why the training graph of this model needs opset 16, if it does: a
+/// MaxPool whose windows overlap (kernel, dilated, longer than the stride) or
+/// a GatherElements, whose gradients scatter-add (`ScatterElements` with
+/// `reduction = "add"`, opset 16). A model of opset 11–15 with such a node is
+/// upgraded like an old one (the rewrites for 11–15 forms are the same
+/// table's rows: Squeeze/Unsqueeze/ReduceSum/Split and Softmax before 13,
+/// BatchNormalization and Dropout before 14), rather than asking the user to
+/// convert the file with Python.
+pub fn needs_opset_16(model: &Model) -> Option<String> {
+    model
+        .graph()
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| is_default(&n.domain))
+        .find_map(|(i, n)| {
+            let what = match n.op_type.as_str() {
+                "MaxPool" if overlapping_windows(n) => "MaxPool with overlapping windows",
+                "GatherElements" => "GatherElements",
+                _ => return None,
+            };
+            Some(format!(
+                "{} is a {what}, whose gradient needs ScatterElements(reduction=add) of opset {SCATTER_REDUCTION_OPSET}",
+                node_label(i, n)
+            ))
+        })
+}
+
+/// Whether a pooling node's windows overlap along some axis: (kernel − 1) ·
+/// dilation + 1 > stride (strides and dilations default to 1).
+fn overlapping_windows(n: &NodeProto) -> bool {
+    let kernel = attrs::ints(n, "kernel_shape").unwrap_or_default();
+    let strides = attrs::ints(n, "strides").unwrap_or_default();
+    let dilations = attrs::ints(n, "dilations").unwrap_or_default();
+    kernel.iter().enumerate().any(|(i, &k)| {
+        let d = dilations.get(i).copied().unwrap_or(1);
+        let s = strides.get(i).copied().unwrap_or(1);
+        (k - 1) * d + 1 > s
+    })
 }
 
 /// Removes from `graph.input` every input that names an initializer; returns
@@ -261,9 +320,8 @@ fn plan(model: &Model, opset: i64) -> Result<Vec<(usize, Vec<NodeProto>)>> {
     for (i, n) in g.node.iter().enumerate() {
         let refuse = |why: String| {
             format!(
-                "{} (op {}, opset {opset}) cannot be upgraded to opset {TARGET_OPSET}: {why}",
-                node_label(i, n),
-                n.op_type
+                "{} of opset {opset} cannot be upgraded to opset {TARGET_OPSET}: {why}",
+                node_label(i, n)
             )
         };
         if let Some(why) = subgraph_needs_upgrade(n, opset) {

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{check, Check, Fd, Net, F32};
+use common::{check, mse_build_error, Check, Fd, Net, F32};
 
 /// h = 2⁻⁷ (as `Fd::F32_SMOOTH`), tolerance 2e-3 (see the module docs).
 const LRN_FD: Fd = Fd {
@@ -84,4 +84,20 @@ fn conv_then_lrn_trains_the_conv() {
         ],
     );
     check(&n, "y", &Check::mse(F32).with_fd(LRN_FD));
+}
+
+/// An even `size` is refused before ONNX Runtime sees the graph (its kernel
+/// accepts odd sizes only and its own refusal names no node), with the node
+/// and an odd size to re-export with.
+#[test]
+fn an_even_size_is_refused_naming_the_node() {
+    let mut n = Net::new(17, F32, 905);
+    let xv = n.rand_leaf("x", &[1, 4, 3, 3]);
+    n.node("LRN", &[&xv], &["y"], vec![a_int("size", 4)]);
+    let e = mse_build_error(&n);
+    assert!(
+        e.contains("(LRN) has size 4: ONNX Runtime's LRN kernel accepts odd sizes only")
+            && e.contains("re-export it with an odd size (e.g. 5)"),
+        "{e}"
+    );
 }

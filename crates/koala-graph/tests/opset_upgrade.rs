@@ -623,3 +623,45 @@ fn new_opsets_keep_their_nodes() {
     assert_eq!(up.graph().node, before.graph().node);
     assert_eq!(up.graph().input.len(), 1);
 }
+
+/// A model of opset 11–15 whose MaxPool windows overlap (3×3, stride 2: every
+/// ResNet stem) needs opset 16's ScatterElements(reduction=add) for its
+/// gradient. Rather than refuse with "convert the file with Python", koala
+/// upgrades it like an old model: opset 12's Unsqueeze `axes` attribute and
+/// coerce-to-2-D Softmax are rewritten, and the outputs are ONNX Runtime's
+/// for the opset-12 original. The note names the node.
+#[test]
+fn an_overlapping_max_pool_lifts_opset_12_to_17() {
+    let mut c = Case::new(12, 21);
+    let x = c.input("x", &[1, 2, 7, 7]);
+    let pool = vec![a_ints("kernel_shape", &[3, 3]), a_ints("strides", &[2, 2])];
+    c.node("MaxPool", &[&x], &["p"], pool);
+    c.node("Unsqueeze", &["p"], &["u"], vec![a_ints("axes", &[0])]);
+    c.node("Softmax", &["u"], &["y"], vec![a_int("axis", 2)]);
+    c.outputs(&["y"]);
+    let r = check(&c, &[]);
+    let note = r.note();
+    assert!(
+        note.starts_with("opset 12 upgraded to 17 for training (node #0")
+            && note.contains("MaxPool with overlapping windows, whose gradient needs ScatterElements(reduction=add) of opset 16"),
+        "{note}"
+    );
+    assert_eq!(r.rewritten.get("Unsqueeze"), Some(&1), "{r:?}");
+    assert_eq!(r.rewritten.get("Softmax"), Some(&1), "{r:?}");
+}
+
+/// Windows that do not overlap (2×2, stride 2) need no scatter-add: an
+/// opset-12 model keeps its opset and nodes.
+#[test]
+fn a_max_pool_without_overlap_keeps_opset_12() {
+    let mut c = Case::new(12, 22);
+    let x = c.input("x", &[1, 2, 6, 6]);
+    let pool = vec![a_ints("kernel_shape", &[2, 2]), a_ints("strides", &[2, 2])];
+    c.node("MaxPool", &[&x], &["y"], pool);
+    c.outputs(&["y"]);
+    let before = c.model();
+    let mut up = before.clone();
+    let r = upgrade(&mut up).unwrap();
+    assert!(!r.changed_opset() && r.reason.is_none(), "{r:?}");
+    assert_eq!(up.graph().node, before.graph().node);
+}

@@ -380,10 +380,14 @@ pub fn evaluate_classifier_file(
     // Scored on the logits the loss of a run reads (a final Softmax left out): cross-entropy
     // from logits, accuracy from their arg-max.
     let classes = loader.source().class_names().len();
+    let given = output.is_some();
     let output = output.or_else(|| recorded_output(&recorded, model));
-    let choice = koala_graph::classifier_output::choose(model, output, Some(classes))?;
+    let mut choice = koala_graph::classifier_output::choose(model, output, Some(classes))?;
+    if !given && output.is_some() {
+        choice.reason = "recorded in the file's koala.output".into();
+    }
     if model.graph().output.len() > 1 || choice.through.is_some() {
-        eprintln!("{}", choice.describe());
+        eprintln!("{}", choice.describe_scoring());
     }
     let mut s = logits_session(path, model, &choice, &opts).with_context(|| {
         format!(

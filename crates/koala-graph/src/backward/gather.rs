@@ -251,7 +251,7 @@ pub fn gather_elements(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<St
         return Ok(out);
     }
     if ctx.opset() < 16 {
-        bail!("the gradient of GatherElements needs ScatterElements with reduction=\"add\" (opset 16); convert the model to opset 16 or later");
+        bail!("the gradient of GatherElements needs ScatterElements with reduction=\"add\" (opset 16); koala's upgrade lifts such models to 17 before differentiating (see upgrade.rs), and this graph skipped it: freeze the weights before this node to train the rest");
     }
     let (x, ids, dy) = (r.input(0), r.input(1), r.dy0()?.to_string());
     let xs = ctx.shape(x)?;

@@ -28,7 +28,32 @@
 
 use super::{GradCtx, RuleInput};
 use crate::attrs::{self, a_int, a_ints};
+use crate::model::{node_label, Model};
 use anyhow::{bail, Result};
+
+/// LRN nodes ONNX Runtime refuses to load (an even `size`: its kernel
+/// requires an odd one), each as a message naming the node and what to do.
+/// Checked before ONNX Runtime sees the graph, whose own refusal is a raw
+/// "size_ % 2 == 1 was false" without the node.
+pub fn ort_refusals(model: &Model) -> Vec<String> {
+    model
+        .graph()
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.op_type == "LRN" && (n.domain.is_empty() || n.domain == "ai.onnx"))
+        .filter_map(|(i, n)| {
+            let size = attrs::int(n, "size", 0);
+            (size < 1 || size % 2 == 0).then(|| {
+                format!(
+                    "{} has size {size}: ONNX Runtime's LRN kernel accepts odd sizes only, so it runs neither this model nor the original file; re-export it with an odd size (e.g. {})",
+                    node_label(i, n),
+                    (size + 1).max(1)
+                )
+            })
+        })
+        .collect()
+}
 
 /// Σ over the channel window [c − before, c + after] of `x` (shape [N, C, …]),
 /// divided by `before + after + 1`, shaped like `x`.

@@ -20,6 +20,7 @@ mod gemm;
 mod instancenorm;
 mod layernorm;
 mod lrn;
+pub use lrn::ort_refusals as lrn_ort_refusals;
 mod math;
 mod matmul;
 mod pool;

@@ -84,7 +84,7 @@ pub fn max_pool(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>>
     }
     let overlapping = w.kernel.iter().zip(&w.strides).any(|(k, s)| k > s);
     if overlapping && ctx.opset() < 16 {
-        bail!("MaxPool with overlapping windows needs ScatterElements(reduction=add), available from opset 16; this model uses opset {}. Upgrade the model's opset (e.g. onnx.version_converter) or freeze the layers before this pool", ctx.opset());
+        bail!("MaxPool with overlapping windows needs ScatterElements(reduction=add), available from opset 16; this training graph has opset {} (koala's upgrade lifts such models to 17 before differentiating, see upgrade.rs; a graph that reaches this skipped it). Freeze the layers before this pool to train the rest", ctx.opset());
     }
     // Recompute the pool with its Indices output (flat indices into X).
     let mut attrs = r.node.attribute.clone();
