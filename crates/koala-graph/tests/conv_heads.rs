@@ -10,7 +10,7 @@
 #[path = "common/zoo.rs"]
 mod zoo;
 
-use koala_graph::classifier_output::choose;
+use koala_graph::classifier_output::{choose, ClassifierOutput};
 use koala_graph::head::{find_head, replace_head, RELU_HEAD_BIAS};
 use koala_graph::proto::NodeProto;
 use koala_graph::training::declared_dims;
@@ -25,6 +25,13 @@ fn run(m: &Model) -> Vec<f32> {
     let shape = [1usize, 3, IMAGE as usize, IMAGE as usize];
     let out = s.run(&[("data_0", TensorView::f32(&x, &shape))]).unwrap();
     out[0].as_f32().unwrap().to_vec()
+}
+
+/// The output `m` trains and `check`'s line for its head.
+fn head_line(m: &Model) -> (ClassifierOutput, String) {
+    let c = choose(m, None, None).unwrap();
+    let line = find_head(m, &c).unwrap().describe(None);
+    (c, line)
 }
 
 fn input_dims(m: &Model, name: &str) -> Vec<Option<i64>> {
@@ -95,13 +102,10 @@ fn squeezenet_conv_head_is_found_and_replaced() {
 #[test]
 fn densenet_conv_head_is_found_and_replaced() {
     let mut m = zoo::build(Arch::DenseNet121, Form { opset: 13 }, 1);
-    let c = choose(&m, None, None).unwrap();
-    let h = find_head(&m, &c).unwrap();
+    let (c, line) = head_line(&m);
     assert!(
-        h.describe(None)
-            .starts_with("head: Conv 'fc6' (1000 classes, weight fc6_w_0 [1000,16,1,1])"),
-        "{}",
-        h.describe(None)
+        line.starts_with("head: Conv 'fc6' (1000 classes, weight fc6_w_0 [1000,16,1,1])"),
+        "{line}"
     );
     replace_head(&mut m, &c, 4, 0).unwrap();
     assert_eq!(init_dims(&m, "fc6_w_0"), [4, 16, 1, 1]);
@@ -213,13 +217,10 @@ fn an_ambiguous_class_count_in_a_reshape_is_refused() {
 #[test]
 fn a_gemm_weight_through_a_reshape_is_replaced() {
     let mut m = zoo::build(Arch::InceptionV1, Form { opset: 13 }, 1);
-    let c = choose(&m, None, None).unwrap();
-    let h = find_head(&m, &c).unwrap();
+    let (c, line) = head_line(&m);
     assert!(
-        h.describe(None)
-            .contains("weight loss3/classifier_w_0 [1,1,1000,20]"),
-        "{}",
-        h.describe(None)
+        line.contains("weight loss3/classifier_w_0 [1,1,1000,20]"),
+        "{line}"
     );
     let r = replace_head(&mut m, &c, 6, 0).unwrap();
     assert_eq!(r.reshapes, ["OC2_DUMMY_3"]);
@@ -268,8 +269,7 @@ fn every_zoo_head_is_named() {
     for (arch, want) in expect {
         for opset in [9, 13] {
             let m = zoo::build(arch, Form { opset }, 1);
-            let c = choose(&m, None, None).unwrap();
-            let d = find_head(&m, &c).unwrap().describe(None);
+            let (_, d) = head_line(&m);
             assert!(d.starts_with(want), "{arch:?} opset {opset}: {d}");
         }
     }
