@@ -171,6 +171,11 @@ struct FinetuneArgs {
     /// What KOALA receives as loss variance.
     #[arg(long, value_enum)]
     loss_var: Option<LossVarArg>,
+    /// KOALA++: one Kalman filter per weight tensor (per-tensor, the paper's code) or one
+    /// innovation variance shared by all tensors (joint: η is the fraction of the loss
+    /// removed per step whatever the number of tensors; default η 0.3).
+    #[arg(long, value_enum)]
+    koala_innovation: Option<InnovationArg>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
@@ -277,6 +282,14 @@ enum LossVarArg {
     Variance,
     /// Exactly 0 (KOALA++ language-model scripts).
     Zero,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InnovationArg {
+    /// One filter per weight tensor (the reference KOALA++).
+    PerTensor,
+    /// One innovation variance for all trained tensors (koala extension).
+    Joint,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -588,6 +601,12 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
             LossVarArg::Square => LossVar::Square,
             LossVarArg::Variance => LossVar::Variance,
             LossVarArg::Zero => LossVar::Zero,
+        });
+    }
+    if let Some(i) = a.koala_innovation {
+        c.koala_innovation = Some(match i {
+            InnovationArg::PerTensor => koala_optim::KoalaPPInnovation::PerTensor,
+            InnovationArg::Joint => koala_optim::KoalaPPInnovation::Joint,
         });
     }
     if let Some(s) = a.schedule {

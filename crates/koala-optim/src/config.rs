@@ -74,6 +74,23 @@ pub enum KoalaPPPath {
     Literal,
 }
 
+/// How KOALA++'s per-tensor filters share the measurement (koala extension, issue 10;
+/// `koala_pp_joint.rs` has the derivation).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KoalaPPInnovation {
+    /// The reference (spec §5.2): every tensor runs its own filter with its own innovation
+    /// variance S_t, so each tensor's step asks to remove the fraction η of the whole loss.
+    #[default]
+    PerTensor,
+    /// One Kalman filter on the concatenated parameter vector with a block-diagonal
+    /// covariance (one block per tensor): a single innovation variance
+    /// S = Σ_t h_t·P̂_t·h_t + R shared by all tensors (of all groups stepped together), so η
+    /// keeps its paper meaning (the fraction of the loss removed per step) whatever the
+    /// number of tensors. Fused path only.
+    Joint,
+}
+
 /// Measurement-noise handling shared by the KOALA family (spec §2.3).
 /// `r = None` means the online EMA `R ← alpha_r·R + (1−alpha_r)·V`, starting at `r_init`.
 fn validate_noise(r: Option<f64>, alpha_r: f64, r_init: f64) -> Result<(), OptimError> {
@@ -115,6 +132,8 @@ pub struct KoalaPPConfig {
     /// makes the step go uphill and diverged in tests. Default off; must be off to
     /// reproduce the reference vectors.
     pub s_guard: bool,
+    /// Per-tensor (default, the reference) or joint innovation.
+    pub innovation: KoalaPPInnovation,
 }
 
 impl Default for KoalaPPConfig {
@@ -131,6 +150,7 @@ impl Default for KoalaPPConfig {
             path: KoalaPPPath::Fused,
             skip_eps: 1e-9,
             s_guard: false,
+            innovation: KoalaPPInnovation::PerTensor,
         }
     }
 }
@@ -142,7 +162,14 @@ impl KoalaPPConfig {
         validate_noise(self.r, self.alpha_r, self.r_init)?;
         non_negative("weight_decay", self.weight_decay)?;
         finite("lr", self.lr)?;
-        non_negative("skip_eps", self.skip_eps)
+        non_negative("skip_eps", self.skip_eps)?;
+        if self.innovation == KoalaPPInnovation::Joint && self.path == KoalaPPPath::Literal {
+            return Err(OptimError::config(
+                "innovation",
+                "`joint` is computed by the fused path only; set path = \"fused\" (the literal path is the reference form of the per-tensor filter)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -11,11 +11,14 @@
 
 use rayon::prelude::*;
 
-use crate::config::{KoalaPPConfig, KoalaPPPath, KoalaPPVariant, OptimizerConfig};
+use crate::config::{
+    KoalaPPConfig, KoalaPPInnovation, KoalaPPPath, KoalaPPVariant, OptimizerConfig,
+};
 use crate::error::OptimError;
-use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, CHUNK};
+use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, Sums, CHUNK};
+use crate::koala_pp_joint::{step_joint, JointGroup};
 use crate::optimizer::{
-    begin_koala_step, summarize, update_tensors, Optimizer, StepContext, StepReport,
+    begin_koala_step, summarize, update_tensors, GroupStep, Optimizer, StepContext, StepReport,
 };
 use crate::simd::koala_pp_sums;
 use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, TensorState};
@@ -24,7 +27,7 @@ use crate::state::{OptimizerState, StateLayout, TensorReport, TensorSpec, Tensor
 const S: usize = 0;
 const X: usize = 1;
 const Y: usize = 2;
-const R: usize = 0;
+pub(crate) const R: usize = 0;
 
 static FUSED_LAYOUT: StateLayout = StateLayout {
     kind: "koala-pp/fused",
@@ -46,7 +49,7 @@ static LITERAL_LAYOUT: StateLayout = StateLayout {
 /// The KOALA++ optimizer.
 #[derive(Debug)]
 pub struct KoalaPP {
-    cfg: KoalaPPConfig,
+    pub(crate) cfg: KoalaPPConfig,
     config: OptimizerConfig,
 }
 
@@ -58,7 +61,7 @@ impl KoalaPP {
         }
     }
 
-    fn layout(&self) -> &'static StateLayout {
+    pub(crate) fn layout(&self) -> &'static StateLayout {
         match self.cfg.path {
             KoalaPPPath::Fused => &FUSED_LAYOUT,
             KoalaPPPath::Literal => &LITERAL_LAYOUT,
@@ -69,6 +72,10 @@ impl KoalaPP {
 impl Optimizer for KoalaPP {
     fn config(&self) -> &OptimizerConfig {
         &self.config
+    }
+
+    fn joint_koala_pp(&self) -> Option<&KoalaPP> {
+        (self.cfg.innovation == KoalaPPInnovation::Joint).then_some(self)
     }
 
     fn init(&self, specs: &[TensorSpec]) -> Result<OptimizerState, OptimError> {
@@ -92,6 +99,19 @@ impl Optimizer for KoalaPP {
         grads: &[Option<&[f32]>],
         ctx: &StepContext,
     ) -> Result<StepReport, OptimError> {
+        if self.cfg.innovation == KoalaPPInnovation::Joint {
+            let mut gs = GroupStep {
+                opt: self,
+                state,
+                params,
+                grads,
+            };
+            let mut group = [JointGroup {
+                koala: self,
+                step: &mut gs,
+            }];
+            return Ok(step_joint(&mut group, ctx)?[0]);
+        }
         let r = begin_koala_step(
             state,
             self.layout(),
@@ -111,52 +131,75 @@ impl Optimizer for KoalaPP {
 }
 
 /// Scalars of one tensor's step, all derived from the pass-1 dot products.
-struct StepScalars {
+pub(crate) struct StepScalars {
     /// Coefficients of v = c_v·v_p + c_h·h + c_p·h_p.
-    c_v: f64,
-    c_h: f64,
-    c_p: f64,
+    pub c_v: f64,
+    pub c_h: f64,
+    pub c_p: f64,
     /// θ ← θ + step·(v + Q·h), step = −η·ℓ/S.
-    step: f64,
+    pub step: f64,
     /// S of this step, and whether the optional guard restarted the tensor's filter.
-    s: f64,
-    guard_hit: bool,
+    pub s: f64,
+    pub guard_hit: bool,
     /// Cached x and y of the next step: ‖h‖² and h·v.
-    x_next: f64,
-    y_next: f64,
+    pub x_next: f64,
+    pub y_next: f64,
+}
+
+/// A tensor's filter update before S is known: the v coefficients and h·P̂·h, this
+/// tensor's share of S (S = h·P̂·h + R per tensor; Σ_t h_t·P̂_t·h_t + R when joint).
+#[derive(Clone, Copy)]
+pub(crate) struct Filter {
+    pub c_v: f64,
+    pub c_h: f64,
+    pub c_p: f64,
+    /// h·P̂·h = v·h + Q·‖h‖².
+    pub hph: f64,
+    /// ‖h‖² and h·v, the next step's cached x and y.
+    pub x_next: f64,
+    pub y_next: f64,
+}
+
+/// The tensor's previous filter state; `None` before its first update (the lazy step).
+pub(crate) fn prev_of(t: &TensorState) -> Option<Prev> {
+    t.initialized.then(|| Prev {
+        s: t.scalars[S],
+        x: t.scalars[X],
+        y: t.scalars[Y],
+    })
 }
 
 /// Previous state of a tensor as seen by the scalar computation.
 #[derive(Clone, Copy)]
-struct Prev {
-    s: f64,
-    x: f64,
-    y: f64,
+pub(crate) struct Prev {
+    pub s: f64,
+    pub x: f64,
+    pub y: f64,
 }
 
 /// The fused form's dot products (spec §5.5).
 #[derive(Clone, Copy)]
-struct Dots {
+pub(crate) struct Dots {
     /// h·h_p
-    a: f64,
+    pub a: f64,
     /// h·v_p
-    b: f64,
+    pub b: f64,
     /// h·h
-    c: f64,
+    pub c: f64,
     /// θ·θ
-    t: f64,
+    pub t: f64,
 }
 
 impl KoalaPP {
-    /// Spec §5.3 steps c–k in scalar form. `prev = None` is the lazy first step: the
-    /// reference pretends h_p = h and v_p = σ·h (a phantom measurement update), so a, b,
-    /// x, y and S_p follow from c alone.
-    fn scalars(&self, dots: Dots, prev: Option<Prev>, r: f64, ctx: &StepContext) -> StepScalars {
-        let (q, sigma, wd) = (self.cfg.q, self.cfg.sigma, self.cfg.weight_decay);
-        let Dots { c, t, .. } = dots;
+    /// Spec §5.3 steps c–i in scalar form, up to h·P̂·h. `prev = None` is the lazy first
+    /// step: the reference pretends h_p = h and v_p = σ·h (a phantom measurement update
+    /// whose innovation variance is `lazy_s_p`), so a, b, x and y follow from c alone.
+    pub(crate) fn filter(&self, dots: Dots, prev: Option<Prev>, lazy_s_p: f64) -> Filter {
+        let (q, sigma) = (self.cfg.q, self.cfg.sigma);
+        let c = dots.c;
         let (a, b, x, y, s_p) = match prev {
             Some(p) => (dots.a, dots.b, p.x, p.y, p.s),
-            None => (c, sigma * c, c, sigma * c, sigma * c + q * c + r),
+            None => (c, sigma * c, c, sigma * c, lazy_s_p),
         };
         let lambda = (b + q * a) / s_p;
         let alpha = a / x;
@@ -168,22 +211,41 @@ impl KoalaPP {
         let c_p = w - q * lambda;
         // v·h expanded so that S needs no second reduction.
         let vh = c_v * b + q * c + c_p * a;
-        let s = vh + q * c + r;
-        let layer_loss = ctx.loss + 0.5 * wd * t;
         let (c_v, c_h, c_p) = match prev {
             Some(_) => (c_v, q, c_p),
             // v_p = σ·h and h_p = h fold into a single coefficient on h.
             None => (0.0, c_v * sigma + q + c_p, 0.0),
         };
-        StepScalars {
+        Filter {
             c_v,
             c_h,
             c_p,
+            hph: vh + q * c,
+            x_next: c,
+            y_next: vh,
+        }
+    }
+
+    /// The lazy first step's innovation variance for one tensor on its own (spec §5.3 e):
+    /// (σ+Q)·‖h‖² + R, written as the reference sums it.
+    pub(crate) fn own_lazy_s_p(&self, c: f64, r: f64) -> f64 {
+        self.cfg.sigma * c + self.cfg.q * c + r
+    }
+
+    /// The per-tensor step (spec §5.3 c–k): S = h·P̂·h + R of this tensor alone.
+    fn scalars(&self, dots: Dots, prev: Option<Prev>, r: f64, ctx: &StepContext) -> StepScalars {
+        let f = self.filter(dots, prev, self.own_lazy_s_p(dots.c, r));
+        let s = f.hph + r;
+        let layer_loss = ctx.loss + 0.5 * self.cfg.weight_decay * dots.t;
+        StepScalars {
+            c_v: f.c_v,
+            c_h: f.c_h,
+            c_p: f.c_p,
             step: -ctx.lr * layer_loss / s,
             s,
             guard_hit: false,
-            x_next: c,
-            y_next: vh,
+            x_next: f.x_next,
+            y_next: f.y_next,
         }
     }
 
@@ -219,35 +281,46 @@ impl KoalaPP {
         r: f64,
         ctx: &StepContext,
     ) -> TensorReport {
-        let n = t.numel();
-        let wd = self.cfg.weight_decay as f32;
-        let [v, h] = t.vectors.as_mut_slice() else {
-            unreachable!("KOALA++ layout has two vectors")
-        };
-        let sums = {
-            let (p, v, h) = (&*p, &*v, &*h);
-            par_chunk_sums(&mut t.partials, n, |rg| {
-                koala_pp_sums(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
-            })
-        };
-        let [a, b, c, tt, gg] = sums;
+        let [a, b, c, tt, gg] = self.pass1(t, p, g);
         if below_skip_threshold(gg, self.cfg.skip_eps) {
             return TensorReport::skipped();
         }
-        let prev = t.initialized.then(|| Prev {
-            s: t.scalars[S],
-            x: t.scalars[X],
-            y: t.scalars[Y],
-        });
         let dots = Dots { a, b, c, t: tt };
-        let k = self.guarded_scalars(dots, prev, r, ctx);
+        let k = self.guarded_scalars(dots, prev_of(t), r, ctx);
+        self.pass2(t, p, g, &k);
+        TensorReport {
+            skipped: false,
+            s: Some(k.s),
+            guard_hit: k.guard_hit,
+        }
+    }
+
+    /// Pass 1 (spec §5.5): the dot products h·h_p, h·v_p, h·h, θ·θ and ‖g‖², with
+    /// h = g + wd·θ formed on the fly; chunk-parallel with a fixed combine order.
+    pub(crate) fn pass1(&self, t: &mut TensorState, p: &[f32], g: &[f32]) -> Sums {
+        let n = t.numel();
+        let wd = self.cfg.weight_decay as f32;
+        let [v, h] = t.vectors.as_slice() else {
+            unreachable!("KOALA++ layout has two vectors")
+        };
+        par_chunk_sums(&mut t.partials, n, |rg| {
+            koala_pp_sums(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
+        })
+    }
+
+    /// Pass 2 (spec §5.5): writes v, H and θ with the step's coefficients, then stores
+    /// the scalars the next step needs.
+    pub(crate) fn pass2(&self, t: &mut TensorState, p: &mut [f32], g: &[f32], k: &StepScalars) {
         let coef = Pass2 {
             c_v: k.c_v as f32,
             c_h: k.c_h as f32,
             c_p: k.c_p as f32,
             q: self.cfg.q as f32,
             step: k.step as f32,
-            wd,
+            wd: self.cfg.weight_decay as f32,
+        };
+        let [v, h] = t.vectors.as_mut_slice() else {
+            unreachable!("KOALA++ layout has two vectors")
         };
         (
             p.par_chunks_mut(CHUNK),
@@ -261,11 +334,6 @@ impl KoalaPP {
         t.scalars[X] = k.x_next;
         t.scalars[Y] = k.y_next;
         t.initialized = true;
-        TensorReport {
-            skipped: false,
-            s: Some(k.s),
-            guard_hit: k.guard_hit,
-        }
     }
 
     /// Spec §5.3 literally: h, then (lazy init) v_p, h_p, then x, y, S_p, a, b, λ, α, w,
@@ -351,24 +419,24 @@ impl KoalaPP {
 }
 
 /// S ≤ R (or NaN) means h·P̂·h = S − R is not positive: the guard's trigger.
-fn not_positive_along_h(s: f64, r: f64) -> bool {
+pub(crate) fn not_positive_along_h(s: f64, r: f64) -> bool {
     s.partial_cmp(&r) != Some(std::cmp::Ordering::Greater)
 }
 
 /// Pass-2 coefficients in f32 (the stored vectors are f32).
-struct Pass2 {
-    c_v: f32,
-    c_h: f32,
-    c_p: f32,
-    q: f32,
-    step: f32,
-    wd: f32,
+pub(crate) struct Pass2 {
+    pub c_v: f32,
+    pub c_h: f32,
+    pub c_p: f32,
+    pub q: f32,
+    pub step: f32,
+    pub wd: f32,
 }
 
 simd_kernel! {
 /// Pass 2 over one chunk: h = g + wd·θ; v = c_v·v_p + c_h·h + c_p·h_p;
 /// θ ← θ + step·(v + Q·h); v and h overwrite v_p and h_p in place.
-fn pass2(p: &mut [f32], v: &mut [f32], h: &mut [f32], g: &[f32], k: &Pass2) {
+pub(crate) fn pass2(p: &mut [f32], v: &mut [f32], h: &mut [f32], g: &[f32], k: &Pass2) {
     for (((p, v), h), g) in p.iter_mut().zip(v).zip(h).zip(g) {
         let hi = g + k.wd * *p;
         let vi = k.c_v * *v + k.c_h * hi + k.c_p * *h;

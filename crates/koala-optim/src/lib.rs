@@ -21,6 +21,7 @@ mod error;
 mod kernels;
 mod koala_m;
 mod koala_pp;
+mod koala_pp_joint;
 mod koala_v;
 mod optimizer;
 mod presets;
@@ -31,10 +32,10 @@ pub mod vectors;
 
 pub use checkpoint::{StatePaths, FORMAT_VERSION};
 pub use config::{
-    AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPPath, KoalaPPVariant, KoalaVConfig,
-    OptimizerConfig, SgdConfig,
+    AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPInnovation, KoalaPPPath, KoalaPPVariant,
+    KoalaVConfig, OptimizerConfig, SgdConfig,
 };
 pub use error::OptimError;
-pub use optimizer::{build, Optimizer, StepContext, StepReport};
+pub use optimizer::{build, step_groups, GroupStep, Optimizer, StepContext, StepReport};
 pub use presets::{preset, Preset, PRESETS};
 pub use state::{OptimizerState, TensorReport, TensorSpec};

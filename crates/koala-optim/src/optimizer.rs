@@ -61,6 +61,59 @@ pub trait Optimizer: Send + Sync + std::fmt::Debug {
         grads: &[Option<&[f32]>],
         ctx: &StepContext,
     ) -> Result<StepReport, OptimError>;
+
+    /// KOALA++ with joint innovation: groups stepped together by [`step_groups`] share
+    /// one innovation variance. `None` for every other optimizer.
+    #[doc(hidden)]
+    fn joint_koala_pp(&self) -> Option<&crate::koala_pp::KoalaPP> {
+        None
+    }
+}
+
+/// One optimizer group's share of a training step: the arguments of [`Optimizer::step`].
+pub struct GroupStep<'s, 'p> {
+    pub opt: &'s dyn Optimizer,
+    pub state: &'s mut OptimizerState,
+    pub params: &'s mut [&'p mut [f32]],
+    pub grads: &'s [Option<&'s [f32]>],
+}
+
+/// Steps the optimizer groups of one model (e.g. the decay and no-decay groups) with the
+/// same `ctx`; returns one report per group, in order.
+///
+/// Groups whose optimizer is KOALA++ with `innovation = joint` are one Kalman filter: they
+/// share the innovation variance S, the measured loss ℓ and the lazy phantom
+/// (`koala_pp_joint.rs`). Every other group steps on its own, exactly as
+/// [`Optimizer::step`] would.
+pub fn step_groups(
+    groups: &mut [GroupStep<'_, '_>],
+    ctx: &StepContext,
+) -> Result<Vec<StepReport>, OptimError> {
+    let mut reports = vec![StepReport::default(); groups.len()];
+    let (joint, alone): (Vec<_>, Vec<_>) = groups
+        .iter_mut()
+        .enumerate()
+        .partition(|(_, g)| g.opt.joint_koala_pp().is_some());
+    for (i, g) in alone {
+        reports[i] = g.opt.step(g.state, g.params, g.grads, ctx)?;
+    }
+    let (index, mut parts): (Vec<usize>, Vec<_>) = joint
+        .into_iter()
+        .map(|(i, g)| {
+            let koala = g
+                .opt
+                .joint_koala_pp()
+                .expect("partitioned on joint_koala_pp");
+            (i, crate::koala_pp_joint::JointGroup { koala, step: g })
+        })
+        .unzip();
+    for (i, r) in index
+        .into_iter()
+        .zip(crate::koala_pp_joint::step_joint(&mut parts, ctx)?)
+    {
+        reports[i] = r;
+    }
+    Ok(reports)
 }
 
 /// Builds the optimizer described by `config` after validating it.

@@ -9,6 +9,9 @@ use crate::config::OptimizerConfig;
 use crate::error::OptimError;
 use crate::kernels::{num_chunks, Sums};
 
+/// Number of f64 scratch slots per tensor in `TensorState::work`.
+pub(crate) const WORK_SLOTS: usize = 8;
+
 /// Name and shape of one parameter tensor. Parameters are flattened row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
@@ -82,6 +85,10 @@ pub(crate) struct TensorState {
     /// A per-tensor result handed from a parallel tensor loop to the sequential combine
     /// that follows it (combined in tensor order, so thread count never matters).
     pub aux: f64,
+    /// Per-tensor f64 scratch handed between the phases of a step that is split across
+    /// tensors (KOALA++ joint innovation: pass-1 sums, then the filter coefficients).
+    /// Not saved; meaningless between steps.
+    pub work: [f64; WORK_SLOTS],
     pub report: TensorReport,
 }
 
@@ -96,6 +103,7 @@ impl TensorState {
             scratch: (0..layout.scratch).map(|_| vec![0.0; n]).collect(),
             partials: vec![Sums::default(); num_chunks(n)],
             aux: 0.0,
+            work: [0.0; WORK_SLOTS],
             report: TensorReport::default(),
         }
     }

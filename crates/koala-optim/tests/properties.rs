@@ -7,8 +7,9 @@ mod common;
 
 use common::{noise, train, train_step, Problem};
 use koala_optim::{
-    build, AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPPath, KoalaPPVariant, KoalaVConfig,
-    Optimizer, OptimizerConfig, OptimizerState, SgdConfig, StatePaths, StepContext,
+    build, AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPInnovation, KoalaPPPath,
+    KoalaPPVariant, KoalaVConfig, Optimizer, OptimizerConfig, OptimizerState, SgdConfig,
+    StatePaths, StepContext,
 };
 
 /// One optimizer under test with hyper-parameters that suit the two problems.
@@ -30,6 +31,18 @@ fn koala_pp(variant: KoalaPPVariant, path: KoalaPPPath, s_guard: bool) -> Optimi
         path,
         s_guard,
         ..KoalaPPConfig::default()
+    })
+}
+
+fn joint(s_guard: bool) -> OptimizerConfig {
+    let OptimizerConfig::KoalaPlusPlus(c) =
+        koala_pp(KoalaPPVariant::Symmetric, KoalaPPPath::Fused, s_guard)
+    else {
+        unreachable!()
+    };
+    OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
+        innovation: KoalaPPInnovation::Joint,
+        ..c
     })
 }
 
@@ -68,6 +81,8 @@ fn table() -> Vec<Entry> {
             "koala++ symmetric fused, S guard",
             koala_pp(Symmetric, Fused, true),
         ),
+        koala("koala++ joint innovation", joint(false)),
+        koala("koala++ joint innovation, S guard", joint(true)),
         koala(
             "koala-v",
             OptimizerConfig::KoalaV(KoalaVConfig {

@@ -109,6 +109,10 @@ pub struct TrainConfig {
     pub sigma: Option<f64>,
     /// KOALA++ process noise Q.
     pub q: Option<f64>,
+    /// KOALA++: one filter per tensor (`per-tensor`, the reference) or one joint
+    /// innovation for all tensors (`joint`, koala_optim's `koala_pp_joint`).
+    /// `None`: the optimizer's default (per-tensor).
+    pub koala_innovation: Option<koala_optim::KoalaPPInnovation>,
     /// What KOALA++ receives as loss variance (`None`: the task's default,
     /// [`LossVar::default_for`]; a run records the value it used).
     pub loss_var: Option<LossVar>,
@@ -206,6 +210,7 @@ impl Default for TrainConfig {
             sigma: None,
             q: None,
             loss_var: None,
+            koala_innovation: None,
             schedule: ScheduleKind::Constant,
             warmup_steps: 0,
             min_lr: 0.0,

@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 use koala_data::Cursor;
 use koala_graph::step::TrainStep;
 use koala_graph::Model;
-use koala_optim::{Optimizer, OptimizerState, StepContext, TensorSpec};
+use koala_optim::{GroupStep, Optimizer, OptimizerState, StepContext, TensorSpec};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -505,25 +505,42 @@ impl Run {
     }
 
     /// Each group's optimizer updates its weights in place, from the buffered gradients or,
-    /// when there is no buffer, from the runner's gradient outputs.
+    /// when there is no buffer, from the runner's gradient outputs. The groups step
+    /// together (`koala_optim::step_groups`): KOALA++ with joint innovation shares one
+    /// innovation variance across them.
     fn optimizer_step(&mut self, buffer: &GradBuffer, ctx: &StepContext) -> Result<()> {
         let (params, in_place) = self.step.params_and_grads();
         let mut rest: Vec<Option<&mut [f32]>> = params.into_iter().map(Some).collect();
-        for g in &mut self.groups {
-            let mut params = take_members(&mut rest, &g.members);
-            let grads: Vec<Option<&[f32]>> = g
-                .members
-                .iter()
-                .map(|&m| {
-                    Some(if buffer.is_used() {
-                        buffer.grads[m].as_slice()
-                    } else {
-                        in_place[m]
+        let mut group_params: Vec<Vec<&mut [f32]>> = Vec::with_capacity(self.groups.len());
+        let mut group_grads: Vec<Vec<Option<&[f32]>>> = Vec::with_capacity(self.groups.len());
+        for g in &self.groups {
+            group_params.push(take_members(&mut rest, &g.members));
+            group_grads.push(
+                g.members
+                    .iter()
+                    .map(|&m| {
+                        Some(if buffer.is_used() {
+                            buffer.grads[m].as_slice()
+                        } else {
+                            in_place[m]
+                        })
                     })
-                })
-                .collect();
-            g.opt.step(&mut g.state, &mut params, &grads, ctx)?;
+                    .collect(),
+            );
         }
+        let mut steps: Vec<GroupStep> = self
+            .groups
+            .iter_mut()
+            .zip(group_params.iter_mut())
+            .zip(group_grads.iter())
+            .map(|((g, params), grads)| GroupStep {
+                opt: g.opt.as_ref(),
+                state: &mut g.state,
+                params,
+                grads,
+            })
+            .collect();
+        koala_optim::step_groups(&mut steps, ctx)?;
         Ok(())
     }
 
