@@ -263,9 +263,11 @@ for w in $base; do
     die "--base holds '$w': the harness sets --seed, --threads and --run-dir itself (use --seeds / --threads)" ;;
   esac
 done
+[[ "$base" != *$'\n'* ]] || die "--base holds a line break: give the flags on one line"
 names=() flagss=()
 declare -A seen=()
 for spec in "${specs[@]}"; do
+  [[ "$spec" != *$'\n'* ]] || die "configuration '$spec' holds a line break: give its flags on one line"
   [[ "$spec" == *"|"* ]] || die "configuration '$spec' has no '|': write 'name|flags' (flags may be empty: 'default|')"
   name=${spec%%|*} flags=${spec#*|}
   [[ "$name" =~ ^[A-Za-z0-9._+-]+$ ]] || die "configuration name '$name' (in '$spec') may hold only letters, digits and . _ + -"
@@ -284,6 +286,33 @@ if command -v flock >/dev/null; then
   exec 9>"$out/.study.lock"
   flock -n 9 || die "another optimizer_study.sh is running on $out (it holds $out/.study.lock); wait for it or use another OUT_DIR"
 fi
+
+# ---------------------------------------------------------------------------------------
+# What is left to run (refusing, before anything is written, a finished run with other flags).
+args_of() { echo $base $2 --seed $3; } # name flags seed -> the flags that define the run (single spaces)
+status_get() { sed -n "s/^$2=//p" "$1" 2>/dev/null | tail -n1; }
+finished() { # run_dir: rc=0 recorded and koala's end-of-run summary in the log
+  [ "$(status_get "$1.status" rc)" = 0 ] && grep -q '^accuracy after:' "$1.log" 2>/dev/null &&
+    grep -q '^time in ONNX Runtime steps .* in optimizer [0-9.]* s' "$1.log" 2>/dev/null
+}
+fmt_s() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+
+todo=() # "index seed"
+total=0 skipped=0
+for i in "${!names[@]}"; do
+  for s in "${seeds[@]}"; do
+    total=$((total + 1))
+    d="$out/${names[$i]}/seed$s"
+    if finished "$d"; then
+      was=$(status_get "$d.status" args)
+      now=$(args_of "${names[$i]}" "${flagss[$i]}" "$s")
+      [ "$was" = "$now" ] || die "$d finished with other flags ($was), not ($now): use another OUT_DIR, or delete $d and $d.* to rerun it"
+      skipped=$((skipped + 1))
+    else
+      todo+=("$i $s")
+    fi
+  done
+done
 
 # The koala binary's commit: a name ending in -<hex> (e.g. koala-c933c2b), else the git
 # work tree the binary lies in (HEAD at study time; the binary may be older than HEAD).
@@ -318,30 +347,6 @@ mv "$out/study_config.json.tmp" "$out/study_config.json"
 
 # ---------------------------------------------------------------------------------------
 # The queue.
-args_of() { echo $base $2 --seed $3; } # name flags seed -> the flags that define the run (single spaces)
-status_get() { sed -n "s/^$2=//p" "$1" 2>/dev/null | tail -n1; }
-finished() { # run_dir: rc=0 recorded and koala's end-of-run summary in the log
-  [ "$(status_get "$1.status" rc)" = 0 ] && grep -q '^accuracy after:' "$1.log" 2>/dev/null &&
-    grep -q '^time in ONNX Runtime steps .* in optimizer [0-9.]* s' "$1.log" 2>/dev/null
-}
-fmt_s() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
-
-todo=() # "index seed"
-total=0 skipped=0
-for i in "${!names[@]}"; do
-  for s in "${seeds[@]}"; do
-    total=$((total + 1))
-    d="$out/${names[$i]}/seed$s"
-    if finished "$d"; then
-      was=$(status_get "$d.status" args)
-      now=$(args_of "${names[$i]}" "${flagss[$i]}" "$s")
-      [ "$was" = "$now" ] || die "$d finished with other flags ($was), not ($now): use another OUT_DIR, or delete $d and $d.* to rerun it"
-      skipped=$((skipped + 1))
-    else
-      todo+=("$i $s")
-    fi
-  done
-done
 echo "study $out: ${#names[@]} configuration(s) × ${#seeds[@]} seed(s) = $total run(s); $skipped already finished (skipped), ${#todo[@]} to run, $jobs at once, $threads thread(s) each; koala $koala" >&2
 
 declare -A pid_run=() pid_start=()
