@@ -25,8 +25,8 @@
 # commit); OUT_DIR/study_config.json (what --report-only re-aggregates). Accuracy and loss are
 # koala's final test evaluation ("accuracy after:" line), optimizer_s its "in optimizer"
 # time (printed with 2 decimals), wall_s the whole process (load, evaluations, training,
-# export and its checks) as
-# measured here: with several jobs on few cores the runs slow each other down.
+# export and its checks) as measured here: with several jobs on few cores the runs slow each
+# other down.
 # A failed or missing run shows as FAILED/MISSING in the table and the script exits 1 after
 # printing it.
 #
