@@ -176,6 +176,10 @@ struct FinetuneArgs {
     /// removed per step whatever the number of tensors; default η 0.3).
     #[arg(long, value_enum)]
     koala_innovation: Option<InnovationArg>,
+    /// KOALA++: per-coordinate covariance scale: none (the paper's σ·I, Q·I) or
+    /// second-moment (σ·D, Q·D with D = 1/(√m̂ + ε) from Adam's running mean of h²).
+    #[arg(long, value_enum)]
+    koala_diagonal: Option<DiagonalArg>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
@@ -290,6 +294,14 @@ enum InnovationArg {
     PerTensor,
     /// One innovation variance for all trained tensors (koala extension).
     Joint,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DiagonalArg {
+    /// σ·I and Q·I (the reference KOALA++).
+    None,
+    /// σ·D and Q·D, D from the running second moment of the gradient (koala extension).
+    SecondMoment,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -607,6 +619,12 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         c.koala_innovation = Some(match i {
             InnovationArg::PerTensor => koala_optim::KoalaPPInnovation::PerTensor,
             InnovationArg::Joint => koala_optim::KoalaPPInnovation::Joint,
+        });
+    }
+    if let Some(d) = a.koala_diagonal {
+        c.koala_diagonal = Some(match d {
+            DiagonalArg::None => koala_optim::KoalaPPDiagonal::None,
+            DiagonalArg::SecondMoment => koala_optim::KoalaPPDiagonal::SecondMoment,
         });
     }
     if let Some(s) = a.schedule {

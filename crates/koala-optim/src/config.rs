@@ -91,6 +91,20 @@ pub enum KoalaPPInnovation {
     Joint,
 }
 
+/// KOALA++'s per-coordinate scale of the covariance (koala extension, issue 10;
+/// `koala_pp_diagonal.rs` has the derivation).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KoalaPPDiagonal {
+    /// P₀ = σ·I and process noise Q·I, as in the paper: every coordinate of a tensor alike.
+    #[default]
+    None,
+    /// P₀ = σ·D and Q·D with D = diag(1/(√m̂ + ε)), m̂ the bias-corrected running mean of
+    /// h² (Adam's second moment, β₂ = `beta2`): the filter runs in the coordinates
+    /// φ = D^(−1/2)·θ. One more vector per tensor. Fused path only.
+    SecondMoment,
+}
+
 /// Measurement-noise handling shared by the KOALA family (spec §2.3).
 /// `r = None` means the online EMA `R ← alpha_r·R + (1−alpha_r)·V`, starting at `r_init`.
 fn validate_noise(r: Option<f64>, alpha_r: f64, r_init: f64) -> Result<(), OptimError> {
@@ -134,6 +148,12 @@ pub struct KoalaPPConfig {
     pub s_guard: bool,
     /// Per-tensor (default, the reference) or joint innovation.
     pub innovation: KoalaPPInnovation,
+    /// Per-coordinate covariance scale: none (default, the reference) or second-moment.
+    pub diagonal: KoalaPPDiagonal,
+    /// `diagonal = second-moment`: EMA factor of the second moment. Default 0.999 (Adam's β₂).
+    pub beta2: f64,
+    /// `diagonal = second-moment`: ε added to √m̂. Default 1e-8 (Adam's).
+    pub eps: f64,
 }
 
 impl Default for KoalaPPConfig {
@@ -151,6 +171,9 @@ impl Default for KoalaPPConfig {
             skip_eps: 1e-9,
             s_guard: false,
             innovation: KoalaPPInnovation::PerTensor,
+            diagonal: KoalaPPDiagonal::None,
+            beta2: 0.999,
+            eps: 1e-8,
         }
     }
 }
@@ -163,6 +186,14 @@ impl KoalaPPConfig {
         non_negative("weight_decay", self.weight_decay)?;
         finite("lr", self.lr)?;
         non_negative("skip_eps", self.skip_eps)?;
+        half_open_unit("beta2", self.beta2)?;
+        positive("eps", self.eps)?;
+        if self.diagonal == KoalaPPDiagonal::SecondMoment && self.path == KoalaPPPath::Literal {
+            return Err(OptimError::config(
+                "diagonal",
+                "`second-moment` is computed by the fused path only; set path = \"fused\" (the literal path is the reference form of the per-tensor filter)",
+            ));
+        }
         if self.innovation == KoalaPPInnovation::Joint && self.path == KoalaPPPath::Literal {
             return Err(OptimError::config(
                 "innovation",

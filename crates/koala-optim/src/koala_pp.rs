@@ -12,10 +12,13 @@
 use rayon::prelude::*;
 
 use crate::config::{
-    KoalaPPConfig, KoalaPPInnovation, KoalaPPPath, KoalaPPVariant, OptimizerConfig,
+    KoalaPPConfig, KoalaPPDiagonal, KoalaPPInnovation, KoalaPPPath, KoalaPPVariant, OptimizerConfig,
 };
 use crate::error::OptimError;
 use crate::kernels::{below_skip_threshold, dot, par_chunk_sums, simd_kernel, Sums, CHUNK};
+use crate::koala_pp_diagonal::{
+    diagonal_pass2, diagonal_sums, Scale, FUSED_DIAGONAL_LAYOUT, N as DIAGONAL_N,
+};
 use crate::koala_pp_joint::{step_joint, JointGroup};
 use crate::optimizer::{
     begin_koala_step, summarize, update_tensors, GroupStep, Optimizer, StepContext, StepReport,
@@ -62,9 +65,11 @@ impl KoalaPP {
     }
 
     pub(crate) fn layout(&self) -> &'static StateLayout {
-        match self.cfg.path {
-            KoalaPPPath::Fused => &FUSED_LAYOUT,
-            KoalaPPPath::Literal => &LITERAL_LAYOUT,
+        match (self.cfg.path, self.cfg.diagonal) {
+            (KoalaPPPath::Fused, KoalaPPDiagonal::None) => &FUSED_LAYOUT,
+            (KoalaPPPath::Fused, KoalaPPDiagonal::SecondMoment) => &FUSED_DIAGONAL_LAYOUT,
+            // Refused by `KoalaPPConfig::validate`; the layout is the literal one regardless.
+            (KoalaPPPath::Literal, _) => &LITERAL_LAYOUT,
         }
     }
 }
@@ -296,16 +301,36 @@ impl KoalaPP {
     }
 
     /// Pass 1 (spec §5.5): the dot products h·h_p, h·v_p, h·h, θ·θ and ‖g‖², with
-    /// h = g + wd·θ formed on the fly; chunk-parallel with a fixed combine order.
+    /// h = g + wd·θ formed on the fly (h_φ with the diagonal scale); chunk-parallel with a
+    /// fixed combine order.
     pub(crate) fn pass1(&self, t: &mut TensorState, p: &[f32], g: &[f32]) -> Sums {
         let n = t.numel();
         let wd = self.cfg.weight_decay as f32;
-        let [v, h] = t.vectors.as_slice() else {
-            unreachable!("KOALA++ layout has two vectors")
-        };
-        par_chunk_sums(&mut t.partials, n, |rg| {
-            koala_pp_sums(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
-        })
+        let scale = self.scale(t);
+        let (v, h) = (&t.vectors[0], &t.vectors[1]);
+        match scale {
+            None => par_chunk_sums(&mut t.partials, n, |rg| {
+                koala_pp_sums(&g[rg.clone()], &p[rg.clone()], &h[rg.clone()], &v[rg], wd)
+            }),
+            Some(k) => {
+                let m = &t.vectors[2];
+                par_chunk_sums(&mut t.partials, n, |rg| {
+                    let (g, p, h, v) = (
+                        &g[rg.clone()],
+                        &p[rg.clone()],
+                        &h[rg.clone()],
+                        &v[rg.clone()],
+                    );
+                    diagonal_sums(g, p, h, v, &m[rg], wd, &k)
+                })
+            }
+        }
+    }
+
+    /// The diagonal scale's constants for this tensor's next update, or `None` without it.
+    fn scale(&self, t: &TensorState) -> Option<Scale> {
+        (self.cfg.diagonal == KoalaPPDiagonal::SecondMoment)
+            .then(|| Scale::new(self.cfg.beta2, self.cfg.eps, t.scalars[DIAGONAL_N] + 1.0))
     }
 
     /// Pass 2 (spec §5.5): writes v, H and θ with the step's coefficients, then stores
@@ -319,20 +344,31 @@ impl KoalaPP {
             step: k.step as f32,
             wd: self.cfg.weight_decay as f32,
         };
-        let [v, h] = t.vectors.as_mut_slice() else {
-            unreachable!("KOALA++ layout has two vectors")
-        };
-        (
-            p.par_chunks_mut(CHUNK),
-            v.par_chunks_mut(CHUNK),
-            h.par_chunks_mut(CHUNK),
-            g.par_chunks(CHUNK),
-        )
-            .into_par_iter()
-            .for_each(|(p, v, h, g)| pass2(p, v, h, g, &coef));
+        let scale = self.scale(t);
+        match (scale, t.vectors.as_mut_slice()) {
+            (None, [v, h]) => (
+                p.par_chunks_mut(CHUNK),
+                v.par_chunks_mut(CHUNK),
+                h.par_chunks_mut(CHUNK),
+                g.par_chunks(CHUNK),
+            )
+                .into_par_iter()
+                .for_each(|(p, v, h, g)| pass2(p, v, h, g, &coef)),
+            (Some(scale), [v, h, m]) => (
+                (p.par_chunks_mut(CHUNK), v.par_chunks_mut(CHUNK)),
+                (h.par_chunks_mut(CHUNK), m.par_chunks_mut(CHUNK)),
+                g.par_chunks(CHUNK),
+            )
+                .into_par_iter()
+                .for_each(|((p, v), (h, m), g)| diagonal_pass2(p, v, h, m, g, &coef, &scale)),
+            _ => unreachable!("the layout matches the diagonal setting"),
+        }
         t.scalars[S] = k.s;
         t.scalars[X] = k.x_next;
         t.scalars[Y] = k.y_next;
+        if scale.is_some() {
+            t.scalars[DIAGONAL_N] += 1.0;
+        }
         t.initialized = true;
     }
 

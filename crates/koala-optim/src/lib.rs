@@ -21,6 +21,7 @@ mod error;
 mod kernels;
 mod koala_m;
 mod koala_pp;
+mod koala_pp_diagonal;
 mod koala_pp_joint;
 mod koala_v;
 mod optimizer;
@@ -32,8 +33,8 @@ pub mod vectors;
 
 pub use checkpoint::{StatePaths, FORMAT_VERSION};
 pub use config::{
-    AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPInnovation, KoalaPPPath, KoalaPPVariant,
-    KoalaVConfig, OptimizerConfig, SgdConfig,
+    AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPDiagonal, KoalaPPInnovation, KoalaPPPath,
+    KoalaPPVariant, KoalaVConfig, OptimizerConfig, SgdConfig,
 };
 pub use error::OptimError;
 pub use optimizer::{build, step_groups, GroupStep, Optimizer, StepContext, StepReport};

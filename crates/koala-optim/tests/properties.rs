@@ -7,9 +7,9 @@ mod common;
 
 use common::{noise, train, train_step, Problem};
 use koala_optim::{
-    build, AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPInnovation, KoalaPPPath,
-    KoalaPPVariant, KoalaVConfig, Optimizer, OptimizerConfig, OptimizerState, SgdConfig,
-    StatePaths, StepContext,
+    build, AdamWConfig, KoalaMConfig, KoalaPPConfig, KoalaPPDiagonal, KoalaPPInnovation,
+    KoalaPPPath, KoalaPPVariant, KoalaVConfig, Optimizer, OptimizerConfig, OptimizerState,
+    SgdConfig, StatePaths, StepContext,
 };
 
 /// One optimizer under test with hyper-parameters that suit the two problems.
@@ -42,6 +42,17 @@ fn joint(s_guard: bool) -> OptimizerConfig {
     };
     OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
         innovation: KoalaPPInnovation::Joint,
+        ..c
+    })
+}
+
+fn diagonal(innovation: KoalaPPInnovation) -> OptimizerConfig {
+    let OptimizerConfig::KoalaPlusPlus(c) = joint(false) else {
+        unreachable!()
+    };
+    OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
+        innovation,
+        diagonal: KoalaPPDiagonal::SecondMoment,
         ..c
     })
 }
@@ -83,6 +94,14 @@ fn table() -> Vec<Entry> {
         ),
         koala("koala++ joint innovation", joint(false)),
         koala("koala++ joint innovation, S guard", joint(true)),
+        koala(
+            "koala++ second-moment diagonal",
+            diagonal(KoalaPPInnovation::PerTensor),
+        ),
+        koala(
+            "koala++ joint innovation, second-moment diagonal",
+            diagonal(KoalaPPInnovation::Joint),
+        ),
         koala(
             "koala-v",
             OptimizerConfig::KoalaV(KoalaVConfig {

@@ -113,6 +113,10 @@ pub struct TrainConfig {
     /// innovation for all tensors (`joint`, koala_optim's `koala_pp_joint`).
     /// `None`: the optimizer's default (per-tensor).
     pub koala_innovation: Option<koala_optim::KoalaPPInnovation>,
+    /// KOALA++: per-coordinate covariance scale, `none` (the reference) or
+    /// `second-moment` (Adam's running h², koala_optim's `koala_pp_diagonal`).
+    /// `None`: the optimizer's default (none).
+    pub koala_diagonal: Option<koala_optim::KoalaPPDiagonal>,
     /// What KOALA++ receives as loss variance (`None`: the task's default,
     /// [`LossVar::default_for`]; a run records the value it used).
     pub loss_var: Option<LossVar>,
@@ -211,6 +215,7 @@ impl Default for TrainConfig {
             q: None,
             loss_var: None,
             koala_innovation: None,
+            koala_diagonal: None,
             schedule: ScheduleKind::Constant,
             warmup_steps: 0,
             min_lr: 0.0,

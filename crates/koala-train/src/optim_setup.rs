@@ -71,6 +71,9 @@ pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
             if let Some(i) = cfg.koala_innovation {
                 c.innovation = i;
             }
+            if let Some(d) = cfg.koala_diagonal {
+                c.diagonal = d;
+            }
         }
         OptimizerConfig::KoalaV(c) => {
             set(&mut c.lr, cfg.lr);
