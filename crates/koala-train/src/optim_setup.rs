@@ -104,6 +104,57 @@ fn set(slot: &mut f64, v: Option<f64>) {
     }
 }
 
+/// One line naming the optimizer and every setting that shapes its step, for the run log
+/// (e.g. `KOALA++ (joint innovation, second-moment diagonal) η 0.3, σ 0.1, Q 0.1,
+/// weight decay 0.0005, V = second-moment`).
+pub fn describe(oc: &OptimizerConfig, loss_var: Option<crate::config::LossVar>) -> String {
+    let v = match loss_var {
+        Some(v) => format!(", V = {}", serde_plain(&v)),
+        None => String::new(),
+    };
+    match oc {
+        OptimizerConfig::KoalaPlusPlus(c) => {
+            let innovation = match c.innovation {
+                KoalaPPInnovation::PerTensor => "per-tensor innovation",
+                KoalaPPInnovation::Joint => "joint innovation",
+            };
+            let diagonal = match c.diagonal {
+                koala_optim::KoalaPPDiagonal::None => String::new(),
+                koala_optim::KoalaPPDiagonal::SecondMoment => {
+                    format!(", second-moment diagonal β₂ {}", c.beta2)
+                }
+            };
+            format!(
+                "KOALA++ ({innovation}{diagonal}) η {}, σ {}, Q {}, weight decay {}{v}",
+                c.lr, c.sigma, c.q, c.weight_decay
+            )
+        }
+        OptimizerConfig::KoalaV(c) => format!(
+            "KOALA-V η {}, σ {}, Q {}, weight decay {}{v}",
+            c.lr, c.sigma, c.q, c.weight_decay
+        ),
+        OptimizerConfig::KoalaM(c) => {
+            format!("KOALA-M η {}, weight decay {}{v}", c.lr, c.weight_decay)
+        }
+        OptimizerConfig::AdamW(c) => format!(
+            "AdamW lr {}, betas ({}, {}), eps {}, weight decay {}",
+            c.lr, c.beta1, c.beta2, c.eps, c.weight_decay
+        ),
+        OptimizerConfig::Sgd(c) => format!(
+            "SGD lr {}, momentum {}, weight decay {}",
+            c.lr, c.momentum, c.weight_decay
+        ),
+    }
+}
+
+/// A unit enum's serde name (`second-moment`), as the config file spells it.
+fn serde_plain<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The same configuration with weight decay 0 (the no-decay group).
 pub fn without_decay(oc: &OptimizerConfig) -> OptimizerConfig {
     let mut oc = oc.clone();
@@ -191,6 +242,33 @@ mod tests {
             c.innovation,
             KoalaPPInnovation::Joint,
             "a preset takes the flag too"
+        );
+    }
+
+    #[test]
+    fn describe_names_the_variant_and_every_setting() {
+        let cfg = TrainConfig {
+            optimizer: "koala++".into(),
+            lr: Some(0.3),
+            koala_innovation: Some(KoalaPPInnovation::Joint),
+            koala_diagonal: Some(koala_optim::KoalaPPDiagonal::SecondMoment),
+            ..TrainConfig::default()
+        };
+        let line = describe(
+            &resolve(&cfg, 158).unwrap(),
+            Some(crate::config::LossVar::SecondMoment),
+        );
+        assert_eq!(
+            line,
+            "KOALA++ (joint innovation, second-moment diagonal β₂ 0.999) η 0.3, σ 0.1, Q 0.1, weight decay 0.0005, V = second-moment"
+        );
+        let adamw = TrainConfig {
+            optimizer: "adamw".into(),
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            describe(&resolve(&adamw, 158).unwrap(), None),
+            "AdamW lr 0.0001, betas (0.9, 0.999), eps 0.00000001, weight decay 0.01"
         );
     }
 }

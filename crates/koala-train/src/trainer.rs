@@ -249,6 +249,11 @@ impl Run {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
         let oc = optim_setup::resolve(&cfg, step.graph().trainable.len())?;
+        eprintln!(
+            "optimizer: {} on {} tensors",
+            optim_setup::describe(&oc, cfg.loss_var),
+            step.graph().trainable.len()
+        );
         let groups = make_groups(&cfg, &oc, &step.graph().trainable)?;
         task.prepare_evaluation(&model, &names_shapes(&step))?;
         let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
