@@ -171,19 +171,22 @@ struct FinetuneArgs {
     /// What KOALA receives as loss variance.
     #[arg(long, value_enum)]
     loss_var: Option<LossVarArg>,
-    /// KOALA++: one Kalman filter per weight tensor (per-tensor, the paper's code) or one
-    /// innovation variance shared by all tensors (joint: η is the fraction of the loss
-    /// removed per step whatever the number of tensors; default η 0.3).
+    /// KOALA++: one innovation variance shared by all tensors (joint, the default for
+    /// koala++: η is the fraction of the loss removed per step whatever the number of
+    /// tensors; default η 0.5) or one Kalman filter per weight tensor (per-tensor, the
+    /// paper's code; default η 4 / tensors).
     #[arg(long, value_enum)]
     koala_innovation: Option<InnovationArg>,
-    /// KOALA++: per-coordinate covariance scale: none (the paper's σ·I, Q·I) or
-    /// second-moment (σ·D, Q·D with D = 1/(√m̂ + ε) from Adam's running mean of h²).
+    /// KOALA++: per-coordinate covariance scale: second-moment (σ·D, Q·D with
+    /// D = 1/(√m̂ + ε) from Adam's running mean of h²; the default for koala++) or none
+    /// (the paper's σ·I, Q·I).
     #[arg(long, value_enum)]
     koala_diagonal: Option<DiagonalArg>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
-    /// Warmup steps.
+    /// Linear learning-rate warm-up steps (default: 10 % of the steps for koala++ with the
+    /// second-moment diagonal, else 0).
     #[arg(long)]
     warmup_steps: Option<u64>,
     /// Epochs.
@@ -565,7 +568,6 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         val_fraction,
         image_size,
         optimizer,
-        warmup_steps,
         epochs,
         batch_size,
         accumulate,
@@ -575,6 +577,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         run_dir
     );
     set_opt!(
+        warmup_steps,
         mean,
         std,
         eval_data,

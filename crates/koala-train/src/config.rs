@@ -122,8 +122,9 @@ pub struct TrainConfig {
     pub loss_var: Option<LossVar>,
     /// Learning-rate schedule.
     pub schedule: ScheduleKind,
-    /// Warmup steps.
-    pub warmup_steps: u64,
+    /// Linear learning-rate warm-up steps. `None`: the optimizer's default
+    /// ([`crate::optim_setup::default_warmup_steps`]); a run records the value it used.
+    pub warmup_steps: Option<u64>,
     /// Floor of cosine/linear schedules.
     pub min_lr: f64,
     /// Step schedule period (steps).
@@ -217,7 +218,7 @@ impl Default for TrainConfig {
             koala_innovation: None,
             koala_diagonal: None,
             schedule: ScheduleKind::Constant,
-            warmup_steps: 0,
+            warmup_steps: None,
             min_lr: 0.0,
             step_size: 1000,
             gamma: 0.1,

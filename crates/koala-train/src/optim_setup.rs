@@ -8,21 +8,19 @@
 
 use crate::config::TrainConfig;
 use anyhow::{bail, Result};
-use koala_optim::{AdamWConfig, KoalaPPInnovation, OptimizerConfig, SgdConfig};
+use koala_optim::{AdamWConfig, KoalaPPDiagonal, KoalaPPInnovation, OptimizerConfig, SgdConfig};
 
-/// KOALA++'s default η when fine-tuning `tensors` weight tensors and the
-/// user gave no `--lr`: min(1, 4 / tensors).
+/// KOALA++'s default η when the user gave no `--lr`, for `tensors` trained tensors.
 ///
-/// Why: KOALA++ runs one Kalman filter per tensor, and each filter's step
-/// aims to remove the fraction η of the loss along its own tensor (a
-/// Polyak-type step, spec §5.3). With T tensors the combined step removes
-/// about T·η of the loss, so the paper's η = 1 overshoots by ~T when a whole
-/// pretrained network is fine-tuned (MobileNetV2: 158 tensors, η ≥ 0.1
-/// diverged, 0.02–0.05 worked, 0.03 → 84.6 % on the README's job); for a
-/// head alone (T = 2) η = 1 is right.
+/// Per-tensor innovation (the paper's form): min(1, 4 / tensors). Each tensor's filter
+/// aims to remove the fraction η of the loss along its own tensor (a Polyak-type step,
+/// spec §5.3), so with T tensors the combined step removes about T·η of the loss and the
+/// paper's η = 1 overshoots by ~T when a whole pretrained network is fine-tuned
+/// (MobileNetV2: 158 tensors, η ≥ 0.1 diverged, 0.02–0.05 worked); for a head alone
+/// (T = 2) η = 1 is right.
 ///
-/// With joint innovation (one S for all tensors) η keeps its paper meaning whatever the
-/// number of tensors: [`KOALA_PP_JOINT_DEFAULT_LR`].
+/// Joint innovation (one S for all tensors): η keeps its paper meaning whatever the
+/// number of tensors, [`KOALA_PP_JOINT_DEFAULT_LR`].
 pub fn koala_pp_default_lr(tensors: usize, innovation: KoalaPPInnovation) -> f64 {
     match innovation {
         KoalaPPInnovation::PerTensor => (4.0 / tensors.max(1) as f64).min(1.0),
@@ -30,20 +28,74 @@ pub fn koala_pp_default_lr(tensors: usize, innovation: KoalaPPInnovation) -> f64
     }
 }
 
-/// KOALA++ joint innovation's default η: each step asks to remove 30 % of the
-/// (linearised) loss. An independent PyTorch trial of the README main job (issue 10)
-/// measured η = 0.1 / 0.2 / 0.3 / 0.5 / 1 → 83.8 / 85.2 / 87.0 / 86.8 % / diverged.
-pub const KOALA_PP_JOINT_DEFAULT_LR: f64 = 0.3;
+/// KOALA++ joint innovation's default η: each step asks to remove half of the
+/// (linearised) loss. Measured with the second-moment diagonal (issue 10 study, README
+/// "KOALA++ vs AdamW"): the tiny-Llama job's perplexity was best at η = 0.5 (0.2 / 0.3 /
+/// 0.5 / 1 / 2 → 17.5 / 17.7 / 17.6 / 19.9 / diverged, mean of 3 seeds; AdamW 18.7);
+/// MobileNetV2 on Fashion-MNIST at 0.5–1 (seed 0: 0.1 / 0.3 / 0.5 / 0.7 / 1 / 2 → 84.2 /
+/// 88.4 / 89.2 / 89.6 / 90.4 % / diverged).
+pub const KOALA_PP_JOINT_DEFAULT_LR: f64 = 0.5;
+
+/// `--optimizer koala++` without `--koala-innovation` / `--koala-diagonal`: joint
+/// innovation with the second-moment diagonal, the form that matched or beat AdamW in
+/// the issue-10 study (README "KOALA++ vs AdamW"). Named presets (`vision-cnn`, …) keep
+/// the paper's per-tensor form with σ·I.
+pub const KOALA_PP_DEFAULT_INNOVATION: KoalaPPInnovation = KoalaPPInnovation::Joint;
+/// See [`KOALA_PP_DEFAULT_INNOVATION`].
+pub const KOALA_PP_DEFAULT_DIAGONAL: KoalaPPDiagonal = KoalaPPDiagonal::SecondMoment;
+
+/// The names `--optimizer` accepts for KOALA++ with koala's defaults (not a preset).
+pub fn is_koala_pp_name(name: &str) -> bool {
+    matches!(
+        name.to_lowercase().as_str(),
+        "koala++" | "koalapp" | "koala-pp" | "kpp"
+    )
+}
+
+/// Writes the KOALA++ form in effect into `cfg` (a new run records it in `config.toml`, so
+/// `--resume` keeps it if the defaults change again). `written_before_the_keys`: the
+/// config comes from a run directory written before koala had these settings, when
+/// KOALA++ was always per-tensor with σ·I; such a run resumes in that form.
+pub fn pin_koala_pp_form(cfg: &mut TrainConfig, written_before_the_keys: bool) {
+    if !is_koala_pp_name(&cfg.optimizer) {
+        return;
+    }
+    let (innovation, diagonal) = if written_before_the_keys {
+        (KoalaPPInnovation::PerTensor, KoalaPPDiagonal::None)
+    } else {
+        (KOALA_PP_DEFAULT_INNOVATION, KOALA_PP_DEFAULT_DIAGONAL)
+    };
+    cfg.koala_innovation.get_or_insert(innovation);
+    cfg.koala_diagonal.get_or_insert(diagonal);
+}
+
+/// Linear warm-up steps when the user gave no `--warmup-steps`: 10 % of the run's steps
+/// (rounded up) for KOALA++ with the second-moment diagonal, 0 otherwise.
+///
+/// Why: the diagonal's first steps are sign steps (m̂ = h² at the first update, so
+/// D·h ≈ sign(h)) that move every weight by the same amount, η·ℓ/‖h‖₁; at full η that
+/// wrecked the pretrained features in one of three seeds of the MNIST study job (chance
+/// accuracy for 100 steps, 82.8 % at the end against 96–98 %); 19 warm-up steps on the
+/// same seed trained normally (README "KOALA++ vs AdamW").
+pub fn default_warmup_steps(oc: &OptimizerConfig, total_steps: u64) -> u64 {
+    match oc {
+        OptimizerConfig::KoalaPlusPlus(c) if c.diagonal == KoalaPPDiagonal::SecondMoment => {
+            total_steps.div_ceil(10)
+        }
+        _ => 0,
+    }
+}
 
 /// The optimizer configuration a TrainConfig asks for, for `tensors`
 /// trainable tensors.
 pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
     let name = cfg.optimizer.to_lowercase();
     let mut oc = match name.as_str() {
-        "koala++" | "koalapp" | "koala-pp" | "kpp" => {
+        n if is_koala_pp_name(n) => {
             let mut c = koala_optim::preset("vision-cnn-small-lr")?;
             if let OptimizerConfig::KoalaPlusPlus(k) = &mut c {
-                k.innovation = cfg.koala_innovation.unwrap_or_default();
+                k.innovation = cfg.koala_innovation.unwrap_or(KOALA_PP_DEFAULT_INNOVATION);
+                k.diagonal = cfg.koala_diagonal.unwrap_or(KOALA_PP_DEFAULT_DIAGONAL);
                 k.lr = koala_pp_default_lr(tensors, k.innovation);
             }
             c
@@ -201,7 +253,31 @@ mod tests {
         let OptimizerConfig::KoalaPlusPlus(c) = resolve(&cfg, 158).unwrap() else {
             panic!("koala++ resolves to KOALA++")
         };
-        assert!((c.lr - 4.0 / 158.0).abs() < 1e-15);
+        assert_eq!(
+            (c.innovation, c.diagonal, c.lr),
+            (
+                KoalaPPInnovation::Joint,
+                KoalaPPDiagonal::SecondMoment,
+                KOALA_PP_JOINT_DEFAULT_LR
+            ),
+            "koala++ defaults to joint innovation with the diagonal"
+        );
+        let paper = TrainConfig {
+            koala_innovation: Some(KoalaPPInnovation::PerTensor),
+            koala_diagonal: Some(KoalaPPDiagonal::None),
+            ..cfg.clone()
+        };
+        let OptimizerConfig::KoalaPlusPlus(c) = resolve(&paper, 158).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (c.innovation, c.diagonal),
+            (KoalaPPInnovation::PerTensor, KoalaPPDiagonal::None)
+        );
+        assert!(
+            (c.lr - 4.0 / 158.0).abs() < 1e-15,
+            "the paper's form keeps η = 4/T"
+        );
         let explicit = TrainConfig {
             lr: Some(0.5),
             ..cfg
@@ -218,6 +294,11 @@ mod tests {
             panic!()
         };
         assert_eq!(c.lr, 2.0, "a named preset keeps its own η");
+        assert_eq!(
+            (c.innovation, c.diagonal),
+            (KoalaPPInnovation::PerTensor, KoalaPPDiagonal::None),
+            "a named preset keeps the paper's form"
+        );
         let joint = TrainConfig {
             optimizer: "koala++".into(),
             koala_innovation: Some(KoalaPPInnovation::Joint),
@@ -243,6 +324,73 @@ mod tests {
             KoalaPPInnovation::Joint,
             "a preset takes the flag too"
         );
+    }
+
+    #[test]
+    fn a_run_records_its_koala_form_and_an_old_run_resumes_per_tensor() {
+        let mut new_run = TrainConfig {
+            optimizer: "KOALA++".into(),
+            ..TrainConfig::default()
+        };
+        pin_koala_pp_form(&mut new_run, false);
+        assert_eq!(new_run.koala_innovation, Some(KOALA_PP_DEFAULT_INNOVATION));
+        assert_eq!(new_run.koala_diagonal, Some(KOALA_PP_DEFAULT_DIAGONAL));
+        let mut old_run = TrainConfig {
+            optimizer: "koala++".into(),
+            ..TrainConfig::default()
+        };
+        pin_koala_pp_form(&mut old_run, true);
+        assert_eq!(old_run.koala_innovation, Some(KoalaPPInnovation::PerTensor));
+        assert_eq!(old_run.koala_diagonal, Some(KoalaPPDiagonal::None));
+        // Recorded settings always win, and other optimizers get no KOALA++ keys.
+        let mut recorded = TrainConfig {
+            optimizer: "koala++".into(),
+            koala_innovation: Some(KoalaPPInnovation::Joint),
+            koala_diagonal: Some(KoalaPPDiagonal::None),
+            ..TrainConfig::default()
+        };
+        pin_koala_pp_form(&mut recorded, true);
+        assert_eq!(recorded.koala_innovation, Some(KoalaPPInnovation::Joint));
+        assert_eq!(recorded.koala_diagonal, Some(KoalaPPDiagonal::None));
+        let mut adamw = TrainConfig {
+            optimizer: "adamw".into(),
+            ..TrainConfig::default()
+        };
+        pin_koala_pp_form(&mut adamw, false);
+        assert_eq!((adamw.koala_innovation, adamw.koala_diagonal), (None, None));
+    }
+
+    #[test]
+    fn the_diagonal_warms_up_for_a_tenth_of_the_steps_by_default() {
+        let koala = resolve(
+            &TrainConfig {
+                optimizer: "koala++".into(),
+                ..TrainConfig::default()
+            },
+            158,
+        )
+        .unwrap();
+        assert_eq!(default_warmup_steps(&koala, 186), 19);
+        assert_eq!(default_warmup_steps(&koala, 5), 1);
+        let paper = resolve(
+            &TrainConfig {
+                optimizer: "koala++".into(),
+                koala_diagonal: Some(KoalaPPDiagonal::None),
+                ..TrainConfig::default()
+            },
+            158,
+        )
+        .unwrap();
+        assert_eq!(default_warmup_steps(&paper, 186), 0);
+        let adamw = resolve(
+            &TrainConfig {
+                optimizer: "adamw".into(),
+                ..TrainConfig::default()
+            },
+            158,
+        )
+        .unwrap();
+        assert_eq!(default_warmup_steps(&adamw, 186), 0);
     }
 
     #[test]

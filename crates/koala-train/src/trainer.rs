@@ -139,8 +139,10 @@ impl Segment {
 /// Fine-tunes from scratch: writes `config.toml`, runs, exports.
 pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
-    // The LoRA α in effect is recorded, so `--resume` keeps it if the default ever changes.
+    // The LoRA α and the KOALA++ form in effect are recorded, so `--resume` keeps them if
+    // a default ever changes.
     cfg.lora_alpha = cfg.lora().map(|l| l.alpha);
+    optim_setup::pin_koala_pp_form(&mut cfg, false);
     // config.toml must work from any directory: `--resume` may run elsewhere.
     for p in [&mut cfg.model, &mut cfg.data, &mut cfg.run_dir]
         .into_iter()
@@ -217,6 +219,10 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
         .with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
     let mut cfg = cfg;
     cfg.run_dir = run_dir.to_path_buf();
+    if optim_setup::is_koala_pp_name(&cfg.optimizer) && cfg.koala_innovation.is_none() {
+        eprintln!("note: this run was started by a koala without joint innovation; it resumes with the per-tensor KOALA++ it was started with");
+    }
+    optim_setup::pin_koala_pp_form(&mut cfg, true);
     cfg.validate()
         .with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
     let mut run = Run::new(cfg)?;
@@ -258,10 +264,13 @@ impl Run {
         task.prepare_evaluation(&model, &names_shapes(&step))?;
         let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
         let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+        let warmup_steps = *cfg
+            .warmup_steps
+            .get_or_insert_with(|| optim_setup::default_warmup_steps(&oc, total_steps));
         let schedule = Schedule {
             kind: cfg.schedule,
             base_lr: oc.base_lr(),
-            warmup_steps: cfg.warmup_steps,
+            warmup_steps,
             total_steps,
             min_lr: cfg.min_lr,
             step_size: cfg.step_size,
