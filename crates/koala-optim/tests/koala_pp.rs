@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{train_step, Problem};
+use common::{h_dot_step, train_step, Problem};
 use koala_optim::{build, KoalaPPConfig, KoalaPPPath, OptimizerConfig, StepContext};
 
 fn config(path: KoalaPPPath, s_guard: bool, weight_decay: f64) -> OptimizerConfig {
@@ -44,12 +44,7 @@ fn step_satisfies_the_linearised_loss_invariant() {
             let r = state.global("R").unwrap();
             for (i, rep) in state.tensor_reports().enumerate() {
                 let s = rep.s.unwrap();
-                let (mut h_dtheta, mut theta_sq) = (0.0, 0.0);
-                for ((g, b), a) in grads[i].iter().zip(&before[i]).zip(&params[i]) {
-                    let h = f64::from(g + wd as f32 * b);
-                    h_dtheta += h * (f64::from(*a) - f64::from(*b));
-                    theta_sq += f64::from(*b).powi(2);
-                }
+                let (h_dtheta, theta_sq) = h_dot_step(&grads[i], &before[i], &params[i], wd);
                 let ell = loss + 0.5 * wd * theta_sq;
                 let want = -lr * ell * (s - r) / s;
                 let err = ((h_dtheta - want) / want).abs();

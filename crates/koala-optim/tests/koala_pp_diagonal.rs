@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Problem;
+use common::{h_dot_step, Problem};
 use koala_optim::{
     build, KoalaPPConfig, KoalaPPDiagonal, KoalaPPInnovation, KoalaPPPath, OptimizerConfig,
     StepContext,
@@ -111,12 +111,7 @@ fn the_invariant_holds_in_theta() {
             let r = state.global("R").unwrap();
             let per: Vec<(f64, f64, f64)> = (0..grads.len())
                 .map(|i| {
-                    let (mut h_dtheta, mut theta_sq) = (0.0, 0.0);
-                    for ((g, b), a) in grads[i].iter().zip(&before[i]).zip(&params[i]) {
-                        let h = f64::from(g + wd as f32 * b);
-                        h_dtheta += h * (f64::from(*a) - f64::from(*b));
-                        theta_sq += f64::from(*b).powi(2);
-                    }
+                    let (h_dtheta, theta_sq) = h_dot_step(&grads[i], &before[i], &params[i], wd);
                     let s = state.tensor_reports().nth(i).unwrap().s.unwrap();
                     (h_dtheta, 0.5 * wd * theta_sq, s)
                 })

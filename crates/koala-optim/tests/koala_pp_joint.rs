@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{train_step, Problem};
+use common::{h_dot_step, train_step, Problem};
 use koala_optim::{
     build, step_groups, GroupStep, KoalaPPConfig, KoalaPPInnovation, KoalaPPPath, OptimizerConfig,
     OptimizerState, StepContext,
@@ -59,11 +59,9 @@ fn the_joint_step_removes_eta_of_the_loss_summed_over_tensors() {
         );
         let (mut h_dtheta, mut theta_sq) = (0.0, 0.0);
         for i in 0..grads.len() {
-            for ((g, b), a) in grads[i].iter().zip(&before[i]).zip(&params[i]) {
-                let h = f64::from(g + wd as f32 * b);
-                h_dtheta += h * (f64::from(*a) - f64::from(*b));
-                theta_sq += f64::from(*b).powi(2);
-            }
+            let (hd, tt) = h_dot_step(&grads[i], &before[i], &params[i], wd);
+            h_dtheta += hd;
+            theta_sq += tt;
         }
         let ell = loss + 0.5 * wd * theta_sq;
         let want = -lr * ell * (1.0 - r / s[0]);

@@ -138,3 +138,15 @@ pub fn train(opt: &dyn Optimizer, problem: &Problem, lr: f64, steps: u64) -> (f6
     }
     (problem.loss_and_grads(&params).0, params)
 }
+
+/// For the KOALA++ invariant (spec §5.3): h·Δθ and ‖θ‖² of one tensor's step, with
+/// h = g + wd·θ (wd in f32, as the optimizer forms it) and θ taken before the step.
+pub fn h_dot_step(grad: &[f32], before: &[f32], after: &[f32], wd: f64) -> (f64, f64) {
+    let (mut h_dtheta, mut theta_sq) = (0.0, 0.0);
+    for ((g, b), a) in grad.iter().zip(before).zip(after) {
+        let h = f64::from(g + wd as f32 * b);
+        h_dtheta += h * (f64::from(*a) - f64::from(*b));
+        theta_sq += f64::from(*b).powi(2);
+    }
+    (h_dtheta, theta_sq)
+}
