@@ -36,13 +36,13 @@ pub fn koala_pp_default_lr(tensors: usize, innovation: KoalaPPInnovation) -> f64
 /// 88.4 / 89.2 / 89.6 / 90.4 % / diverged).
 pub const KOALA_PP_JOINT_DEFAULT_LR: f64 = 0.5;
 
-/// `--optimizer koala++` without `--koala-innovation` / `--koala-diagonal`: joint
-/// innovation with the second-moment diagonal, the form that matched or beat AdamW in
-/// the issue-10 study (README "KOALA++ vs AdamW"). Named presets (`vision-cnn`, …) keep
-/// the paper's per-tensor form with σ·I.
-pub const KOALA_PP_DEFAULT_INNOVATION: KoalaPPInnovation = KoalaPPInnovation::Joint;
+/// `--optimizer koala++` without `--koala-innovation` / `--koala-diagonal`: the paper's
+/// per-tensor form with σ·I. Joint innovation with the second-moment diagonal beat AdamW
+/// on Fashion-MNIST and the tiny LM in the issue-10 study but blew up late in training in
+/// one of three seeds on MNIST (README "KOALA++ vs AdamW"), so it is not the default yet.
+pub const KOALA_PP_DEFAULT_INNOVATION: KoalaPPInnovation = KoalaPPInnovation::PerTensor;
 /// See [`KOALA_PP_DEFAULT_INNOVATION`].
-pub const KOALA_PP_DEFAULT_DIAGONAL: KoalaPPDiagonal = KoalaPPDiagonal::SecondMoment;
+pub const KOALA_PP_DEFAULT_DIAGONAL: KoalaPPDiagonal = KoalaPPDiagonal::None;
 
 /// The names `--optimizer` accepts for KOALA++ with koala's defaults (not a preset).
 pub fn is_koala_pp_name(name: &str) -> bool {
@@ -254,29 +254,29 @@ mod tests {
             panic!("koala++ resolves to KOALA++")
         };
         assert_eq!(
+            (c.innovation, c.diagonal),
+            (KoalaPPInnovation::PerTensor, KoalaPPDiagonal::None),
+            "koala++ defaults to the paper's form"
+        );
+        assert!(
+            (c.lr - 4.0 / 158.0).abs() < 1e-15,
+            "the paper's form keeps η = 4/T"
+        );
+        let extended = TrainConfig {
+            koala_innovation: Some(KoalaPPInnovation::Joint),
+            koala_diagonal: Some(KoalaPPDiagonal::SecondMoment),
+            ..cfg.clone()
+        };
+        let OptimizerConfig::KoalaPlusPlus(c) = resolve(&extended, 158).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
             (c.innovation, c.diagonal, c.lr),
             (
                 KoalaPPInnovation::Joint,
                 KoalaPPDiagonal::SecondMoment,
                 KOALA_PP_JOINT_DEFAULT_LR
-            ),
-            "koala++ defaults to joint innovation with the diagonal"
-        );
-        let paper = TrainConfig {
-            koala_innovation: Some(KoalaPPInnovation::PerTensor),
-            koala_diagonal: Some(KoalaPPDiagonal::None),
-            ..cfg.clone()
-        };
-        let OptimizerConfig::KoalaPlusPlus(c) = resolve(&paper, 158).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (c.innovation, c.diagonal),
-            (KoalaPPInnovation::PerTensor, KoalaPPDiagonal::None)
-        );
-        assert!(
-            (c.lr - 4.0 / 158.0).abs() < 1e-15,
-            "the paper's form keeps η = 4/T"
+            )
         );
         let explicit = TrainConfig {
             lr: Some(0.5),
@@ -365,6 +365,7 @@ mod tests {
         let koala = resolve(
             &TrainConfig {
                 optimizer: "koala++".into(),
+                koala_diagonal: Some(KoalaPPDiagonal::SecondMoment),
                 ..TrainConfig::default()
             },
             158,
