@@ -171,22 +171,21 @@ struct FinetuneArgs {
     /// What KOALA receives as loss variance.
     #[arg(long, value_enum)]
     loss_var: Option<LossVarArg>,
-    /// KOALA++: one innovation variance shared by all tensors (joint, the default for
-    /// koala++: η is the fraction of the loss removed per step whatever the number of
-    /// tensors; default η 0.5) or one Kalman filter per weight tensor (per-tensor, the
-    /// paper's code; default η 4 / tensors).
+    /// KOALA++: one Kalman filter per weight tensor (per-tensor, the paper's code and the
+    /// default; default η 4 / tensors) or one innovation variance shared by all tensors
+    /// (joint, a koala extension: η is the fraction of the loss removed per step whatever
+    /// the number of tensors; default η 0.5).
     #[arg(long, value_enum)]
     koala_innovation: Option<InnovationArg>,
-    /// KOALA++: per-coordinate covariance scale: second-moment (σ·D, Q·D with
-    /// D = 1/(√m̂ + ε) from Adam's running mean of h²; the default for koala++) or none
-    /// (the paper's σ·I, Q·I).
+    /// KOALA++: per-coordinate covariance scale: none (the paper's σ·I, Q·I; the default) or
+    /// second-moment (σ·D, Q·D with D = 1/(√m̂ + ε) from Adam's running mean of h², a koala
+    /// extension).
     #[arg(long, value_enum)]
     koala_diagonal: Option<DiagonalArg>,
     /// Learning-rate schedule.
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
-    /// Linear learning-rate warm-up steps (default: 10 % of the steps for koala++ with the
-    /// second-moment diagonal, else 0).
+    /// Warmup steps.
     #[arg(long)]
     warmup_steps: Option<u64>,
     /// Epochs.
@@ -568,6 +567,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         val_fraction,
         image_size,
         optimizer,
+        warmup_steps,
         epochs,
         batch_size,
         accumulate,
@@ -577,7 +577,6 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         run_dir
     );
     set_opt!(
-        warmup_steps,
         mean,
         std,
         eval_data,

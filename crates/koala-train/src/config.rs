@@ -122,9 +122,8 @@ pub struct TrainConfig {
     pub loss_var: Option<LossVar>,
     /// Learning-rate schedule.
     pub schedule: ScheduleKind,
-    /// Linear learning-rate warm-up steps. `None`: the optimizer's default
-    /// ([`crate::optim_setup::default_warmup_steps`]); a run records the value it used.
-    pub warmup_steps: Option<u64>,
+    /// Warmup steps.
+    pub warmup_steps: u64,
     /// Floor of cosine/linear schedules.
     pub min_lr: f64,
     /// Step schedule period (steps).
@@ -218,7 +217,7 @@ impl Default for TrainConfig {
             koala_innovation: None,
             koala_diagonal: None,
             schedule: ScheduleKind::Constant,
-            warmup_steps: None,
+            warmup_steps: 0,
             min_lr: 0.0,
             step_size: 1000,
             gamma: 0.1,

@@ -69,23 +69,6 @@ pub fn pin_koala_pp_form(cfg: &mut TrainConfig, written_before_the_keys: bool) {
     cfg.koala_diagonal.get_or_insert(diagonal);
 }
 
-/// Linear warm-up steps when the user gave no `--warmup-steps`: 10 % of the run's steps
-/// (rounded up) for KOALA++ with the second-moment diagonal, 0 otherwise.
-///
-/// Why: the diagonal's first steps are sign steps (m̂ = h² at the first update, so
-/// D·h ≈ sign(h)) that move every weight by the same amount, η·ℓ/‖h‖₁; at full η that
-/// wrecked the pretrained features in one of three seeds of the MNIST study job (chance
-/// accuracy for 100 steps, 82.8 % at the end against 96–98 %); 19 warm-up steps on the
-/// same seed trained normally (README "KOALA++ vs AdamW").
-pub fn default_warmup_steps(oc: &OptimizerConfig, total_steps: u64) -> u64 {
-    match oc {
-        OptimizerConfig::KoalaPlusPlus(c) if c.diagonal == KoalaPPDiagonal::SecondMoment => {
-            total_steps.div_ceil(10)
-        }
-        _ => 0,
-    }
-}
-
 /// The optimizer configuration a TrainConfig asks for, for `tensors`
 /// trainable tensors.
 pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
@@ -358,40 +341,6 @@ mod tests {
         };
         pin_koala_pp_form(&mut adamw, false);
         assert_eq!((adamw.koala_innovation, adamw.koala_diagonal), (None, None));
-    }
-
-    #[test]
-    fn the_diagonal_warms_up_for_a_tenth_of_the_steps_by_default() {
-        let koala = resolve(
-            &TrainConfig {
-                optimizer: "koala++".into(),
-                koala_diagonal: Some(KoalaPPDiagonal::SecondMoment),
-                ..TrainConfig::default()
-            },
-            158,
-        )
-        .unwrap();
-        assert_eq!(default_warmup_steps(&koala, 186), 19);
-        assert_eq!(default_warmup_steps(&koala, 5), 1);
-        let paper = resolve(
-            &TrainConfig {
-                optimizer: "koala++".into(),
-                koala_diagonal: Some(KoalaPPDiagonal::None),
-                ..TrainConfig::default()
-            },
-            158,
-        )
-        .unwrap();
-        assert_eq!(default_warmup_steps(&paper, 186), 0);
-        let adamw = resolve(
-            &TrainConfig {
-                optimizer: "adamw".into(),
-                ..TrainConfig::default()
-            },
-            158,
-        )
-        .unwrap();
-        assert_eq!(default_warmup_steps(&adamw, 186), 0);
     }
 
     #[test]

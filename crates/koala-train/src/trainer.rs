@@ -219,9 +219,6 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
         .with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
     let mut cfg = cfg;
     cfg.run_dir = run_dir.to_path_buf();
-    if optim_setup::is_koala_pp_name(&cfg.optimizer) && cfg.koala_innovation.is_none() {
-        eprintln!("note: this run was started by a koala without joint innovation; it resumes with the per-tensor KOALA++ it was started with");
-    }
     optim_setup::pin_koala_pp_form(&mut cfg, true);
     cfg.validate()
         .with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
@@ -264,13 +261,10 @@ impl Run {
         task.prepare_evaluation(&model, &names_shapes(&step))?;
         let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
         let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
-        let warmup_steps = *cfg
-            .warmup_steps
-            .get_or_insert_with(|| optim_setup::default_warmup_steps(&oc, total_steps));
         let schedule = Schedule {
             kind: cfg.schedule,
             base_lr: oc.base_lr(),
-            warmup_steps,
+            warmup_steps: cfg.warmup_steps,
             total_steps,
             min_lr: cfg.min_lr,
             step_size: cfg.step_size,
