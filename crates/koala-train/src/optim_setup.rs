@@ -31,7 +31,7 @@ pub fn koala_pp_default_lr(tensors: usize, innovation: KoalaPPInnovation) -> f64
 /// KOALA++ joint innovation's default η: each step asks to remove half of the
 /// (linearised) loss. Measured with the second-moment diagonal (issue 10 study, README
 /// "KOALA++ vs AdamW"): the tiny-Llama job's perplexity was best at η = 0.5 (0.2 / 0.3 /
-/// 0.5 / 1 / 2 → 17.5 / 17.7 / 17.6 / 19.9 / diverged, mean of 3 seeds; AdamW 18.7);
+/// 0.5 / 1 / 2 → 18.2 / 17.7 / 17.6 / 19.9 / diverged, mean of 3 seeds; AdamW 18.7);
 /// MobileNetV2 on Fashion-MNIST at 0.5–1 (seed 0: 0.1 / 0.3 / 0.5 / 0.7 / 1 / 2 → 84.2 /
 /// 88.4 / 89.2 / 89.6 / 90.4 % / diverged).
 pub const KOALA_PP_JOINT_DEFAULT_LR: f64 = 0.5;
