@@ -12,12 +12,20 @@
 #
 # Environment: KOALA (the koala binary, default target/release/koala), SEEDS (default
 # "0 1 2"), THREADS (default 1). A finished run (its log holds "eval after:") is not run
-# again, so an interrupted study resumes; flags are split on whitespace.
+# again, so an interrupted study resumes; each run's flags are kept next to its log and a
+# finished run made with other flags stops the study. Flags are split on whitespace.
 set -euo pipefail
 set -f
-out=${1:?usage: lm_optimizer_study.sh OUT_DIR 'name|flags' ...}
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  "") usage >&2; exit 2 ;;
+esac
+out=$1
 shift
-[ $# -gt 0 ] || { echo "error: no configuration given ('name|flags')" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "error: no configuration given ('name|flags'); see --help" >&2; exit 2; }
 koala=${KOALA:-target/release/koala}
 seeds=${SEEDS:-0 1 2}
 threads=${THREADS:-1}
@@ -32,7 +40,12 @@ for spec in "$@"; do
   ppl=()
   for seed in $seeds; do
     log="$out/$name-s$seed.log"
+    if [ -f "$out/$name-s$seed.flags" ] && [ "$(cat "$out/$name-s$seed.flags")" != "$flags" ]; then
+      echo "error: $log was made with other flags ($(cat "$out/$name-s$seed.flags")); use another OUT_DIR or name" >&2
+      exit 1
+    fi
     if ! grep -q "eval after" "$log" 2>/dev/null; then
+      printf '%s' "$flags" >"$out/$name-s$seed.flags"
       rm -rf "$out/$name-s$seed"
       # shellcheck disable=SC2086 # flags are word lists on purpose
       "$koala" finetune $base $flags --seed "$seed" --threads "$threads" --run-dir "$out/$name-s$seed" >"$log" 2>&1 || true

@@ -94,7 +94,7 @@ for c in range(CLASSES):
     train += order[:N_TRAIN]
     test += order[N_TRAIN:N_TRAIN + N_TEST]
 # The CSV is sorted by class; each split is put in its sha256 order too, so the classes are
-# interleaved (a prefix, e.g. --limit-train, holds roughly equal numbers of each class).
+# interleaved (a prefix, e.g. --limit-train, holds every class, in unequal numbers).
 train.sort(key=key)
 test.sort(key=key)
 
@@ -169,7 +169,7 @@ the MNIST handwritten digits dataset" (it does not say which of MNIST's original
 Selection (seed {seed}): for each class, the CSV rows of that class are ordered by
 sha256("mnist_5k:{seed}:<row>"); the first {N_TRAIN} go to train, the next {N_TEST} to t10k. The CSV is sorted by
 class, so each split is then put in that same sha256 order, which interleaves the classes (a prefix such as
-`--limit-train N` holds roughly equal numbers of each). The remaining {len(rows) - len(train) - len(test)} rows are unused.
+`--limit-train N` holds every class, though not in equal numbers). The remaining {len(rows) - len(train) - len(test)} rows are unused.
 `selection.json` lists the CSV row of every image and the sha256 of the wheel, the CSV and every file written. The
 gzip streams have mtime=0, so a rerun with the same seed writes byte-identical files.
 

@@ -151,7 +151,8 @@ struct FinetuneArgs {
     #[arg(long)]
     optimizer: Option<String>,
     /// Learning rate. Defaults: koala++ min(1, 4 / number of trainable tensors) (each per-tensor
-    /// filter removes η of the loss, see the README), adamw 1e-4, sgd 1e-2, presets their own.
+    /// filter removes η of the loss, see the README), 0.5 with --koala-innovation joint,
+    /// adamw 1e-4, sgd 1e-2, presets their own.
     // Negative values parse, so validation can name the option
     // instead of clap calling `-1` an unexpected argument.
     #[arg(long, allow_negative_numbers = true)]
@@ -179,7 +180,8 @@ struct FinetuneArgs {
     koala_innovation: Option<InnovationArg>,
     /// KOALA++: per-coordinate covariance scale: none (the paper's σ·I, Q·I; the default) or
     /// second-moment (σ·D, Q·D with D = 1/(√m̂ + ε) from Adam's running mean of h², a koala
-    /// extension).
+    /// extension; use it with --koala-innovation joint: with per-tensor filters it did not
+    /// learn in the README's study).
     #[arg(long, value_enum)]
     koala_diagonal: Option<DiagonalArg>,
     /// Learning-rate schedule.

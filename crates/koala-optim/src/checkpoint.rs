@@ -209,11 +209,29 @@ impl OptimizerState {
             return Err(OptimError::checkpoint(
                 path,
                 format!(
-                    "`kind` is `{}` but the state being loaded is `{}`; build the optimizer \
-                     from the configuration that wrote the checkpoint",
+                    "the checkpoint was written by a `{}` optimizer (`kind`), but this state \
+                     belongs to a `{}` optimizer; build the optimizer from the configuration \
+                     that wrote the checkpoint",
                     file.kind, self.layout.kind
                 ),
             ));
+        }
+        // Same layout, other filter: per-tensor and joint KOALA++ keep the same state but
+        // read S differently, so resuming one as the other silently changes the run.
+        if let (OptimizerConfig::KoalaPlusPlus(saved), OptimizerConfig::KoalaPlusPlus(now)) =
+            (&file.config, &self.config)
+        {
+            if saved.innovation != now.innovation {
+                return Err(OptimError::checkpoint(
+                    path,
+                    format!(
+                        "the checkpoint was written by KOALA++ with {:?} innovation, but this \
+                         optimizer uses {:?} innovation; resume with the innovation that wrote \
+                         it (`innovation` in the checkpoint's config)",
+                        saved.innovation, now.innovation
+                    ),
+                ));
+            }
         }
         if file.tensors.len() != self.tensors.len() {
             return Err(OptimError::checkpoint(

@@ -5,7 +5,10 @@
 mod common;
 
 use common::{train_step, Problem};
-use koala_optim::{build, preset, OptimizerState, StatePaths, TensorSpec};
+use koala_optim::{
+    build, preset, KoalaPPConfig, KoalaPPInnovation, OptimizerConfig, OptimizerState, StatePaths,
+    TensorSpec,
+};
 
 fn saved(dir: &std::path::Path) -> (StatePaths, Problem) {
     let problem = Problem::quadratic(&[300, 5]);
@@ -60,6 +63,27 @@ fn wrong_tensor_is_named() {
     let err = load_err(&mut fresh(&specs), &paths);
     assert!(
         err.contains("optimizer_state.json") && err.contains("`t1`") && err.contains("`other`"),
+        "{err}"
+    );
+}
+
+/// Per-tensor and joint KOALA++ share a layout; resuming one as the other would silently
+/// change the filter, so it is refused, naming both.
+#[test]
+fn other_koala_innovation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, problem) = saved(dir.path());
+    let OptimizerConfig::KoalaPlusPlus(c) = preset("vision-cnn").unwrap() else {
+        unreachable!()
+    };
+    let joint = OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
+        innovation: KoalaPPInnovation::Joint,
+        ..c
+    });
+    let mut state = build(&joint).unwrap().init(&problem.specs).unwrap();
+    let err = load_err(&mut state, &paths);
+    assert!(
+        err.contains("PerTensor") && err.contains("Joint") && err.contains("innovation"),
         "{err}"
     );
 }

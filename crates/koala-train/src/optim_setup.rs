@@ -129,6 +129,16 @@ pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
             set(&mut c.weight_decay, cfg.weight_decay);
         }
     }
+    if !matches!(oc, OptimizerConfig::KoalaPlusPlus(_)) {
+        for (set, flag) in [
+            (cfg.koala_innovation.is_some(), "--koala-innovation"),
+            (cfg.koala_diagonal.is_some(), "--koala-diagonal"),
+        ] {
+            if set {
+                bail!("{flag} applies to KOALA++ only, and --optimizer {} is not KOALA++: drop {flag} (config key {}), or use --optimizer koala++", cfg.optimizer, flag.trim_start_matches("--").replace('-', "_"));
+            }
+        }
+    }
     oc.validate()?;
     Ok(oc)
 }
@@ -341,6 +351,32 @@ mod tests {
         };
         pin_koala_pp_form(&mut adamw, false);
         assert_eq!((adamw.koala_innovation, adamw.koala_diagonal), (None, None));
+    }
+
+    #[test]
+    fn koala_flags_with_another_optimizer_are_refused() {
+        for optimizer in ["adamw", "koala-v", "sgd"] {
+            let cfg = TrainConfig {
+                optimizer: optimizer.into(),
+                koala_innovation: Some(KoalaPPInnovation::Joint),
+                ..TrainConfig::default()
+            };
+            let err = resolve(&cfg, 10).unwrap_err().to_string();
+            assert!(
+                err.contains("--koala-innovation applies to KOALA++ only")
+                    && err.contains(optimizer),
+                "{err}"
+            );
+        }
+        let preset = TrainConfig {
+            optimizer: "vision-cnn".into(),
+            koala_diagonal: Some(KoalaPPDiagonal::SecondMoment),
+            ..TrainConfig::default()
+        };
+        assert!(
+            resolve(&preset, 10).is_ok(),
+            "a KOALA++ preset takes the flags"
+        );
     }
 
     #[test]

@@ -257,6 +257,13 @@ impl Run {
             optim_setup::describe(&oc, cfg.loss_var),
             step.graph().trainable.len()
         );
+        if let koala_optim::OptimizerConfig::KoalaPlusPlus(c) = &oc {
+            if c.diagonal == koala_optim::KoalaPPDiagonal::SecondMoment
+                && c.innovation == koala_optim::KoalaPPInnovation::PerTensor
+            {
+                eprintln!("warning: the second-moment diagonal with per-tensor filters makes every tensor take a sign step of the full Polyak size; it did not learn in the README's study: add --koala-innovation joint");
+            }
+        }
         let groups = make_groups(&cfg, &oc, &step.graph().trainable)?;
         task.prepare_evaluation(&model, &names_shapes(&step))?;
         let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
