@@ -339,6 +339,9 @@ impl TrainConfig {
             bail!("--label-smoothing must be in [0, 1)");
         }
         self.validate_lora()?;
+        // The optimizer name and its settings (e.g. --koala-innovation with AdamW), so that
+        // `koala check` refuses exactly what finetune would.
+        crate::optim_setup::resolve(self, 1)?;
         Ok(())
     }
 
