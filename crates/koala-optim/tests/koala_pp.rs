@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{h_dot_step, train_step, Problem};
-use koala_optim::{build, KoalaPPConfig, KoalaPPPath, OptimizerConfig, StepContext};
+use common::{h_dot_step, step_with_grads, train_step, Problem};
+use koala_optim::{build, KoalaPPConfig, KoalaPPPath, OptimizerConfig};
 
 fn config(path: KoalaPPPath, s_guard: bool, weight_decay: f64) -> OptimizerConfig {
     OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
@@ -32,15 +32,7 @@ fn step_satisfies_the_linearised_loss_invariant() {
         for k in 1..=12u64 {
             let before = params.clone();
             let (loss, grads) = problem.loss_and_grads(&params);
-            let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
-            let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
-            let ctx = StepContext {
-                loss,
-                loss_var: loss * loss,
-                lr,
-                step: k,
-            };
-            opt.step(&mut state, &mut views, &g, &ctx).unwrap();
+            step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
             let r = state.global("R").unwrap();
             for (i, rep) in state.tensor_reports().enumerate() {
                 let s = rep.s.unwrap();

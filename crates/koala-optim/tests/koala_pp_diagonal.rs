@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{h_dot_step, Problem};
+use common::{h_dot_step, step_with_grads, Problem};
 use koala_optim::{
     build, KoalaPPConfig, KoalaPPDiagonal, KoalaPPInnovation, KoalaPPPath, OptimizerConfig,
-    StepContext,
 };
 
 fn config(innovation: KoalaPPInnovation, weight_decay: f64, r: Option<f64>) -> OptimizerConfig {
@@ -21,26 +20,6 @@ fn config(innovation: KoalaPPInnovation, weight_decay: f64, r: Option<f64>) -> O
         diagonal: KoalaPPDiagonal::SecondMoment,
         ..KoalaPPConfig::default()
     })
-}
-
-fn step(
-    opt: &dyn koala_optim::Optimizer,
-    state: &mut koala_optim::OptimizerState,
-    params: &mut [Vec<f32>],
-    grads: &[Vec<f32>],
-    loss: f64,
-    lr: f64,
-    k: u64,
-) {
-    let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
-    let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
-    let ctx = StepContext {
-        loss,
-        loss_var: loss * loss,
-        lr,
-        step: k,
-    };
-    opt.step(state, &mut views, &g, &ctx).unwrap();
 }
 
 /// First step with R → 0 (fixed 1e-12): m̂ = h² and d = 1/(|h| + ε), so within a tensor
@@ -56,7 +35,7 @@ fn the_first_step_is_a_sign_step_of_polyak_size() {
         let mut state = opt.init(&problem.specs).unwrap();
         let mut params = problem.init.clone();
         let (loss, grads) = problem.loss_and_grads(&params);
-        step(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, 1);
+        step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, 1);
         // d = 1/(|h| + ε) (m̂ = h² at the first step), so c_t = Σ d·h² = ‖h_t‖₁ up to ε.
         let d = |g: f32| 1.0 / (f64::from(g.abs()) + 1e-8);
         let dhh = |g: &[f32]| g.iter().map(|x| d(*x) * f64::from(*x).powi(2)).sum::<f64>();
@@ -107,7 +86,7 @@ fn the_invariant_holds_in_theta() {
         for k in 1..=12u64 {
             let before = params.clone();
             let (loss, grads) = problem.loss_and_grads(&params);
-            step(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
+            step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
             let r = state.global("R").unwrap();
             let per: Vec<(f64, f64, f64)> = (0..grads.len())
                 .map(|i| {
@@ -153,7 +132,7 @@ fn steps_match_an_f64_reference() {
     let (mut m, mut prev) = (vec![0.0; n], None::<(Vec<f64>, Vec<f64>, f64)>);
     for k in 1..=8u64 {
         let (loss, grads) = problem.loss_and_grads(&params);
-        step(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
+        step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
         // The reference at its own parameters.
         let p32: Vec<Vec<f32>> = vec![theta.iter().map(|x| *x as f32).collect()];
         let (rl, rg) = problem.loss_and_grads(&p32);
@@ -211,7 +190,7 @@ fn the_diagonal_changes_the_step_and_the_literal_path_refuses_it() {
         let mut state = opt.init(&problem.specs).unwrap();
         let mut params = problem.init.clone();
         let (loss, grads) = problem.loss_and_grads(&params);
-        step(opt.as_ref(), &mut state, &mut params, &grads, loss, 0.5, 1);
+        step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, 0.5, 1);
         params
     };
     assert_ne!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{h_dot_step, train_step, Problem};
+use common::{h_dot_step, step_with_grads, train_step, Problem};
 use koala_optim::{
     build, step_groups, GroupStep, KoalaPPConfig, KoalaPPInnovation, KoalaPPPath, OptimizerConfig,
     OptimizerState, StepContext,
@@ -47,10 +47,7 @@ fn the_joint_step_removes_eta_of_the_loss_summed_over_tensors() {
     for k in 1..=15u64 {
         let before = params.clone();
         let (loss, grads) = problem.loss_and_grads(&params);
-        let g: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
-        let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
-        opt.step(&mut state, &mut views, &g, &ctx(loss, lr, k))
-            .unwrap();
+        step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
         let r = state.global("R").unwrap();
         let s: Vec<f64> = state.tensor_reports().map(|r| r.s.unwrap()).collect();
         assert!(

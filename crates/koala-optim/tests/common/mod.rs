@@ -117,6 +117,20 @@ pub fn train_step(
     opt.predict(state, &mut views).expect("predict");
     drop(views);
     let (loss, grads) = problem.loss_and_grads(params);
+    step_with_grads(opt, state, params, &grads, loss, lr, step);
+    loss
+}
+
+/// One `step` with given gradients (every tensor has one) and V = L².
+pub fn step_with_grads(
+    opt: &dyn Optimizer,
+    state: &mut OptimizerState,
+    params: &mut [Vec<f32>],
+    grads: &[Vec<f32>],
+    loss: f64,
+    lr: f64,
+    step: u64,
+) {
     let grads: Vec<Option<&[f32]>> = grads.iter().map(|g| Some(g.as_slice())).collect();
     let mut views: Vec<&mut [f32]> = params.iter_mut().map(|p| p.as_mut_slice()).collect();
     let ctx = StepContext {
@@ -126,7 +140,6 @@ pub fn train_step(
         step,
     };
     opt.step(state, &mut views, &grads, &ctx).expect("step");
-    loss
 }
 
 /// Runs `steps` iterations from the problem's start; returns the final loss.
