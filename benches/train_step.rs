@@ -1,10 +1,12 @@
 //! Forward+backward step time of koala's training graphs against ONNX
 //! Runtime running the forward graph alone, for MobileNetV2 (batch 16,
-//! 3×96×96) and the tiny CNN, with each Conv weight-gradient formulation.
+//! 3×96×96) and the tiny CNN, for both execution targets (ort: ORT's blocked
+//! kernels; portable: standard ONNX only) and the portable Conv weight-gradient
+//! formulations.
 //! Prints a markdown table (run: `cargo bench --bench train_step`).
 
 use koala::graph::step::{Batch, TrainStep};
-use koala::graph::{BackwardOptions, ConvWeightGrad, Model, TrainingSpec};
+use koala::graph::{BackwardOptions, ConvWeightGrad, ExecutionTarget, Model, TrainingSpec};
 use koala::runtime::{Session, SessionOptions, TensorView, TensorViewMut};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -71,18 +73,21 @@ fn bench(
     });
     let mut row = format!("| {name} | {} | {:.1} ms |", shape[0], 1e3 * t_fwd);
     let mut step_ms = Vec::new();
+    // (target, dW formulation, keep BN): the default first, then the portable
+    // (standard-ONNX) graph it replaces, then the portable alternatives.
     let variants = [
-        (ConvWeightGrad::Auto, false),
-        (ConvWeightGrad::TransposedConv, false),
-        (ConvWeightGrad::UnfoldDepthwise, false),
-        (ConvWeightGrad::Auto, true),
+        (ExecutionTarget::Ort, ConvWeightGrad::Auto, false),
+        (ExecutionTarget::Portable, ConvWeightGrad::Auto, false),
+        (ExecutionTarget::Portable, ConvWeightGrad::TransposedConv, false),
+        (ExecutionTarget::Portable, ConvWeightGrad::Auto, true),
     ];
     let mut steps: Vec<TrainStep> = variants
         .iter()
-        .map(|&(conv_weight_grad, keep_batchnorm)| {
+        .map(|&(target, conv_weight_grad, keep_batchnorm)| {
             let spec = TrainingSpec {
                 input_shapes: [(input.clone(), shape.to_vec())].into_iter().collect(),
                 backward: BackwardOptions {
+                    target,
                     conv_weight_grad,
                     keep_batchnorm,
                     ..BackwardOptions::default()
@@ -91,6 +96,9 @@ fn bench(
                 ..TrainingSpec::default()
             };
             let g = koala::graph::build(&m, &spec).unwrap();
+            if target == ExecutionTarget::Ort && g.target != target {
+                eprintln!("note: ORT has no blocked kernels here; the ort column is the portable graph");
+            }
             let mut step = TrainStep::new(g, Some(threads)).unwrap();
             step.set_batch(&[Batch::F32(&x)], Batch::I64(&labels))
                 .unwrap();
@@ -127,9 +135,9 @@ fn bench(
         "forward_ms": 1e3 * t_fwd,
         "step_ms": {
             "default": step_ms[0],
-            "transposed_conv_dw": step_ms[1],
-            "unfold_depthwise_dw": step_ms[2],
-            "batchnorm_kept": step_ms[3],
+            "portable": step_ms[1],
+            "portable_transposed_conv_dw": step_ms[2],
+            "portable_batchnorm_kept": step_ms[3],
         },
     })
 }
@@ -140,7 +148,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     println!("threads: {threads}; median of repeated runs; ratio = step / forward");
-    println!("| model | batch | ORT forward | koala fwd+bwd (default: BN folded, auto dW) | transposed-conv dW everywhere | unfold depthwise dW | BN kept as a node |");
+    println!("| model | batch | ORT forward (inference graph) | koala fwd+bwd, default (ort target: blocked kernels) | portable (standard ONNX only) | portable, transposed-conv dW everywhere | portable, BN kept as a node |");
     println!("|---|---|---|---|---|---|---|");
     let tiny = bench(
         "tiny CNN 3×16×16",

@@ -8,6 +8,7 @@ pub mod facts;
 pub mod loss;
 pub mod lower;
 pub mod model;
+pub mod nchwc;
 pub mod probe;
 pub mod proto;
 pub mod tensor;
@@ -15,7 +16,7 @@ pub mod trainable;
 pub mod training;
 pub mod upgrade;
 
-pub use backward::{BackwardOptions, ConvWeightGrad};
+pub use backward::{BackwardOptions, ConvWeightGrad, ExecutionTarget};
 pub use loss::LossSpec;
 pub use model::Model;
 pub use trainable::TrainableSpec;

@@ -6,7 +6,7 @@
 //! output>]` — the model output (logits) comes last so a trainer can report
 //! accuracy without a second forward pass.
 
-use crate::backward::{self, BackwardOptions, GradCtx};
+use crate::backward::{self, BackwardOptions, ExecutionTarget, GradCtx};
 use crate::facts::Facts;
 use crate::loss::{self, LossSpec};
 use crate::model::Model;
@@ -103,6 +103,11 @@ pub struct TrainingGraph {
     /// written twice): trained as their canonical tensor, written back to
     /// both on export (see `tied.rs`).
     pub tied: Vec<TiedCopy>,
+    /// The target the graph was written for, after fallback (`Ort` asked on a runtime
+    /// without blocked kernels gives `Portable`).
+    pub target: ExecutionTarget,
+    /// What the `ort` target's blocked-kernel pass changed (None for `portable`).
+    pub nchwc: Option<crate::nchwc::NchwcStats>,
 }
 
 /// Names of the fixed outputs.
@@ -307,6 +312,28 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     };
     pg.output = outs;
     pg.value_info.clear();
+    let block = match spec.backward.target {
+        ExecutionTarget::Ort => crate::nchwc::block_size(),
+        ExecutionTarget::Portable => None,
+    };
+    let nchwc = match block {
+        Some(block) => {
+            let mut ctx = GradCtx::new(&mut facts, model.opset());
+            let outputs: Vec<String> = pg.output.iter().map(|o| o.name.clone()).collect();
+            let nodes = std::mem::take(&mut pg.node);
+            let (nodes, stats) = crate::nchwc::lower(&mut ctx, nodes, &outputs, block)?;
+            pg.node = nodes;
+            pg.initializer.append(&mut ctx.initializers);
+            crate::nchwc::import_domain(&mut proto.opset_import);
+            Some(stats)
+        }
+        None => None,
+    };
+    let target = if nchwc.is_some() {
+        ExecutionTarget::Ort
+    } else {
+        ExecutionTarget::Portable
+    };
     Ok(TrainingGraph {
         proto,
         data_inputs,
@@ -322,6 +349,8 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         unreachable,
         promoted_constants: promoted,
         tied,
+        target,
+        nchwc,
     })
 }
 

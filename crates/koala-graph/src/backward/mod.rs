@@ -105,9 +105,27 @@ pub enum ConvWeightGrad {
     UnfoldDepthwise,
 }
 
+/// Which runtime the training graph is written for. The exported model is standard ONNX
+/// either way; only the internal training graph differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutionTarget {
+    /// Stock ONNX Runtime: 2-D convolutions (forward and gradients) run on ORT's blocked
+    /// `com.microsoft.nchwc` kernels where the CPU has them (see `nchwc.rs`), with the
+    /// gradient formulations that are fastest on those kernels. Falls back to `Portable`
+    /// where ORT has no blocked kernels.
+    #[default]
+    Ort,
+    /// Standard ONNX operators only (any runtime; the reference for tests).
+    Portable,
+}
+
 /// Options of the backward generator.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct BackwardOptions {
+    /// The runtime the training graph is written for.
+    #[serde(default)]
+    pub target: ExecutionTarget,
     /// Formulation of the Conv weight gradient.
     pub conv_weight_grad: ConvWeightGrad,
     /// Keep Conv → BatchNormalization as two nodes instead of folding BN
@@ -153,7 +171,7 @@ pub fn grad_reachable(
 /// branch instead of the error that names the control-flow node. (Names the
 /// subgraph defines itself are included too; they are never trainable
 /// values, so the over-approximation is harmless.)
-fn reads(node: &NodeProto) -> Vec<&str> {
+pub(crate) fn reads(node: &NodeProto) -> Vec<&str> {
     let mut out: Vec<&str> = node.input.iter().map(|s| s.as_str()).collect();
     for a in &node.attribute {
         for g in a.g.iter().map(|g| g.as_ref()).chain(&a.graphs) {

@@ -20,7 +20,9 @@ use koala_graph::proto::{
     type_proto, AttributeProto, DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
     TensorProto, TypeProto, ValueInfoProto,
 };
-use koala_graph::{tensor, BackwardOptions, LossSpec, Model, TrainingGraph, TrainingSpec};
+use koala_graph::{
+    tensor, BackwardOptions, ExecutionTarget, LossSpec, Model, TrainingGraph, TrainingSpec,
+};
 use koala_runtime::{OwnedTensor, Session, SessionOptions, TensorView};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -498,13 +500,38 @@ pub struct Report {
 /// value against a Rust recomputation, then every gradient element (up to
 /// `max_elements` per weight) and `directions` random directions per weight
 /// against central differences. Panics with the details on failure.
+///
+/// Both execution targets are checked: `portable` (standard ONNX), then `ort` whenever its
+/// graph differs (2-D convs on ORT's blocked kernels, `nchwc.rs`); the report is the `ort`
+/// one then. A test that sets `c.backward.target` to `portable` checks only that.
 pub fn check(net: &Net, output: &str, c: &Check) -> Report {
     let model = net.model(output);
-    let spec = TrainingSpec {
-        backward: c.backward.clone(),
-        ..net.spec(c.loss.clone())
+    let build = |target: ExecutionTarget| {
+        let mut backward = c.backward.clone();
+        backward.target = target;
+        let spec = TrainingSpec {
+            backward,
+            ..net.spec(c.loss.clone())
+        };
+        koala_graph::build(&model, &spec)
+            .unwrap_or_else(|e| panic!("build failed ({target:?} target): {e:#}"))
     };
-    let graph = koala_graph::build(&model, &spec).unwrap_or_else(|e| panic!("build failed: {e:#}"));
+    let portable = check_graph(net, c, build(ExecutionTarget::Portable));
+    if c.backward.target == ExecutionTarget::Portable {
+        return portable;
+    }
+    let ort = build(ExecutionTarget::Ort);
+    match &ort.nchwc {
+        Some(s) if s.convs + s.blocked_nodes > 0 => {
+            eprintln!("  ort target: {s:?}");
+            check_graph(net, c, ort)
+        }
+        _ => portable,
+    }
+}
+
+/// [`check`] on one built training graph.
+fn check_graph(net: &Net, c: &Check, graph: TrainingGraph) -> Report {
     let mut run = Run::new(net, &graph, &c.labels, 7);
     let base = run.eval(&run.weights.clone());
     check_loss_value(net.dt, &run, &base, &c.loss);
