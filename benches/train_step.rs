@@ -78,7 +78,11 @@ fn bench(
     let variants = [
         (ExecutionTarget::Ort, ConvWeightGrad::Auto, false),
         (ExecutionTarget::Portable, ConvWeightGrad::Auto, false),
-        (ExecutionTarget::Portable, ConvWeightGrad::TransposedConv, false),
+        (
+            ExecutionTarget::Portable,
+            ConvWeightGrad::TransposedConv,
+            false,
+        ),
         (ExecutionTarget::Portable, ConvWeightGrad::Auto, true),
     ];
     let mut steps: Vec<TrainStep> = variants
@@ -97,7 +101,9 @@ fn bench(
             };
             let g = koala::graph::build(&m, &spec).unwrap();
             if target == ExecutionTarget::Ort && g.target != target {
-                eprintln!("note: ORT has no blocked kernels here; the ort column is the portable graph");
+                eprintln!(
+                    "note: ORT has no blocked kernels here; the ort column is the portable graph"
+                );
             }
             let mut step = TrainStep::new(g, Some(threads)).unwrap();
             step.set_batch(&[Batch::F32(&x)], Batch::I64(&labels))

@@ -1,6 +1,6 @@
 //! Writes the training graph of an ONNX model to a file, to inspect it (e.g.
 //! in Netron) or profile it with another runtime.
-//! `cargo run --example dump_training_graph -- <model.onnx> <batch> <size> <out.onnx> [unfold] [constants]`
+//! `cargo run --example dump_training_graph -- <model.onnx> <batch> <size> <out.onnx> [unfold] [constants] [keep-bn] [portable]`
 
 use prost::Message;
 
@@ -27,14 +27,17 @@ fn main() -> anyhow::Result<()> {
             f if f.starts_with("train=") => spec.trainable.include = Some(f[6..].to_string()),
             f if f.starts_with("freeze=") => spec.trainable.exclude = Some(f[7..].to_string()),
             "keep-bn" => spec.backward.keep_batchnorm = true,
-            other => anyhow::bail!("unknown flag '{other}' (unfold, constants, keep-bn, train=<regex>, freeze=<regex>)"),
+            "portable" => spec.backward.target = koala::graph::ExecutionTarget::Portable,
+            other => anyhow::bail!("unknown flag '{other}' (unfold, constants, keep-bn, portable, train=<regex>, freeze=<regex>)"),
         }
     }
     let g = koala::graph::build(&m, &spec)?;
     std::fs::write(&a[4], g.proto.encode_to_vec())?;
     println!(
-        "{} nodes",
-        g.proto.graph.as_ref().map_or(0, |g| g.node.len())
+        "{} nodes, target {:?}, blocked-kernel pass: {:?}",
+        g.proto.graph.as_ref().map_or(0, |g| g.node.len()),
+        g.target,
+        g.nchwc
     );
     Ok(())
 }

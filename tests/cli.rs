@@ -363,6 +363,8 @@ fn config_file_with_overriding_flags() {
         augment: false,
         // Not in the file or the flags: the run records the task's default it used.
         loss_var: Some(koala::train::config::LossVar::SecondMoment),
+        // Likewise the training graph's target (so a resume keeps it).
+        execution_target: Some(koala::graph::ExecutionTarget::Ort),
         ..file_cfg
     };
     assert_eq!(

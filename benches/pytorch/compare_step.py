@@ -11,7 +11,8 @@ Both sides run in this one invocation on the same machine with the same thread c
    statistics, trainable scale/bias), which is what koala's training graph computes.
 
 Usage: python3 benches/pytorch/compare_step.py [--threads 2] [--skip-koala FILE.json]
-Prints a markdown table; ratio = koala step / PyTorch step (lower is better for koala).
+Prints a markdown table; ratio = koala step / PyTorch step (lower is better for koala), for
+koala's default `ort` target (ORT's blocked conv kernels) and the `portable` target.
 """
 import argparse
 import json
@@ -96,14 +97,15 @@ def main():
         ("mobilenet_v2", torchvision.models.mobilenet_v2(weights=None), [16, 3, 96, 96], 1000, 10),
     ]
     print(f"\nthreads: {args.threads} (torch {torch.__version__}, {torch.get_num_threads()} intra-op threads); median ms")
-    print("| model | batch | PyTorch forward | PyTorch fwd+bwd | PyTorch bwd/fwd | ORT forward | koala fwd+bwd | koala / PyTorch step |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | batch | PyTorch forward | PyTorch fwd+bwd | PyTorch bwd/fwd | ORT forward | koala fwd+bwd (ort target, default) | koala / PyTorch step | koala portable fwd+bwd | portable / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key, model, shape, classes, reps in cases:
         fwd, step = torch_times(model, shape, classes, reps)
         k = koala[key]
         ks = k["step_ms"]["default"]
+        kp = k["step_ms"]["portable"]
         print(f"| {k['model']} | {shape[0]} | {fwd:.1f} | {step:.1f} | {step / fwd:.2f}× | "
-              f"{k['forward_ms']:.1f} | {ks:.1f} | {ks / step:.2f}× |")
+              f"{k['forward_ms']:.1f} | {ks:.1f} | {ks / step:.2f}× | {kp:.1f} | {kp / step:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -132,11 +132,14 @@ pub fn import_domain(opsets: &mut Vec<OperatorSetIdProto>) {
     }
 }
 
-/// A blocked value: its name and its declared (channel-padded) shape.
+/// A blocked value: its name and shape. A 4-D value is declared [N, ⌈C/B⌉·B, H, W] (what
+/// the blocked kernels read); any other rank is a *view*: the storage order made explicit,
+/// [N, C/B, spatial…, B] (C a multiple of B), which spatial reshapes and pads keep.
 #[derive(Clone, Debug)]
 struct Blocked {
     name: String,
     shape: Vec<usize>,
+    view: bool,
 }
 
 /// How one Conv maps onto the blocked kernels.
@@ -179,7 +182,12 @@ pub fn lower(
         stats: NchwcStats::default(),
     };
     for node in nodes {
-        if p.try_conv(&node)? || p.try_elementwise(&node)? || p.try_reshape(&node)? {
+        if p.try_conv(&node)?
+            || p.try_elementwise(&node)?
+            || p.try_reshape(&node)?
+            || p.try_channel_sum(&node)?
+            || p.try_pad(&node)?
+        {
             continue;
         }
         for name in crate::backward::reads(&node) {
@@ -235,7 +243,16 @@ impl Pass<'_, '_> {
         let b = self.blocked[name].clone();
         let shape = self.ctx.shape(name)?;
         let dt = self.ctx.dtype(name)?;
-        if dt == DataType::Float {
+        if b.view {
+            // [N, C/B, S…, B] → [N, C/B, B, S…] → [N, C, S…]
+            let r = b.shape.len() - 1;
+            let perm: Vec<usize> = [0, 1, r].into_iter().chain(2..r).collect();
+            let t = self.ctx.transpose(&b.name, &perm)?;
+            let s = self
+                .ctx
+                .const_i64(&shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+            self.ctx.emit_into("Reshape", &[&t, &s], &[name], vec![]);
+        } else if dt == DataType::Float {
             self.ctx.emit_into(
                 "ReorderOutput",
                 &[&b.name],
@@ -283,16 +300,16 @@ impl Pass<'_, '_> {
         let xs = self.ctx.shape(x)?;
         let mut shape = xs.clone();
         shape[1] = round_up(xs[1], self.block);
-        let name = self.ctx.emit_shaped(
-            "ReorderInput",
-            &[x],
-            vec![],
-            DataType::Float,
-            shape.clone(),
-        );
+        let name =
+            self.ctx
+                .emit_shaped("ReorderInput", &[x], vec![], DataType::Float, shape.clone());
         self.set_domain_of_last();
         self.stats.reorder_in += 1;
-        let b = Blocked { name, shape };
+        let b = Blocked {
+            name,
+            shape,
+            view: false,
+        };
         self.blocked.insert(x.to_string(), b.clone());
         Ok(b)
     }
@@ -358,7 +375,14 @@ impl Pass<'_, '_> {
             .emit_shaped("Conv", &refs, attrs, DataType::Float, shape.clone());
         self.set_domain_of_last();
         self.flush();
-        self.blocked.insert(y.clone(), Blocked { name: yb, shape });
+        self.blocked.insert(
+            y.clone(),
+            Blocked {
+                name: yb,
+                shape,
+                view: false,
+            },
+        );
         self.blocked_only.insert(y.clone());
         self.stats.convs += 1;
         Ok(true)
@@ -402,7 +426,9 @@ impl Pass<'_, '_> {
         self.materialise(w)?;
         let mut cur = self.pad_axis0(w, o_pad)?;
         if i_pad != ws[1] {
-            let pads = self.ctx.const_i64(&[0, 0, 0, 0, 0, (i_pad - ws[1]) as i64, 0, 0]);
+            let pads = self
+                .ctx
+                .const_i64(&[0, 0, 0, 0, 0, (i_pad - ws[1]) as i64, 0, 0]);
             let shape = vec![o_pad, i_pad, ws[2], ws[3]];
             cur = self
                 .ctx
@@ -429,7 +455,7 @@ impl Pass<'_, '_> {
         let Some(src) = self.reshape_source(w) else {
             return Ok(None);
         };
-        let Some(b) = self.blocked.get(&src).cloned() else {
+        let Some(b) = self.blocked.get(&src).filter(|b| !b.view).cloned() else {
             return Ok(None);
         };
         let ss = self.ctx.shape(&src)?;
@@ -457,9 +483,32 @@ impl Pass<'_, '_> {
     /// scalars only (no broadcasting along a blocked axis), one output of that shape.
     fn try_elementwise(&mut self, node: &NodeProto) -> Result<bool> {
         const OPS: &[&str] = &[
-            "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Clip", "Relu", "LeakyRelu",
-            "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Neg", "Abs", "Greater", "Less",
-            "GreaterOrEqual", "LessOrEqual", "Equal", "And", "Or", "Not", "Where", "Cast",
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Sum",
+            "Max",
+            "Min",
+            "Clip",
+            "Relu",
+            "LeakyRelu",
+            "Sigmoid",
+            "HardSigmoid",
+            "HardSwish",
+            "Tanh",
+            "Neg",
+            "Abs",
+            "Greater",
+            "Less",
+            "GreaterOrEqual",
+            "LessOrEqual",
+            "Equal",
+            "And",
+            "Or",
+            "Not",
+            "Where",
+            "Cast",
             "Identity",
         ];
         if !node.domain.is_empty() || !OPS.contains(&node.op_type.as_str()) {
@@ -472,16 +521,15 @@ impl Pass<'_, '_> {
         let Ok(ys) = self.ctx.shape(y) else {
             return Ok(false);
         };
-        let mut any_blocked_only = false;
         let mut bshape: Option<Vec<usize>> = None;
         for i in node.input.iter().filter(|i| !i.is_empty()) {
             let Ok(s) = self.ctx.shape(i) else {
                 return Ok(false);
             };
-            if s.iter().product::<usize>() == 1 {
-                continue; // a scalar broadcasts the same over the blocked layout
+            if s.iter().product::<usize>() == 1 && !self.blocked.contains_key(i.as_str()) {
+                continue; // a plain scalar broadcasts the same over the blocked layout
             }
-            let Some(b) = self.blocked.get(i.as_str()) else {
+            let Some(b) = self.blocked.get(i.as_str()).filter(|b| !b.view) else {
                 return Ok(false);
             };
             if s != ys || s.len() != 4 || s[1] % self.block != 0 {
@@ -490,9 +538,11 @@ impl Pass<'_, '_> {
             if bshape.get_or_insert(b.shape.clone()) != &b.shape {
                 return Ok(false);
             }
-            any_blocked_only |= self.blocked_only.contains(i.as_str());
         }
-        let Some(shape) = bshape.filter(|_| any_blocked_only) else {
+        // Operands that exist in both forms count as blocked: a mask computed from a
+        // forward activation (also needed plain by a weight gradient) then meets the
+        // blocked output gradient without a reorder.
+        let Some(shape) = bshape else {
             return Ok(false);
         };
         let mut n = node.clone();
@@ -501,20 +551,73 @@ impl Pass<'_, '_> {
                 *i = b.name.clone();
             }
         }
-        let yb = self.ctx.fresh(&format!("{}_blocked", node.op_type.to_lowercase()));
+        let yb = self
+            .ctx
+            .fresh(&format!("{}_blocked", node.op_type.to_lowercase()));
         n.output = vec![yb.clone()];
         let dt = self.ctx.dtype(y)?;
         self.ctx.set_fact(&yb, dt, shape.clone());
         self.out.push(n);
-        self.blocked
-            .insert(y.clone(), Blocked { name: yb, shape });
+        self.blocked.insert(
+            y.clone(),
+            Blocked {
+                name: yb,
+                shape,
+                view: false,
+            },
+        );
         self.blocked_only.insert(y.clone());
         self.stats.blocked_nodes += 1;
         Ok(true)
     }
 
-    /// A Reshape [N, C, H, W] → [N', C', H, W] with N·C = N'·C' and C, C' multiples of the
-    /// block moves whole blocks between batch and channels: the same bytes, blocked.
+    /// ReduceSum over batch and space ([N, C, H, W] → [C], a conv's bias gradient) of a
+    /// blocked value: sums the blocked data as [N, C/B, H·W, B] over axes 0 and 2, so the
+    /// gradient is never reordered just for its bias.
+    fn try_channel_sum(&mut self, node: &NodeProto) -> Result<bool> {
+        if node.op_type != "ReduceSum" || !node.domain.is_empty() || node.output.len() != 1 {
+            return Ok(false);
+        }
+        let x = &node.input[0];
+        let Some(b) = self.blocked.get(x.as_str()).filter(|b| !b.view).cloned() else {
+            return Ok(false);
+        };
+        let xs = self.ctx.shape(x)?;
+        let axes = match node.input.get(1).filter(|a| !a.is_empty()) {
+            Some(a) => self.ctx.ints(a),
+            None => crate::attrs::ints(node, "axes"),
+        };
+        let keepdims = crate::attrs::int(node, "keepdims", 1);
+        let fits = xs.len() == 4
+            && xs[1] % self.block == 0
+            && keepdims == 0
+            && axes.is_some_and(|a| {
+                let mut a: Vec<i64> = a.iter().map(|&v| if v < 0 { v + 4 } else { v }).collect();
+                a.sort_unstable();
+                a == [0, 2, 3]
+            });
+        if !fits {
+            return Ok(false);
+        }
+        let bl = self.block;
+        let v = self
+            .ctx
+            .reshape(&b.name, &[xs[0], xs[1] / bl, xs[2] * xs[3], bl])?;
+        let sum = self.ctx.reduce_sum(&v, &[0, 2], false)?;
+        let y = &node.output[0];
+        let dt = self.ctx.dtype(y)?;
+        let shape = self.ctx.const_i64(&[xs[1] as i64]);
+        self.ctx.emit_into("Reshape", &[&sum, &shape], &[y], vec![]);
+        self.ctx.set_fact(y, dt, vec![xs[1]]);
+        self.flush();
+        self.stats.blocked_nodes += 1;
+        Ok(true)
+    }
+
+    /// A Reshape of a blocked value that moves whole channel blocks between batch and
+    /// channels ([N, C, H, W] → [N', C', H, W], N·C = N'·C', C and C' multiples of B), or
+    /// that keeps N and C and only reshapes the spatial axes (then the result is a view
+    /// [N, C/B, spatial…, B] unless it is 4-D): the same bytes, still blocked.
     fn try_reshape(&mut self, node: &NodeProto) -> Result<bool> {
         if node.op_type != "Reshape" || !node.domain.is_empty() {
             return Ok(false);
@@ -525,28 +628,96 @@ impl Pass<'_, '_> {
         };
         let (xs, ys) = (self.ctx.shape(x)?, self.ctx.shape(&node.output[0])?);
         let bl = self.block;
-        let fits = xs.len() == 4
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        let batch_channels = !b.view
+            && xs.len() == 4
             && ys.len() == 4
             && xs[1] % bl == 0
             && ys[1] % bl == 0
             && xs[0] * xs[1] == ys[0] * ys[1]
             && xs[2..] == ys[2..];
-        if !fits {
+        let spatial = self.is_f32(x)
+            && xs.len() >= 3
+            && ys.len() >= 3
+            && xs[..2] == ys[..2]
+            && xs[1] % bl == 0
+            && numel(&xs[2..]) == numel(&ys[2..]);
+        let (shape, view) = if batch_channels || (spatial && ys.len() == 4) {
+            (ys.clone(), false)
+        } else if spatial {
+            let mut v = vec![ys[0], ys[1] / bl];
+            v.extend(&ys[2..]);
+            v.push(bl);
+            (v, true)
+        } else {
             return Ok(false);
-        }
-        let yb = self.ctx.reshape(&b.name, &ys)?;
+        };
+        let yb = self.ctx.reshape(&b.name, &shape)?;
         self.flush();
         // The plain Reshape becomes a marker: `reshape_source` still finds it, the output
-        // drops it, and a plain reader gets ReorderOutput of the blocked twin instead.
+        // drops it, and a plain reader gets the blocked twin turned back instead.
         self.blocked.insert(
             node.output[0].clone(),
             Blocked {
                 name: yb,
-                shape: ys,
+                shape,
+                view,
             },
         );
         self.blocked_only.insert(node.output[0].clone());
         self.out.push(reshape_marker(node));
+        self.stats.blocked_nodes += 1;
+        Ok(true)
+    }
+
+    /// A constant-zero Pad of spatial axes only, on a view: the same pads on the storage
+    /// (none on its trailing block axis). Used by the strided depthwise input gradient's
+    /// zero insertion (`backward/conv.rs`, `insert_zeros_by_pad`).
+    fn try_pad(&mut self, node: &NodeProto) -> Result<bool> {
+        if node.op_type != "Pad" || !node.domain.is_empty() || node.input.len() < 2 {
+            return Ok(false);
+        }
+        let x = &node.input[0];
+        let Some(b) = self.blocked.get(x.as_str()).filter(|b| b.view).cloned() else {
+            return Ok(false);
+        };
+        let constant = crate::attrs::string(node, "mode", "constant") == "constant"
+            && node.input.get(2).is_none_or(|v| v.is_empty())
+            && node.input.get(3).is_none_or(|v| v.is_empty());
+        let Some(pads) = self.ctx.ints(&node.input[1]) else {
+            return Ok(false);
+        };
+        let r = b.shape.len() - 1; // the logical rank
+        if !constant || pads.len() != 2 * r || pads[..2] != [0, 0] || pads[r..r + 2] != [0, 0] {
+            return Ok(false);
+        }
+        let mut storage_pads: Vec<i64> = pads[..r].to_vec();
+        storage_pads.push(0);
+        storage_pads.extend(&pads[r..]);
+        storage_pads.push(0);
+        let mut shape = b.shape.clone();
+        for i in 0..r {
+            shape[i] = (shape[i] as i64 + pads[i] + pads[r + i]) as usize;
+        }
+        let p = self.ctx.const_i64(&storage_pads);
+        let yb = self.ctx.emit_shaped(
+            "Pad",
+            &[&b.name, &p],
+            vec![],
+            DataType::Float,
+            shape.clone(),
+        );
+        self.flush();
+        let y = &node.output[0];
+        self.blocked.insert(
+            y.clone(),
+            Blocked {
+                name: yb,
+                shape,
+                view: true,
+            },
+        );
+        self.blocked_only.insert(y.clone());
         self.stats.blocked_nodes += 1;
         Ok(true)
     }

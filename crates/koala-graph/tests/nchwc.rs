@@ -12,9 +12,9 @@
 mod common;
 
 use common::{check, rel_error, Check, Labels, Net, Run, F32};
-use koala_graph::{ExecutionTarget, LossSpec};
 use koala_graph::attrs::{a_int, a_ints};
 use koala_graph::nchwc::{block_size, is_blocked_op, NchwcStats};
+use koala_graph::{ExecutionTarget, LossSpec};
 
 /// The block this machine's ORT uses; every x86-64 CPU with AVX2 has the blocked kernels,
 /// so a missing block there means the probe broke (and every other test here would
@@ -23,7 +23,10 @@ fn block() -> usize {
     let b = block_size();
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        assert!(b.is_some(), "ORT's blocked kernels were not found on an AVX2 CPU");
+        assert!(
+            b.is_some(),
+            "ORT's blocked kernels were not found on an AVX2 CPU"
+        );
     }
     b.unwrap_or(16)
 }
@@ -47,7 +50,12 @@ fn check_both(n: &Net) -> Option<NchwcStats> {
     report.graph.nchwc.clone()
 }
 
-fn conv_net(seed: u64, x: &[usize], w: &[usize], attrs: Vec<koala_graph::proto::AttributeProto>) -> Net {
+fn conv_net(
+    seed: u64,
+    x: &[usize],
+    w: &[usize],
+    attrs: Vec<koala_graph::proto::AttributeProto>,
+) -> Net {
     let mut n = Net::new(17, F32, seed);
     let xv = n.rand_leaf("x", x);
     let wv = n.rand_weight("w", w);
@@ -60,7 +68,12 @@ fn conv_net(seed: u64, x: &[usize], w: &[usize], attrs: Vec<koala_graph::proto::
 fn dense_conv_with_padded_output_channels() {
     let b = block();
     // O = 1.5 blocks: the filter and bias are padded, the output sliced back by ReorderOutput.
-    let n = conv_net(1, &[2, b, 5, 5], &[b + b / 2, b, 3, 3], vec![a_ints("pads", &[1, 1, 1, 1])]);
+    let n = conv_net(
+        1,
+        &[2, b, 5, 5],
+        &[b + b / 2, b, 3, 3],
+        vec![a_ints("pads", &[1, 1, 1, 1])],
+    );
     let s = check_both(&n).expect("ort target");
     assert!(s.convs >= 2, "{s:?}"); // forward + input-gradient conv at least
 }
@@ -139,19 +152,69 @@ fn residual_block_keeps_data_blocked() {
         spec.backward.target = target;
         koala_graph::build(&model, &spec).unwrap()
     };
-    let (portable, ort) = (graph(ExecutionTarget::Portable), graph(ExecutionTarget::Ort));
+    let (portable, ort) = (
+        graph(ExecutionTarget::Portable),
+        graph(ExecutionTarget::Ort),
+    );
     if let Some(s) = &ort.nchwc {
         assert!(s.convs >= 6, "{s:?}");
-        assert!(s.blocked_nodes >= 2, "Clip and Add should run blocked: {s:?}");
+        assert!(
+            s.blocked_nodes >= 2,
+            "Clip and Add should run blocked: {s:?}"
+        );
     }
     let labels = Labels::RandomTargets;
     let mut rp = Run::new(&n, &portable, &labels, 11);
     let mut ro = Run::new(&n, &ort, &labels, 11);
     let (ep, eo) = (rp.eval(&rp.weights.clone()), ro.eval(&ro.weights.clone()));
-    assert!((ep.loss - eo.loss).abs() <= 1e-5 * ep.loss.abs(), "loss {} vs {}", ep.loss, eo.loss);
+    assert!(
+        (ep.loss - eo.loss).abs() <= 1e-5 * ep.loss.abs(),
+        "loss {} vs {}",
+        ep.loss,
+        eo.loss
+    );
     for (k, w) in rp.weights.iter().enumerate() {
         let err = rel_error(&eo.grads[k], &ep.grads[k]);
-        assert!(err <= 1e-4, "gradient of '{}': ort vs portable relative error {err:.2e}", w.name);
-        assert!(ep.grads[k].iter().any(|&g| g != 0.0), "'{}' has a zero gradient", w.name);
+        assert!(
+            err <= 1e-4,
+            "gradient of '{}': ort vs portable relative error {err:.2e}",
+            w.name
+        );
+        assert!(
+            ep.grads[k].iter().any(|&g| g != 0.0),
+            "'{}' has a zero gradient",
+            w.name
+        );
+    }
+}
+
+/// Spatial views of blocked data ([N, C/B, spatial…, B]): a Reshape to 6-D and a Pad of
+/// the unit axes (the zero insertion of the strided depthwise input gradient) run on the
+/// blocked data, and a reader that is neither (Mul) gets the view turned back to plain.
+/// Mul makes the loss quartic in the filter, hence the smooth-op step and tolerance.
+#[test]
+fn spatial_views_of_blocked_data() {
+    let b = block();
+    let mut n = Net::new(17, F32, 9);
+    let x = n.rand_leaf("x", &[2, b, 3, 3]);
+    let w = n.rand_weight("w", &[b, b, 1, 1]);
+    let six = n.ints("six", &[2, b as i64, 3, 1, 3, 1]);
+    let four = n.ints("four", &[2, b as i64, 6, 6]);
+    let pads = n.ints("pads", &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]);
+    n.node("Conv", &[&x, &w], &["c"], vec![]);
+    n.node("Reshape", &["c", &six], &["v"], vec![]);
+    n.node("Pad", &["v", &pads], &["vp"], vec![]);
+    n.node("Reshape", &["vp", &four], &["y1"], vec![]);
+    n.node("Mul", &["v", "v"], &["q"], vec![]);
+    n.node("Pad", &["q", &pads], &["qp"], vec![]);
+    n.node("Reshape", &["qp", &four], &["y2"], vec![]);
+    n.node("Add", &["y1", "y2"], &["y"], vec![]);
+    let report = check(&n, "y", &Check::mse(F32).with_fd(common::Fd::F32_SMOOTH));
+    if block_size().is_some() {
+        let s = report.graph.nchwc.clone().expect("ort target");
+        assert!(
+            s.blocked_nodes >= 3,
+            "reshape, pad, reshape on blocked data: {s:?}"
+        );
     }
 }

@@ -80,6 +80,10 @@ pub fn training_spec(cfg: &TrainConfig, model: &Model) -> Result<TrainingSpec> {
             train_constants: cfg.train_constants,
         },
         probe_threads: cfg.threads.unwrap_or(2),
+        backward: koala_graph::BackwardOptions {
+            target: cfg.execution_target.unwrap_or_default(),
+            ..Default::default()
+        },
         omit_model_output: true,
         ..TrainingSpec::default()
     })

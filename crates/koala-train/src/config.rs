@@ -117,6 +117,11 @@ pub struct TrainConfig {
     /// `second-moment` (Adam's running h², koala_optim's `koala_pp_diagonal`).
     /// `None`: the optimizer's default (none).
     pub koala_diagonal: Option<koala_optim::KoalaPPDiagonal>,
+    /// The runtime the training graph is written for: `ort` (ORT's blocked conv kernels,
+    /// the default) or `portable` (standard ONNX only). The exported model is standard
+    /// ONNX either way. `None` in a run directory written before the key: `portable`, the
+    /// graph that run was made with (see `trainer::resume`).
+    pub execution_target: Option<koala_graph::ExecutionTarget>,
     /// What KOALA++ receives as loss variance (`None`: the task's default,
     /// [`LossVar::default_for`]; a run records the value it used).
     pub loss_var: Option<LossVar>,
@@ -216,6 +221,7 @@ impl Default for TrainConfig {
             loss_var: None,
             koala_innovation: None,
             koala_diagonal: None,
+            execution_target: None,
             schedule: ScheduleKind::Constant,
             warmup_steps: 0,
             min_lr: 0.0,

@@ -150,6 +150,10 @@ pub fn training_spec(
             train_constants: cfg.train_constants,
         },
         probe_threads: cfg.threads.unwrap_or(2),
+        backward: koala_graph::BackwardOptions {
+            target: cfg.execution_target.unwrap_or_default(),
+            ..Default::default()
+        },
         ..TrainingSpec::default()
     })
 }

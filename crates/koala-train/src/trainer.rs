@@ -143,6 +143,8 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     // a default ever changes.
     cfg.lora_alpha = cfg.lora().map(|l| l.alpha);
     optim_setup::pin_koala_pp_form(&mut cfg, false);
+    cfg.execution_target
+        .get_or_insert(koala_graph::ExecutionTarget::default());
     // config.toml must work from any directory: `--resume` may run elsewhere.
     for p in [&mut cfg.model, &mut cfg.data, &mut cfg.run_dir]
         .into_iter()
@@ -208,6 +210,17 @@ fn remove_empty_dirs(dir: &Path, top: &Path) {
     }
 }
 
+/// The line a run logs about its training graph's execution target.
+fn target_line(g: &koala_graph::TrainingGraph) -> String {
+    match &g.nchwc {
+        Some(s) => format!(
+            "training graph: ort target, {} convolutions (forward and gradients) on ORT's blocked NCHWc kernels, {} other nodes on blocked data, {} + {} layout reorders",
+            s.convs, s.blocked_nodes, s.reorder_in, s.reorder_out
+        ),
+        None => "training graph: portable target (standard ONNX operators only)".into(),
+    }
+}
+
 /// Continues a run from its latest checkpoint.
 pub fn resume(run_dir: &Path) -> Result<RunSummary> {
     let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml"))
@@ -220,6 +233,10 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
     let mut cfg = cfg;
     cfg.run_dir = run_dir.to_path_buf();
     optim_setup::pin_koala_pp_form(&mut cfg, true);
+    // A run directory without the key was written before the `ort` target existed: it
+    // continues on the standard-ONNX graph it started with (resume stays bitwise).
+    cfg.execution_target
+        .get_or_insert(koala_graph::ExecutionTarget::Portable);
     cfg.validate()
         .with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
     let mut run = Run::new(cfg)?;
@@ -251,6 +268,7 @@ impl Run {
         for u in &step.graph().unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
+        eprintln!("{}", target_line(step.graph()));
         let oc = optim_setup::resolve(&cfg, step.graph().trainable.len())?;
         eprintln!(
             "optimizer: {} on {} tensors",

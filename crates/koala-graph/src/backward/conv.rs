@@ -150,7 +150,7 @@ pub fn conv(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
         } else if pointwise {
             pointwise_input_grad(ctx, &dy, &w, &xs, &ys)?
         } else if depthwise {
-            match depthwise_input_grad_conv(ctx, &dy, &w, &xs, &ys, &g)? {
+            match depthwise_input_grad_conv(ctx, &dy, &w, &xs, &ys, &g, block.is_some())? {
                 Some(dx) => dx,
                 None => conv_input_grad(ctx, &dy, &w, &xs, &ys, &g)?,
             }
@@ -348,6 +348,7 @@ fn depthwise_input_grad_conv(
     xs: &[usize],
     ys: &[usize],
     g: &Geometry,
+    blocked: bool,
 ) -> Result<Option<String>> {
     let n = g.kernel.len();
     // A strided conv's input gradient is the stride-1 one applied to dY with
@@ -365,6 +366,8 @@ fn depthwise_input_grad_conv(
     }
     let dy = if g.strides.iter().all(|&s| s == 1) {
         dy.to_string()
+    } else if blocked {
+        insert_zeros_by_pad(ctx, dy, ys, &g.strides)?
     } else {
         insert_zeros(ctx, dy, ys, &g.strides)?
     };
@@ -397,6 +400,38 @@ fn depthwise_input_grad_conv(
         dt,
         xs.to_vec(),
     )))
+}
+
+/// [`insert_zeros`] for a 2-D [N, C, H, W] `t` as Reshape → [N, C, H, 1, W, 1], one Pad at
+/// the end of the unit axes, Reshape back: the form the `ort` target's blocked-kernel pass
+/// runs on blocked data (`nchwc.rs`, spatial views), so the strided depthwise input
+/// gradient never leaves the blocked layout.
+fn insert_zeros_by_pad(
+    ctx: &mut GradCtx,
+    t: &str,
+    shape: &[usize],
+    strides: &[usize],
+) -> Result<String> {
+    let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+    let u = ctx.reshape(t, &[n, c, h, 1, w, 1])?;
+    let (sh, sw) = (strides[0], strides[1]);
+    let pads = ctx.const_i64(&[
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        (sh - 1) as i64,
+        0,
+        (sw - 1) as i64,
+    ]);
+    let dt = ctx.dtype(t)?;
+    let p = ctx.emit_shaped("Pad", &[&u, &pads], vec![], dt, vec![n, c, h, sh, w, sw]);
+    ctx.reshape(&p, &[n, c, h * sh, w * sw])
 }
 
 /// Inserts `s−1` zeros after every element of each spatial axis of `t`
