@@ -32,6 +32,9 @@
 //! * a Reshape that only splits or merges the batch into the channel axis (in multiples of
 //!   B) is a reshape of the blocked data too (the depthwise weight gradient's
 //!   batch-as-channels form, `backward/conv.rs`);
+//! * a conv's bias gradient (ReduceSum over batch and space) reads the plain gradient:
+//!   ORT's ReduceSum over the blocked layout's non-adjacent axes took 1.5–2× as long as
+//!   the ReorderOutput + plain sum (MobileNetV2 profile), so there is no blocked form;
 //! * any other reader of a blocked-only value gets `ReorderOutput` (under the value's own
 //!   name) right before it, once. So every value keeps its name and meaning, and the pass
 //!   can be switched off (`portable`) without changing anything else.
@@ -161,6 +164,8 @@ struct Pass<'c, 'f> {
     blocked_only: HashSet<String>,
     out: Vec<NodeProto>,
     stats: NchwcStats,
+    /// Value name → the op types of the nodes that read it (decides where a view pays).
+    readers: HashMap<String, Vec<String>>,
 }
 
 /// Rewrites `nodes` (a finished training graph in execution order) for the blocked
@@ -173,7 +178,17 @@ pub fn lower(
     block: usize,
 ) -> Result<(Vec<NodeProto>, NchwcStats)> {
     ctx.set_scope("ort_nchwc");
+    let mut readers: HashMap<String, Vec<String>> = HashMap::new();
+    for n in &nodes {
+        for i in crate::backward::reads(n) {
+            readers
+                .entry(i.to_string())
+                .or_default()
+                .push(n.op_type.clone());
+        }
+    }
     let mut p = Pass {
+        readers,
         ctx,
         block,
         blocked: HashMap::new(),
@@ -185,7 +200,6 @@ pub fn lower(
         if p.try_conv(&node)?
             || p.try_elementwise(&node)?
             || p.try_reshape(&node)?
-            || p.try_channel_sum(&node)?
             || p.try_pad(&node)?
         {
             continue;
@@ -228,6 +242,13 @@ impl Pass<'_, '_> {
     /// Moves the nodes the helpers emitted into the output, in order.
     fn flush(&mut self) {
         self.out.append(&mut self.ctx.nodes);
+    }
+
+    /// Whether every node that reads `v` has one of the op types `ops` (and one does).
+    fn only_read_by(&self, v: &str, ops: &[&str]) -> bool {
+        self.readers
+            .get(v)
+            .is_some_and(|r| r.iter().all(|op| ops.contains(&op.as_str())))
     }
 
     fn is_f32(&self, name: &str) -> bool {
@@ -571,49 +592,6 @@ impl Pass<'_, '_> {
         Ok(true)
     }
 
-    /// ReduceSum over batch and space ([N, C, H, W] → [C], a conv's bias gradient) of a
-    /// blocked value: sums the blocked data as [N, C/B, H·W, B] over axes 0 and 2, so the
-    /// gradient is never reordered just for its bias.
-    fn try_channel_sum(&mut self, node: &NodeProto) -> Result<bool> {
-        if node.op_type != "ReduceSum" || !node.domain.is_empty() || node.output.len() != 1 {
-            return Ok(false);
-        }
-        let x = &node.input[0];
-        let Some(b) = self.blocked.get(x.as_str()).filter(|b| !b.view).cloned() else {
-            return Ok(false);
-        };
-        let xs = self.ctx.shape(x)?;
-        let axes = match node.input.get(1).filter(|a| !a.is_empty()) {
-            Some(a) => self.ctx.ints(a),
-            None => crate::attrs::ints(node, "axes"),
-        };
-        let keepdims = crate::attrs::int(node, "keepdims", 1);
-        let fits = xs.len() == 4
-            && xs[1] % self.block == 0
-            && keepdims == 0
-            && axes.is_some_and(|a| {
-                let mut a: Vec<i64> = a.iter().map(|&v| if v < 0 { v + 4 } else { v }).collect();
-                a.sort_unstable();
-                a == [0, 2, 3]
-            });
-        if !fits {
-            return Ok(false);
-        }
-        let bl = self.block;
-        let v = self
-            .ctx
-            .reshape(&b.name, &[xs[0], xs[1] / bl, xs[2] * xs[3], bl])?;
-        let sum = self.ctx.reduce_sum(&v, &[0, 2], false)?;
-        let y = &node.output[0];
-        let dt = self.ctx.dtype(y)?;
-        let shape = self.ctx.const_i64(&[xs[1] as i64]);
-        self.ctx.emit_into("Reshape", &[&sum, &shape], &[y], vec![]);
-        self.ctx.set_fact(y, dt, vec![xs[1]]);
-        self.flush();
-        self.stats.blocked_nodes += 1;
-        Ok(true)
-    }
-
     /// A Reshape of a blocked value that moves whole channel blocks between batch and
     /// channels ([N, C, H, W] → [N', C', H, W], N·C = N'·C', C and C' multiples of B), or
     /// that keeps N and C and only reshapes the spatial axes (then the result is a view
@@ -644,7 +622,9 @@ impl Pass<'_, '_> {
             && numel(&xs[2..]) == numel(&ys[2..]);
         let (shape, view) = if batch_channels || (spatial && ys.len() == 4) {
             (ys.clone(), false)
-        } else if spatial {
+        } else if spatial && self.only_read_by(&node.output[0], &["Pad", "Reshape"]) {
+            // A view pays only where its readers keep it blocked; turning one back costs a
+            // Transpose, more than a ReorderOutput of the 4-D value.
             let mut v = vec![ys[0], ys[1] / bl];
             v.extend(&ys[2..]);
             v.push(bl);
