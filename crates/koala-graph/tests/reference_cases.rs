@@ -3,8 +3,23 @@
 //! `gradcheck`'s rule (loss ≤ 1e-4 abs; per-tensor rel L2 within the case's
 //! tolerance; MobileNetV2 under its kink-aware rule, see its case.json).
 
+//!
+//! The default (`ort`) target runs the CNNs' convolutions on ORT's blocked kernels; the
+//! CNN cases are checked on the `portable` (standard ONNX) target too.
+
 use koala_graph::gradcheck::{self, GradcheckOptions};
+use koala_graph::{BackwardOptions, ExecutionTarget};
 use std::path::PathBuf;
+
+fn portable() -> GradcheckOptions {
+    GradcheckOptions {
+        backward: BackwardOptions {
+            target: ExecutionTarget::Portable,
+            ..BackwardOptions::default()
+        },
+        ..GradcheckOptions::default()
+    }
+}
 
 fn case(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,7 +38,16 @@ fn passing_case(name: &str, tensors: usize) -> gradcheck::Report {
 
 #[test]
 fn tiny_cnn_matches_pytorch() {
-    let report = gradcheck::run(&case("tiny_cnn"), &GradcheckOptions::default()).unwrap();
+    tiny_cnn_on(&GradcheckOptions::default());
+}
+
+#[test]
+fn tiny_cnn_matches_pytorch_portable() {
+    tiny_cnn_on(&portable());
+}
+
+fn tiny_cnn_on(opts: &GradcheckOptions) {
+    let report = gradcheck::run(&case("tiny_cnn"), opts).unwrap();
     println!("{report}");
     assert_eq!(report.tensors.len(), 9, "tiny_cnn has 9 trainable tensors");
     assert!(report.pass(), "{report}");
@@ -39,7 +63,16 @@ fn tiny_cnn_matches_pytorch() {
 
 #[test]
 fn mobilenet_v2_matches_pytorch() {
-    let report = gradcheck::run(&case("mobilenet_v2"), &GradcheckOptions::default()).unwrap();
+    mobilenet_v2_on(&GradcheckOptions::default());
+}
+
+#[test]
+fn mobilenet_v2_matches_pytorch_portable() {
+    mobilenet_v2_on(&portable());
+}
+
+fn mobilenet_v2_on(opts: &GradcheckOptions) {
+    let report = gradcheck::run(&case("mobilenet_v2"), opts).unwrap();
     println!("{report}");
     assert_eq!(
         report.tensors.len(),
