@@ -190,9 +190,16 @@ fn build(model: &Model, spec: &TrainingSpec, threads: Option<usize>) -> Result<T
 fn built_note(step: &TrainStep) -> Problem {
     let g = step.graph();
     let mut message = format!(
-        "training graph built and loaded by ONNX Runtime: {} nodes, {} trainable tensors",
+        "training graph built and loaded by ONNX Runtime: {} nodes, {} trainable tensors, {}",
         g.proto.graph.as_ref().map_or(0, |g| g.node.len()),
-        g.trainable.len()
+        g.trainable.len(),
+        match &g.nchwc {
+            Some(s) => format!(
+                "ort target ({} convolutions on ORT's blocked NCHWc kernels)",
+                s.convs
+            ),
+            None => "portable target (standard ONNX operators only)".into(),
+        }
     );
     if !g.unreachable.is_empty() {
         message += &format!(
