@@ -301,7 +301,7 @@ enum LossVarArg {
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TargetArg {
     /// Stock ONNX Runtime: convolutions on its blocked (NCHWc) kernels where the CPU has
-    /// them; ≈ 2× faster MobileNetV2 steps (README "Training step").
+    /// them; 2.3–2.8× faster MobileNetV2 steps (README "Training step").
     Ort,
     /// Standard ONNX operators only.
     Portable,
@@ -469,6 +469,10 @@ struct GradcheckArgs {
     /// Keep BatchNormalization nodes instead of folding them into the Conv weights.
     #[arg(long)]
     keep_batchnorm: bool,
+    /// The training graph's execution target (see `koala finetune --help`): ort (default)
+    /// or portable.
+    #[arg(long, value_enum)]
+    execution_target: Option<TargetArg>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -514,6 +518,10 @@ fn run(cli: Cli) -> Result<u8> {
                         }
                     },
                     keep_batchnorm: a.keep_batchnorm,
+                    target: match a.execution_target {
+                        Some(TargetArg::Portable) => koala::graph::ExecutionTarget::Portable,
+                        Some(TargetArg::Ort) | None => koala::graph::ExecutionTarget::Ort,
+                    },
                     ..Default::default()
                 },
             };
@@ -691,8 +699,11 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
 /// --batch-size (and no config file), a model's fixed input size and batch are used.
 fn check(a: CheckArgs) -> Result<u8> {
     let mut cfg = if let Some(dir) = &a.run.resume {
-        TrainConfig::from_toml_file(&dir.join("config.toml"))
-            .with_context(|| format!("'{}' is not a koala run directory", dir.display()))?
+        let mut cfg = koala::train::trainer::read_run_config(dir)?;
+        // What `finetune --resume` would run: the keys a run directory written before
+        // them lacks take the values that run was made with.
+        koala::train::trainer::pin_for_resume(&mut cfg);
+        cfg
     } else if let Some(p) = &a.run.config {
         TrainConfig::from_toml_file(p)?
     } else {

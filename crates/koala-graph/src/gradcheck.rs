@@ -99,6 +99,8 @@ pub struct Report {
     pub global_tol: Option<f64>,
     /// Reference tensors that koala did not train (not found or unreachable).
     pub missing: Vec<String>,
+    /// The training graph's execution target (after fallback).
+    pub target: crate::ExecutionTarget,
 }
 
 impl Report {
@@ -117,7 +119,11 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "gradcheck {}", self.case)?;
+        let target = match self.target {
+            crate::ExecutionTarget::Ort => "ort (convolutions on ORT's blocked NCHWc kernels)",
+            crate::ExecutionTarget::Portable => "portable (standard ONNX operators only)",
+        };
+        writeln!(f, "gradcheck {}, training graph target {target}", self.case)?;
         let mark = |ok: bool| if ok { "ok" } else { "FAIL" };
         writeln!(
             f,
@@ -354,6 +360,7 @@ fn compare(case: &Case, step: &TrainStep) -> Report {
         global_error: (diff2 / ref2.max(f64::MIN_POSITIVE)).sqrt(),
         global_tol: rule.global,
         missing,
+        target: step.graph().target,
     }
 }
 

@@ -56,8 +56,13 @@ pub const DOMAIN: &str = "com.microsoft.nchwc";
 /// What [`lower`] changed (for `check`, logs and tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NchwcStats {
+    /// The channel block B.
+    pub block: usize,
     /// Convs now on the blocked kernels.
     pub convs: usize,
+    /// Every Conv of the graph (those that fit no blocked case stay on ORT's plain kernels:
+    /// 1-D/3-D, grouped but not depthwise, depthwise with channels not a multiple of B).
+    pub convs_total: usize,
     /// Element-wise nodes and reshapes that run on blocked data.
     pub blocked_nodes: usize,
     /// `ReorderInput` nodes (plain → blocked).
@@ -194,9 +199,15 @@ pub fn lower(
         blocked: HashMap::new(),
         blocked_only: HashSet::new(),
         out: Vec::with_capacity(nodes.len() * 2),
-        stats: NchwcStats::default(),
+        stats: NchwcStats {
+            block,
+            ..NchwcStats::default()
+        },
     };
     for node in nodes {
+        if node.op_type == "Conv" && node.domain.is_empty() {
+            p.stats.convs_total += 1;
+        }
         if p.try_conv(&node)?
             || p.try_elementwise(&node)?
             || p.try_reshape(&node)?

@@ -76,6 +76,11 @@ pub struct TrainerState {
     /// written before it was recorded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_indices: Vec<usize>,
+    /// The training graph's execution target so far (absent in checkpoints written before
+    /// it was recorded): a resume on another target is told it is no longer bitwise the
+    /// uninterrupted run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_target: Option<koala_graph::ExecutionTarget>,
 }
 
 impl TrainerState {

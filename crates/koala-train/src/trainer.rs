@@ -27,6 +27,7 @@ use crate::task::{self, Task, TaskKind, TrainCounts};
 use anyhow::{bail, Context, Result};
 use koala_data::Cursor;
 use koala_graph::step::TrainStep;
+use koala_graph::ExecutionTarget;
 use koala_graph::Model;
 use koala_optim::{GroupStep, Optimizer, OptimizerState, StepContext, TensorSpec};
 use std::path::{Path, PathBuf};
@@ -144,7 +145,7 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     cfg.lora_alpha = cfg.lora().map(|l| l.alpha);
     optim_setup::pin_koala_pp_form(&mut cfg, false);
     cfg.execution_target
-        .get_or_insert(koala_graph::ExecutionTarget::default());
+        .get_or_insert(ExecutionTarget::default());
     // config.toml must work from any directory: `--resume` may run elsewhere.
     for p in [&mut cfg.model, &mut cfg.data, &mut cfg.run_dir]
         .into_iter()
@@ -210,21 +211,56 @@ fn remove_empty_dirs(dir: &Path, top: &Path) {
     }
 }
 
-/// The line a run logs about its training graph's execution target.
-fn target_line(g: &koala_graph::TrainingGraph) -> String {
+/// The line a run logs about its training graph's execution target (`asked`: the
+/// configured one; a runtime without blocked kernels gives the portable graph).
+pub fn target_line(g: &koala_graph::TrainingGraph, asked: Option<ExecutionTarget>) -> String {
     match &g.nchwc {
+        Some(s) if s.convs_total == 0 => {
+            "training graph: ort target; the model has no convolution, so the graph is the portable one".into()
+        }
         Some(s) => format!(
-            "training graph: ort target, {} convolutions (forward and gradients) on ORT's blocked NCHWc kernels, {} other nodes on blocked data, {} + {} layout reorders",
-            s.convs, s.blocked_nodes, s.reorder_in, s.reorder_out
+            "training graph: ort target: {} of {} convolutions (forward and gradients) on ORT's blocked NCHWc kernels (channel block {}), {} other nodes on blocked data, {} ReorderInput + {} ReorderOutput",
+            s.convs, s.convs_total, s.block, s.blocked_nodes, s.reorder_in, s.reorder_out
         ),
+        None if asked.unwrap_or_default() == ExecutionTarget::Ort => "training graph: portable target (standard ONNX operators only): ort was asked for, but this ONNX Runtime has no blocked NCHWc kernels (they need an x86-64 CPU with AVX2 or AVX-512)".into(),
         None => "training graph: portable target (standard ONNX operators only)".into(),
     }
 }
 
+/// A run directory's `config.toml`: "not a koala run directory" when there is none, else
+/// the file's own error (an edited value names its key and the accepted values).
+pub fn read_run_config(run_dir: &Path) -> Result<TrainConfig> {
+    let path = run_dir.join("config.toml");
+    if !path.is_file() {
+        bail!(
+            "'{}' is not a koala run directory (it has no config.toml); pass the --run-dir of a finetune run",
+            run_dir.display()
+        );
+    }
+    TrainConfig::from_toml_file(&path)
+        .with_context(|| format!("reading the run's options from '{}'", path.display()))
+}
+
+fn target_name(t: ExecutionTarget) -> &'static str {
+    match t {
+        ExecutionTarget::Ort => "ort",
+        ExecutionTarget::Portable => "portable",
+    }
+}
+
+/// Settings a run directory records that a resumed run must not take from today's
+/// defaults: a directory written before a key existed continues as it was made (the
+/// per-tensor KOALA++ form, the portable graph). `finetune --resume` and
+/// `check --resume` both apply it, so they agree.
+pub fn pin_for_resume(cfg: &mut TrainConfig) {
+    optim_setup::pin_koala_pp_form(cfg, true);
+    cfg.execution_target
+        .get_or_insert(ExecutionTarget::Portable);
+}
+
 /// Continues a run from its latest checkpoint.
 pub fn resume(run_dir: &Path) -> Result<RunSummary> {
-    let cfg = TrainConfig::from_toml_file(&run_dir.join("config.toml"))
-        .with_context(|| format!("'{}' is not a koala run directory", run_dir.display()))?;
+    let cfg = read_run_config(run_dir)?;
     // Before reading the checkpoints: a run still writing them is refused, not raced.
     let _lock = RunLock::acquire(run_dir, "finetune --resume")?;
     let (step, dir) = checkpoint::list(run_dir)?
@@ -232,11 +268,7 @@ pub fn resume(run_dir: &Path) -> Result<RunSummary> {
         .with_context(|| format!("'{}' has no checkpoint to resume from", run_dir.display()))?;
     let mut cfg = cfg;
     cfg.run_dir = run_dir.to_path_buf();
-    optim_setup::pin_koala_pp_form(&mut cfg, true);
-    // A run directory without the key was written before the `ort` target existed: it
-    // continues on the standard-ONNX graph it started with (resume stays bitwise).
-    cfg.execution_target
-        .get_or_insert(koala_graph::ExecutionTarget::Portable);
+    pin_for_resume(&mut cfg);
     cfg.validate()
         .with_context(|| format!("'{}' (edited?)", run_dir.join("config.toml").display()))?;
     let mut run = Run::new(cfg)?;
@@ -268,7 +300,7 @@ impl Run {
         for u in &step.graph().unreachable {
             eprintln!("note: weight '{u}' does not influence the loss; it stays frozen");
         }
-        eprintln!("{}", target_line(step.graph()));
+        eprintln!("{}", target_line(step.graph(), cfg.execution_target));
         let oc = optim_setup::resolve(&cfg, step.graph().trainable.len())?;
         eprintln!(
             "optimizer: {} on {} tensors",
@@ -298,6 +330,7 @@ impl Run {
         let state = TrainerState {
             format_version: checkpoint::FORMAT_VERSION,
             best_metric: task.best_metric(),
+            execution_target: Some(step.graph().target),
             ..TrainerState::default()
         };
         Ok(Run {
@@ -322,7 +355,16 @@ impl Run {
                 state.best_metric.name, state.best_metric.direction, wanted.name, wanted.direction
             );
         }
+        let target = self.step.graph().target;
+        if let Some(was) = state.execution_target.filter(|&t| t != target) {
+            eprintln!(
+                "note: the run so far trained on the {} target and continues on the {} target (config.toml's execution_target): same gradients to float rounding, but no longer bitwise the uninterrupted run",
+                target_name(was),
+                target_name(target)
+            );
+        }
         self.state = TrainerState {
+            execution_target: Some(target),
             best: if state.best_metric == wanted {
                 state.best
             } else {
