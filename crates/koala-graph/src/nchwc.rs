@@ -255,6 +255,13 @@ impl Pass<'_, '_> {
         self.out.append(&mut self.ctx.nodes);
     }
 
+    /// Records that the value `plain` now exists only as the blocked value `name`.
+    fn set_blocked_only(&mut self, plain: &str, name: String, shape: Vec<usize>, view: bool) {
+        self.blocked
+            .insert(plain.to_string(), Blocked { name, shape, view });
+        self.blocked_only.insert(plain.to_string());
+    }
+
     /// Whether every node that reads `v` has one of the op types `ops` (and one does).
     fn only_read_by(&self, v: &str, ops: &[&str]) -> bool {
         self.readers
@@ -407,15 +414,7 @@ impl Pass<'_, '_> {
             .emit_shaped("Conv", &refs, attrs, DataType::Float, shape.clone());
         self.set_domain_of_last();
         self.flush();
-        self.blocked.insert(
-            y.clone(),
-            Blocked {
-                name: yb,
-                shape,
-                view: false,
-            },
-        );
-        self.blocked_only.insert(y.clone());
+        self.set_blocked_only(y, yb, shape, false);
         self.stats.convs += 1;
         Ok(true)
     }
@@ -590,15 +589,7 @@ impl Pass<'_, '_> {
         let dt = self.ctx.dtype(y)?;
         self.ctx.set_fact(&yb, dt, shape.clone());
         self.out.push(n);
-        self.blocked.insert(
-            y.clone(),
-            Blocked {
-                name: yb,
-                shape,
-                view: false,
-            },
-        );
-        self.blocked_only.insert(y.clone());
+        self.set_blocked_only(y, yb, shape, false);
         self.stats.blocked_nodes += 1;
         Ok(true)
     }
@@ -647,15 +638,7 @@ impl Pass<'_, '_> {
         self.flush();
         // The plain Reshape becomes a marker: `reshape_source` still finds it, the output
         // drops it, and a plain reader gets the blocked twin turned back instead.
-        self.blocked.insert(
-            node.output[0].clone(),
-            Blocked {
-                name: yb,
-                shape,
-                view,
-            },
-        );
-        self.blocked_only.insert(node.output[0].clone());
+        self.set_blocked_only(&node.output[0], yb, shape, view);
         self.out.push(reshape_marker(node));
         self.stats.blocked_nodes += 1;
         Ok(true)
@@ -700,15 +683,7 @@ impl Pass<'_, '_> {
         );
         self.flush();
         let y = &node.output[0];
-        self.blocked.insert(
-            y.clone(),
-            Blocked {
-                name: yb,
-                shape,
-                view: true,
-            },
-        );
-        self.blocked_only.insert(y.clone());
+        self.set_blocked_only(y, yb, shape, true);
         self.stats.blocked_nodes += 1;
         Ok(true)
     }
