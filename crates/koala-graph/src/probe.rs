@@ -160,7 +160,9 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
         .iter()
         .map(|o| (o.name.clone(), dtype_of(&o.element_type)))
         .collect();
+    // Both hold a full copy of the weights (0.5 GB for SmolLM2-135M).
     drop(s1);
+    drop(typed);
 
     // Session 2: Shape(v) for every value, plus small int64 values.
     let mut probe = model.proto.clone();
@@ -168,9 +170,13 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
     pg.output.clear();
     let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (value, shape output, keep ints)
     let float_params = resize_parameters(model.graph());
+    // Each Shape node goes right after the node that produces its value, so ORT frees
+    // the value as early as the model itself would: appended at the end, they kept every
+    // activation of the forward alive at once (the graph build's memory peak).
+    let mut shape_nodes: HashMap<&str, Vec<NodeProto>> = HashMap::new();
     for (k, v) in values.iter().enumerate() {
         let sname = format!("koala_probe_shape_{k}");
-        pg.node.push(NodeProto {
+        shape_nodes.entry(v.as_str()).or_default().push(NodeProto {
             op_type: "Shape".into(),
             input: vec![v.clone()],
             output: vec![sname.clone()],
@@ -189,6 +195,17 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
             });
         }
         wanted.push((v.clone(), sname, is_int));
+    }
+    let nodes = std::mem::take(&mut pg.node);
+    for n in nodes {
+        let after: Vec<NodeProto> = n
+            .output
+            .iter()
+            .filter_map(|o| shape_nodes.remove(o.as_str()))
+            .flatten()
+            .collect();
+        pg.node.push(n);
+        pg.node.extend(after);
     }
     let mut s2 =
         Session::from_bytes(&prost::Message::encode_to_vec(&probe), &opts).with_context(|| {

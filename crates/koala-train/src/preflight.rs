@@ -194,9 +194,12 @@ fn built_note(step: &TrainStep) -> Problem {
         g.proto.graph.as_ref().map_or(0, |g| g.node.len()),
         g.trainable.len(),
         match &g.nchwc {
+            Some(s) if s.convs_total == 0 => {
+                "ort target (no convolution: the same graph as portable)".into()
+            }
             Some(s) => format!(
-                "ort target ({} convolutions on ORT's blocked NCHWc kernels)",
-                s.convs
+                "ort target ({} of {} convolutions on ORT's blocked NCHWc kernels)",
+                s.convs, s.convs_total
             ),
             None => "portable target (standard ONNX operators only)".into(),
         }
