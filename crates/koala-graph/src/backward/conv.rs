@@ -8,6 +8,12 @@
 //! depthwise convs, as one shifted slice of X per kernel tap times dY.
 //! dB = ReduceSum(dY) over batch and space.
 //!
+//! On the `ort` execution target (ORT's blocked kernels, `nchwc.rs`) three forms change,
+//! because they are faster there: a pointwise conv's dX is a 1×1 Conv with Wᵀ; a
+//! depthwise conv's dW is one depthwise Conv with the batch folded into the channels; a
+//! strided depthwise dX inserts its zeros with one Pad (which the pass runs on blocked
+//! data) instead of Concat.
+//!
 //! Spec: https://onnx.ai/onnx/operators/onnx__Conv.html,
 //! https://onnx.ai/onnx/operators/onnx__ConvTranspose.html.
 //! Opsets: 1/11 (11 only clarified auto_pad and default attributes).
