@@ -307,6 +307,15 @@ enum TargetArg {
     Portable,
 }
 
+impl From<TargetArg> for koala::graph::ExecutionTarget {
+    fn from(t: TargetArg) -> Self {
+        match t {
+            TargetArg::Ort => Self::Ort,
+            TargetArg::Portable => Self::Portable,
+        }
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum InnovationArg {
     /// One filter per weight tensor (the reference KOALA++).
@@ -518,10 +527,7 @@ fn run(cli: Cli) -> Result<u8> {
                         }
                     },
                     keep_batchnorm: a.keep_batchnorm,
-                    target: match a.execution_target {
-                        Some(TargetArg::Portable) => koala::graph::ExecutionTarget::Portable,
-                        Some(TargetArg::Ort) | None => koala::graph::ExecutionTarget::Ort,
-                    },
+                    target: a.execution_target.map(Into::into).unwrap_or_default(),
                     ..Default::default()
                 },
             };
@@ -649,10 +655,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         });
     }
     if let Some(t) = a.execution_target {
-        c.execution_target = Some(match t {
-            TargetArg::Ort => koala::graph::ExecutionTarget::Ort,
-            TargetArg::Portable => koala::graph::ExecutionTarget::Portable,
-        });
+        c.execution_target = Some(t.into());
     }
     if let Some(d) = a.koala_diagonal {
         c.koala_diagonal = Some(match d {
