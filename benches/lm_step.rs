@@ -28,6 +28,7 @@ use koala::graph::lm_signature::{self, LmSignature};
 use koala::graph::lora::{self, Adapter, LoraConfig};
 use koala::graph::step::{Batch, TrainStep};
 use koala::graph::{LossSpec, Model, TrainableSpec, TrainingSpec};
+use koala::runtime::memory::{self, reset_peak_rss};
 use koala::runtime::{Session, SessionOptions, TensorView, TensorViewMut};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -218,21 +219,11 @@ fn time_block(reps: usize, times: &mut Vec<f64>, mut f: impl FnMut() -> Result<(
     Ok(())
 }
 
-/// The process's peak resident set size in MiB: `VmHWM` of
-/// `/proc/self/status` (Linux), the high-water mark of the whole process —
-/// ONNX Runtime's arenas, every session built so far and the graphs included.
+/// The process's peak resident set size in MiB (`koala::runtime::memory`): the
+/// high-water mark of the whole process — ONNX Runtime's arenas, every session built so
+/// far and the graphs included.
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Resets the process's peak RSS (`VmHWM`) to its current RSS (Linux:
-/// writing 5 to `/proc/self/clear_refs`), so that the next reading is the
-/// peak of what follows. False where that is not possible.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+    memory::peak_rss().map(|b| b as f64 / (1u64 << 20) as f64)
 }
 
 /// Numbers of one `B×T` shape.
@@ -310,6 +301,17 @@ impl ShapeResult {
 /// Builds koala's causal-LM training graph for `[batch, seq]` batches, fed
 /// as `koala finetune` feeds them (see `koala_train::causal_lm::training_spec`).
 /// `model` already carries the LoRA adapters when the run trains them.
+/// The model as trained: the file, with LoRA adapters added when asked (the file itself is
+/// what ORT's forward baseline runs).
+fn trained_model(args: &Options) -> Result<(Model, Vec<Adapter>)> {
+    let mut model = Model::load(&args.model)?;
+    let adapters = match &args.lora {
+        Some(cfg) => lora::apply(&mut model, cfg)?,
+        None => Vec::new(),
+    };
+    Ok((model, adapters))
+}
+
 fn build_step(model: &Model, args: &Options, batch: usize, seq: usize) -> Result<TrainStep> {
     let sig = lm_signature::detect(model)?;
     let spec = TrainingSpec {
@@ -417,7 +419,6 @@ fn write_initial_adapters(
 /// Times the ORT inference forward and koala's training step at one shape.
 fn bench_shape(
     model: &Model,
-    trained_model: &Model,
     adapters: &[Adapter],
     args: &Options,
     ids: &[i64],
@@ -444,7 +445,10 @@ fn bench_shape(
     let mut logits = vec![0f32; n * vocab];
 
     let t0 = Instant::now();
-    let mut step = build_step(trained_model, args, batch, seq)?;
+    // The model with its weights is loaded for the build and dropped after it, as `koala
+    // finetune` holds no copy of the trained values beside the step's buffers: the steps'
+    // peak RSS is then what a training process needs, not this benchmark's spare copies.
+    let mut step = build_step(&trained_model(args)?.0, args, batch, seq)?;
     let build_s = t0.elapsed().as_secs_f64();
     let build_peak_mib = peak_rss_mib();
     let step_names: Vec<String> = step
@@ -541,15 +545,12 @@ fn bench_shape(
 
 fn main() -> Result<()> {
     let args = Options::resolve(Args::parse())?;
-    let model = Model::load(&args.model)?;
+    // Graph structure only (signature, vocabulary): the weights are read where a step is
+    // built, and ORT's forward baseline loads the file itself.
+    let model = Model::load(&args.model)?.clone_without_initializers(|t| t.dims.len() > 1);
     let vocab = vocab_size(&model)?;
     let ids = token_ids(&root().join(TEXT), vocab)?;
-    // LoRA: the adapters go into a copy; ORT's forward baseline runs the file as it is.
-    let mut trained_model = model.clone();
-    let adapters = match &args.lora {
-        Some(cfg) => lora::apply(&mut trained_model, cfg)?,
-        None => Vec::new(),
-    };
+    let adapters = trained_model(&args)?.1;
     let trained = match (&args.lora, &args.train) {
         (Some(cfg), _) => format!(
             "LoRA rank {} (alpha {}) on {} weights",
@@ -570,7 +571,7 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for &shape in &args.shapes {
-        let r = bench_shape(&model, &trained_model, &adapters, &args, &ids, vocab, shape)?;
+        let r = bench_shape(&model, &adapters, &args, &ids, vocab, shape)?;
         println!("{}", r.row());
         results.push(r);
     }

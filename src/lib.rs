@@ -114,6 +114,18 @@ pub fn summary_text(r: &train::RunSummary) -> String {
             "warning: tract (a pure-Rust ONNX runtime) could not run the exported file: {e}"
         ),
     };
+    if !r.memory.is_empty() {
+        let phases: Vec<String> = r
+            .memory
+            .iter()
+            .map(|(phase, bytes)| format!("{phase} {}", koala_runtime::memory::gib(*bytes)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "memory (the process's peak RSS so far, at the end of each phase): {}",
+            phases.join(", ")
+        );
+    }
     let _ = write!(
         s,
         "run directory {} (config.toml, metrics.jsonl, curves.png, checkpoints/)",

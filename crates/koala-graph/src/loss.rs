@@ -5,7 +5,7 @@
 //! directly instead of differentiating LogSoftmax + GatherElements: fewer
 //! nodes, and the textbook numerically stable form.
 
-use crate::attrs::a_int;
+use crate::attrs::{a_int, a_string};
 use crate::backward::GradCtx;
 use crate::proto::DataType;
 use anyhow::{bail, Result};
@@ -118,9 +118,9 @@ fn slice_axis1(ctx: &mut GradCtx, x: &str, start: usize, end: usize) -> Result<S
     Ok(ctx.emit_shaped("Slice", &[x, &s, &e, &a], vec![], dt, shape))
 }
 
-/// Causal-LM head: shifts inside the graph, then the softmax cross-entropy
-/// core over the `B·(T−1)` target positions. The seed is padded back to
-/// `[B, T, V]` with a zero row for the last position, which predicts nothing.
+/// Causal-LM head: shifts the labels inside the graph (the last position's target is the
+/// ignore index: it predicts nothing), then the softmax cross-entropy core over all `B·T`
+/// positions of the logits, so the seed is `[B, T, V]` as it comes.
 fn causal_lm(
     ctx: &mut GradCtx,
     logits: &str,
@@ -130,14 +130,18 @@ fn causal_lm(
 ) -> Result<LossHead> {
     let shape = ctx.shape(logits)?;
     let dt = ctx.dtype(logits)?;
-    let [b, t, v] = shape[..] else {
+    let [b, t, _] = shape[..] else {
         bail!("a causal-LM loss needs logits shaped [batch, sequence, vocabulary], got {shape:?} for '{logits}'");
     };
     if t < 2 {
         bail!("a causal-LM loss needs sequences of at least 2 tokens (one to read, one to predict), got length {t}");
     }
     ctx.set_fact(labels, DataType::Int64, vec![b, t]);
-    let z = slice_axis1(ctx, logits, 0, t - 1)?;
+    // Position t predicts labels[t+1]. The loss runs on all T positions of the logits, with
+    // the last one's target set to the ignore index, instead of on a [B, T−1, V] slice: no
+    // sliced copy of the logits and no Concat of a zero row onto the seed (two V-wide
+    // copies, 100 MB each for SmolLM2 at 4 × 128 tokens). The ignored row adds exactly 0
+    // to every sum and gets a zero gradient row.
     let mut y = slice_axis1(ctx, labels, 1, t)?;
     if let Some(mask) = attention_mask {
         // A target the attention mask hides is padding: it does not count.
@@ -160,29 +164,38 @@ fn causal_lm(
             vec![b, t - 1],
         );
     }
-    let core = cross_entropy_core(ctx, &z, &y, 0.0, Some(ignore))?;
+    let last = ctx.const_i64(&vec![ignore; b]);
+    let last = ctx.reshape(&last, &[b, 1])?;
+    let y = ctx.emit_shaped(
+        "Concat",
+        &[&y, &last],
+        vec![a_int("axis", 1)],
+        DataType::Int64,
+        vec![b, t],
+    );
+    let core = cross_entropy_core(ctx, logits, &y, 0.0, Some(ignore))?;
     // Token accuracy in the graph: arg-max predictions against the targets.
     let pred = ctx.emit_shaped(
         "ArgMax",
-        &[&z],
+        &[logits],
         vec![a_int("axis", 2), a_int("keepdims", 0)],
         DataType::Int64,
-        vec![b, t - 1],
+        vec![b, t],
     );
-    let pred = ctx.reshape(&pred, &[b * (t - 1)])?;
+    let pred = ctx.reshape(&pred, &[b * t])?;
     let hit = ctx.emit_shaped(
         "Equal",
         &[&pred, &core.targets],
         vec![],
         DataType::Bool,
-        vec![b * (t - 1)],
+        vec![b * t],
     );
     let hit = ctx.emit_shaped(
         "Cast",
         &[&hit],
         vec![a_int("to", dt as i64)],
         dt,
-        vec![b * (t - 1)],
+        vec![b * t],
     );
     let weight = core
         .weight
@@ -191,15 +204,7 @@ fn causal_lm(
     let hit = ctx.binary("Mul", &hit, &weight)?;
     let correct = ctx.reduce_sum(&hit, &[0], false)?;
     let count = ctx.reduce_sum(&weight, &[0], false)?;
-    // Seed: the last position predicts nothing, so its gradient is zero.
-    let zeros = ctx.const_of(&vec![0.0; b * v], &[b, 1, v], dt)?;
-    let seed = ctx.emit_shaped(
-        "Concat",
-        &[&core.seed, &zeros],
-        vec![a_int("axis", 1)],
-        dt,
-        vec![b, t, v],
-    );
+    let seed = core.seed;
     Ok(LossHead {
         loss: core.loss,
         per_sample: core.per_sample,
@@ -338,13 +343,17 @@ fn cross_entropy_core(
         dt,
         vec![rows, classes],
     );
-    let target = smoothed_one_hot(ctx, &y_safe, rows, classes, eps, logits)?;
-    let mut diff = ctx.binary("Sub", &p, &target)?;
-    if let Some(w) = &weight {
-        let wu = ctx.unsqueeze(w, &[1])?;
-        diff = ctx.binary("Mul", &diff, &wu)?;
-    }
-    let scaled = ctx.binary("Div", &diff, &denom)?;
+    let scaled = if ctx.opset() >= 16 {
+        seed_by_scatter(ctx, &p, &y_safe, weight.as_deref(), &denom, eps, classes)?
+    } else {
+        let target = smoothed_one_hot(ctx, &y_safe, rows, classes, eps, logits)?;
+        let mut diff = ctx.binary("Sub", &p, &target)?;
+        if let Some(w) = &weight {
+            let wu = ctx.unsqueeze(w, &[1])?;
+            diff = ctx.binary("Mul", &diff, &wu)?;
+        }
+        ctx.binary("Div", &diff, &denom)?
+    };
     let seed = ctx.reshape(&scaled, &shape)?;
     Ok(CrossEntropy {
         loss,
@@ -354,6 +363,53 @@ fn cross_entropy_core(
         targets: y_safe,
         weight,
     })
+}
+
+/// The seed `(p − target)·w/denom` as `(p − ε/C)·c`, then `−(1 − ε)·c` added at each row's
+/// label by `ScatterElements(reduction="add")` (opset 16), where `c = w/denom` per row.
+///
+/// Only one `[rows, C]` tensor is written after the softmax (two with smoothing), against
+/// four for the one-hot form (the target, `p − target`, `·w`, `/denom`): for a language
+/// model's vocabulary that is 300 MB less traffic per step at 4 × 128 tokens and 49 152
+/// classes. The two forms differ only by rounding (`/denom` becomes `·(1/denom)`).
+fn seed_by_scatter(
+    ctx: &mut GradCtx,
+    p: &str,
+    labels: &str,
+    weight: Option<&str>,
+    denom: &str,
+    eps: f64,
+    classes: usize,
+) -> Result<String> {
+    let rows = ctx.shape(labels)?[0];
+    let dt = ctx.dtype(p)?;
+    let c = match weight {
+        Some(w) => ctx.binary("Div", w, denom)?,
+        None => {
+            let one = ctx.scalar_like(1.0, p)?;
+            let c = ctx.binary("Div", &one, denom)?;
+            let ones = ctx.const_of(&vec![1.0; rows], &[rows], dt)?;
+            ctx.binary("Mul", &ones, &c)?
+        }
+    };
+    let c = ctx.unsqueeze(&c, &[1])?;
+    let p = if eps > 0.0 {
+        let off = ctx.scalar_like(eps / classes as f64, p)?;
+        ctx.binary("Sub", p, &off)?
+    } else {
+        p.to_string()
+    };
+    let base = ctx.binary("Mul", &p, &c)?;
+    let on = ctx.scalar_like(-(1.0 - eps), p.as_str())?;
+    let update = ctx.binary("Mul", &c, &on)?;
+    let index = ctx.unsqueeze(labels, &[1])?;
+    Ok(ctx.emit_shaped(
+        "ScatterElements",
+        &[&base, &index, &update],
+        vec![a_int("axis", 1), a_string("reduction", "add")],
+        dt,
+        vec![rows, classes],
+    ))
 }
 
 /// The smoothed one-hot target [rows, C]: 1 − ε + ε/C at the label, ε/C

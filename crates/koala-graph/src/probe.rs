@@ -8,7 +8,7 @@
 
 use crate::facts::{Facts, ValueFact, MAX_KEPT_INTS};
 use crate::model::Model;
-use crate::proto::{DataType, NodeProto, TensorProto, ValueInfoProto};
+use crate::proto::{DataType, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::tensor;
 use anyhow::{bail, Context, Result};
 use koala_runtime::{ElementType, OptimizationLevel, Session, SessionOptions, TensorView};
@@ -138,8 +138,10 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
         ..SessionOptions::default()
     };
 
+    // Both sessions run a copy whose large float weights are inputs fed with zeros.
+    let (base, weights) = probe_model(model);
     // Session 1: element types only.
-    let mut typed = model.proto.clone();
+    let mut typed = base.clone();
     let gg = typed.graph.as_mut().unwrap();
     gg.output = values
         .iter()
@@ -160,12 +162,11 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
         .iter()
         .map(|o| (o.name.clone(), dtype_of(&o.element_type)))
         .collect();
-    // Both hold a full copy of the weights (0.5 GB for SmolLM2-135M).
     drop(s1);
     drop(typed);
 
     // Session 2: Shape(v) for every value, plus small int64 values.
-    let mut probe = model.proto.clone();
+    let mut probe = base;
     let pg = probe.graph.as_mut().unwrap();
     pg.output.clear();
     let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (value, shape output, keep ints)
@@ -215,7 +216,20 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
             )
         })?;
     let feeds = zero_feeds(model, inputs)?;
-    let views: Vec<(&str, TensorView)> = feeds
+    // One zero buffer serves every weight (ORT reads inputs in place, without a copy).
+    let largest = |dt| {
+        weights
+            .iter()
+            .filter(|w| w.2 == dt)
+            .map(|w| w.1.iter().product::<usize>())
+            .max()
+            .unwrap_or(0)
+    };
+    let (zeros32, zeros64) = (
+        vec![0f32; largest(DataType::Float)],
+        vec![0f64; largest(DataType::Double)],
+    );
+    let mut views: Vec<(&str, TensorView)> = feeds
         .iter()
         .map(|(n, s, d)| {
             let v = match d {
@@ -227,6 +241,14 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
             (n.as_str(), v)
         })
         .collect();
+    for (name, shape, dt) in &weights {
+        let n: usize = shape.iter().product();
+        let v = match dt {
+            DataType::Double => TensorView::f64(&zeros64[..n], shape),
+            _ => TensorView::f32(&zeros32[..n], shape),
+        };
+        views.push((name.as_str(), v));
+    }
     let outs = s2.run(&views).with_context(|| {
         format!(
             "ONNX Runtime failed to run {} on zero inputs of the given shapes",
@@ -265,6 +287,37 @@ pub fn probe(model: &Model, inputs: &InputShapes, threads: usize) -> Result<Fact
         facts.insert(&v, ValueFact { dtype, shape, ints });
     }
     Ok(facts)
+}
+
+/// The probe's copy of `model`: float32/float64 initializers with more than
+/// [`MAX_KEPT_INTS`] elements become graph inputs (returned as name, shape, type, to be fed
+/// zeros), so neither this copy, its serialised bytes nor ORT's sessions hold the weights:
+/// three copies of 0.5 GB for SmolLM2-135M, the graph build's memory peak before. Shapes
+/// do not depend on weight values, and the small float constants whose values the probe
+/// records (Resize's `scales`) stay initializers.
+fn probe_model(model: &Model) -> (ModelProto, Vec<(String, Vec<usize>, DataType)>) {
+    let is_weight = |t: &TensorProto| {
+        tensor::numel(&t.dims) > MAX_KEPT_INTS
+            && matches!(
+                DataType::try_from(t.data_type),
+                Ok(DataType::Float | DataType::Double)
+            )
+    };
+    let mut copy = model.clone_without_initializers(is_weight);
+    let g = copy.graph_mut();
+    let mut weights = Vec::new();
+    for t in model.graph().initializer.iter().filter(|t| is_weight(t)) {
+        let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let dt = DataType::try_from(t.data_type).unwrap_or(DataType::Float);
+        // Models before IR 4 list initializers among the inputs already.
+        if !g.input.iter().any(|i| i.name == t.name) {
+            g.input
+                .push(crate::training::value_info(&t.name, dt, &shape));
+        }
+        weights.push((t.name.clone(), shape, dt));
+    }
+    g.output.clear();
+    (copy.proto, weights)
 }
 
 enum Feed {

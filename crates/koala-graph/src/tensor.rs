@@ -225,6 +225,16 @@ pub fn from_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     )
 }
 
+/// Frees a tensor's values (name, type and dims stay), for copies of a model that only
+/// need its structure once another owner holds the values.
+pub fn release_values(t: &mut TensorProto) {
+    t.raw_data = Vec::new();
+    t.float_data = Vec::new();
+    t.double_data = Vec::new();
+    t.int32_data = Vec::new();
+    t.int64_data = Vec::new();
+}
+
 /// Writes f32 values into an existing tensor of the same element count,
 /// keeping its name, dims and element type (f32, f64 or f16 weights stay in
 /// their own type so an exported model keeps the user's precision).

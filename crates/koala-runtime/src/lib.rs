@@ -66,6 +66,7 @@
 
 mod error;
 mod library;
+pub mod memory;
 mod options;
 pub mod provision;
 mod raw;

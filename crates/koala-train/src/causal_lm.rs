@@ -527,16 +527,18 @@ impl LmEvaluator {
         threads: Option<usize>,
     ) -> Result<LmEvaluator> {
         let sig = lm_signature::detect(model)?;
-        let graph = if trainable.is_empty() {
-            model.clone()
+        // Serialised straight from `model` when nothing is bound (no 0.5 GB clone for
+        // SmolLM2-135M).
+        let bytes = if trainable.is_empty() {
+            model.to_bytes()
         } else {
-            eval::eval_graph(model, trainable)?
+            eval::eval_graph(model, trainable)?.to_bytes()
         };
         let opts = SessionOptions {
             intra_threads: threads,
             ..SessionOptions::default()
         };
-        let session = Session::from_bytes(&graph.to_bytes(), &opts)
+        let session = Session::from_bytes(&bytes, &opts)
             .with_context(|| format!("ONNX Runtime could not load {}", model.display_name()))?;
         let logits = model
             .graph()

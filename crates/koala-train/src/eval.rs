@@ -260,14 +260,23 @@ impl WeightsAsInputs {
 /// `--train-constants`) removed from the graph and declared as float32 graph inputs of their
 /// shape. Everything else, including the data input's first position, is unchanged.
 pub fn eval_graph(model: &Model, trainable: &[(String, Vec<usize>)]) -> Result<Model> {
-    let mut out = model.clone();
+    let names: std::collections::HashSet<&str> =
+        trainable.iter().map(|(n, _)| n.as_str()).collect();
+    // The trainable tensors' data is not copied: a full fine-tune's evaluation graph then
+    // holds no weights at all.
+    let mut out = model.clone_without_initializers(|t| names.contains(t.name.as_str()));
+    let present: std::collections::HashSet<&str> = model
+        .graph()
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
     let g = out.graph_mut();
     for (name, shape) in trainable {
-        let before = (g.initializer.len(), g.node.len());
-        g.initializer.retain(|t| &t.name != name);
+        let nodes = g.node.len();
         g.node
             .retain(|n| !(n.op_type == "Constant" && n.output.first() == Some(name)));
-        if (g.initializer.len(), g.node.len()) == before {
+        if !present.contains(name.as_str()) && g.node.len() == nodes {
             bail!("the model has no initializer or Constant node named '{name}' to turn into an evaluation input");
         }
         // Models from before IR 4 also list initializers among the inputs.

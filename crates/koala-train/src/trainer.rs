@@ -48,7 +48,8 @@ pub struct RunSummary {
     pub skipped_steps: u64,
     /// Samples skipped because they could not be decoded.
     pub skipped_samples: usize,
-    /// Training throughput (samples/s) over this process's steps.
+    /// Training throughput (samples/s) over this process's training steps (data, forward,
+    /// backward, optimizer; evaluations, checkpoints and the export excluded).
     pub samples_per_sec: f64,
     /// Predicted tokens per second over this process's steps (language models).
     pub tokens_per_sec: Option<f64>,
@@ -72,6 +73,10 @@ pub struct RunSummary {
     /// tract could not run it (a warning, not a failure: tract does not
     /// implement every ONNX operator).
     pub export_tract: std::result::Result<f64, String>,
+    /// The process's peak RSS (high-water mark, bytes) at the end of each phase of this
+    /// process, in order: the phase where it grows is the one that holds the peak. Empty
+    /// where the system does not report it (see `koala_runtime::memory`).
+    pub memory: Vec<(&'static str, u64)>,
 }
 
 /// One optimizer group: which tensors, the optimizer and its state.
@@ -92,6 +97,7 @@ struct Run {
     total_steps: u64,
     steps_per_epoch: u64,
     state: TrainerState,
+    memory: Vec<(&'static str, u64)>,
 }
 
 /// What one applied optimizer step reports to the hooks.
@@ -128,12 +134,16 @@ struct Segment {
     tokens_done: usize,
     t_graph: f64,
     t_opt: f64,
+    /// Seconds inside training steps (data, forward+backward, optimizer): the denominator
+    /// of the throughput, which evaluations and checkpoints would otherwise dilute.
+    t_steps: f64,
     last_eval: Option<EvalResult>,
 }
 
 impl Segment {
-    fn seconds(&self) -> f64 {
-        self.start.elapsed().as_secs_f64().max(1e-9)
+    /// Training-step seconds so far (never zero, so rates stay finite).
+    fn step_seconds(&self) -> f64 {
+        self.t_steps.max(1e-9)
     }
 }
 
@@ -171,6 +181,7 @@ pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     let before = run.evaluate()?;
     eprintln!("before training: {}", run.task.describe(&before));
     run.record_eval(&before)?;
+    run.mark_memory("evaluation before training");
     run.train(Some(before))
 }
 
@@ -316,6 +327,8 @@ impl Run {
         }
         let groups = make_groups(&cfg, &oc, &step.graph().trainable)?;
         task.prepare_evaluation(&model, &names_shapes(&step))?;
+        let mut model = model;
+        release_trained_values(&mut model, &step, cfg.lora().is_some());
         let steps_per_epoch = (task.batches_per_epoch() / cfg.accumulate).max(1) as u64;
         let total_steps = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
         let schedule = Schedule {
@@ -343,7 +356,19 @@ impl Run {
             total_steps,
             steps_per_epoch,
             state,
+            memory: Vec::new(),
         })
+        .map(|mut run| {
+            run.mark_memory("graph build");
+            run
+        })
+    }
+
+    /// Records the process's peak RSS so far as the end of `phase`.
+    fn mark_memory(&mut self, phase: &'static str) {
+        if let Some(peak) = koala_runtime::memory::peak_rss() {
+            self.memory.push((phase, peak));
+        }
     }
 
     fn restore(&mut self, dir: &Path) -> Result<()> {
@@ -447,13 +472,17 @@ impl Run {
             tokens_done: 0,
             t_graph: 0.0,
             t_opt: 0.0,
+            t_steps: 0.0,
             last_eval: None,
         };
         while self.state.step < self.total_steps {
             if interrupt::stop_requested() {
                 return Err(self.stop_with_checkpoint(&mut seg)?.into());
             }
-            let Some(report) = self.step_once(&mut seg)? else {
+            let t0 = Instant::now();
+            let report = self.step_once(&mut seg)?;
+            seg.t_steps += t0.elapsed().as_secs_f64();
+            let Some(report) = report else {
                 continue;
             };
             self.log_hook(&mut seg, &report)?;
@@ -461,6 +490,7 @@ impl Run {
             self.checkpoint_hook(&mut seg)?;
         }
         seg.progress.finish();
+        self.mark_memory("training");
         if interrupt::stop_requested() {
             // Training is done and checkpointed; `--resume` goes straight to the export.
             return Err(self.stop_with_checkpoint(&mut seg)?.into());
@@ -624,7 +654,7 @@ impl Run {
     fn log_hook(&self, seg: &mut Segment, r: &StepReport) -> Result<()> {
         seg.win_loss += r.loss;
         seg.win_steps += 1;
-        let secs = seg.seconds();
+        let secs = seg.step_seconds();
         let sps = seg.samples_done as f64 / secs;
         let tps = (seg.tokens_done > 0).then(|| seg.tokens_done as f64 / secs);
         seg.progress.update(self.state.step, r.loss, r.lr, sps);
@@ -716,7 +746,12 @@ impl Run {
     }
 
     /// After the last step: the final evaluation, curves, export and its checks, the summary.
-    fn finish(mut self, seg: Segment, before: Option<EvalResult>) -> Result<RunSummary> {
+    fn finish(mut self, mut seg: Segment, before: Option<EvalResult>) -> Result<RunSummary> {
+        // Training is over and checkpointed: the optimizer state (two weight-sized vectors
+        // per tensor for KOALA++ and AdamW) and the gradient buffer are dead weight while
+        // the export and its check load the written file.
+        self.groups.clear();
+        seg.grads.grads = Vec::new();
         let stats = self.task.data_stats();
         self.state.add_skipped(&stats.skipped);
         let skipped_samples = self.state.skipped_samples as usize;
@@ -750,6 +785,7 @@ impl Run {
                     crate::checkpoint::dir_of(&self.cfg.run_dir).display()
                 )
             })?;
+        self.mark_memory("export and its check");
         Ok(RunSummary {
             run_dir: self.cfg.run_dir.clone(),
             before,
@@ -757,8 +793,9 @@ impl Run {
             steps: self.state.step,
             skipped_steps: self.state.skipped_steps,
             skipped_samples,
-            samples_per_sec: seg.samples_done as f64 / seg.seconds(),
-            tokens_per_sec: (seg.tokens_done > 0).then(|| seg.tokens_done as f64 / seg.seconds()),
+            samples_per_sec: seg.samples_done as f64 / seg.step_seconds(),
+            tokens_per_sec: (seg.tokens_done > 0)
+                .then(|| seg.tokens_done as f64 / seg.step_seconds()),
             task: self.task.kind(),
             time_graph: seg.t_graph,
             time_optimizer: seg.t_opt,
@@ -767,6 +804,7 @@ impl Run {
             export_max_diff: check.max_diff,
             export_tract: check.tract,
             export_eval: check.eval,
+            memory: self.memory,
         })
     }
 
@@ -804,6 +842,35 @@ impl Run {
 }
 
 /// The current values of every trainable tensor, in training-graph order.
+/// Frees the values of the trained initializers in the run's copy of the model (0.5 GB for
+/// a full fine-tune of SmolLM2-135M): the runner holds the current values, and the export
+/// writes them back into the graph (`export::with_weights`), which needs only their names
+/// and shapes. Tied tensors keep theirs: the export finds the ties by comparing values.
+///
+/// A LoRA run frees every value: its export merges the adapters into the base model it
+/// reads from the file again (`lora::export`).
+fn release_trained_values(model: &mut Model, step: &TrainStep, lora: bool) {
+    let tied: std::collections::HashSet<String> = if lora {
+        Default::default()
+    } else {
+        koala_graph::tied::find(model)
+    }
+    .into_iter()
+    .flat_map(|c| [c.canonical, c.copy])
+    .collect();
+    let trained: std::collections::HashSet<&str> = step
+        .graph()
+        .trainable
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    for t in &mut model.graph_mut().initializer {
+        if lora || (trained.contains(t.name.as_str()) && !tied.contains(&t.name)) {
+            koala_graph::tensor::release_values(t);
+        }
+    }
+}
+
 fn weights(step: &TrainStep) -> Vec<&[f32]> {
     (0..step.graph().trainable.len())
         .map(|k| step.weight(k))

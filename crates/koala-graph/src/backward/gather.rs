@@ -9,11 +9,11 @@
 //!
 //! Spec: https://onnx.ai/onnx/operators/onnx__Gather.html,
 //! https://onnx.ai/onnx/operators/onnx__GatherElements.html,
-//! https://onnx.ai/onnx/operators/onnx__ScatterND.html (reduction from 16).
+//! https://onnx.ai/onnx/operators/onnx__ScatterElements.html (reduction from 16).
 //!
 //! Opsets: Gather 1/11/13 differ only in allowing negative indices (11) and
-//! types; the scatter-add forms need `reduction` (ScatterND/ScatterElements
-//! opset 16), so before 16 the one-hot MatMul form is the only one.
+//! types; the scatter-add form needs `reduction` (ScatterElements opset 16),
+//! so before 16 the one-hot MatMul form is the only one.
 //! GatherElements' gradient needs ScatterElements' `reduction` and is
 //! therefore opset ≥ 16 only (a clear error otherwise).
 //!
@@ -22,7 +22,14 @@
 //!
 //! Which scatter-add form is fastest was measured per size class (49152×576
 //! with 1×256 and 8×128 ids, 97×32): see [`EmbeddingGrad`] for the table
-//! and the chosen default (ScatterND from opset 16, one-hot MatMul before).
+//! and the chosen default (ScatterElements from opset 16, one-hot MatMul
+//! before). Not ScatterND: ONNX Runtime's CPU `ScatterND(reduction="add")`
+//! splits the indices across threads and loses updates when two threads add
+//! into the same row (microsoft/onnxruntime#18048), so repeated token ids
+//! gave a wrong, run-to-run different embedding gradient with 2 threads
+//! (SmolLM2-135M: up to 0.0067 off). ScatterElements adds sequentially:
+//! exact and deterministic (`fd_gather.rs`,
+//! `embedding_gradient_is_exact_and_deterministic_with_two_threads`).
 //!
 //! Tests: `crates/koala-graph/tests/fd_gather.rs`.
 
@@ -40,7 +47,7 @@ use anyhow::{bail, Result};
 /// that only materialises a dense [V, D] output from dY, which every form
 /// must also do:
 ///
-/// | table | ids | baseline ms | ScatterND add | ScatterElements add | one-hot MatMul |
+/// | table | ids | baseline ms | ScatterND add (removed) | ScatterElements add | one-hot MatMul |
 /// |---|---|---|---|---|---|
 /// | 49152×576 | 1×256 | 166 | 153 | 150 | 617 |
 /// | 49152×576 | 8×128 | 163 | 164 | 182 | 2052 |
@@ -50,17 +57,18 @@ use anyhow::{bail, Result};
 /// On the SmolLM2-sized table both scatter forms cost what the dense output
 /// costs (the scatter itself is noise), ScatterElements falls behind when
 /// the ids grow (it expands them to N·D), and the one-hot product is 4–13×
-/// slower (O(V·N·D) flops). ScatterND is the fastest or tied in every size
-/// class, so `Auto` takes it from opset 16 on; before 16 only the one-hot
-/// form accumulates repeated ids, so `Auto` falls back to it there.
+/// slower (O(V·N·D) flops). ScatterND, though fastest or tied in every size
+/// class, races in ONNX Runtime's CPU kernel (see the module docs) and was
+/// removed; `Auto` takes ScatterElements from opset 16 on (0–18 ms behind
+/// ScatterND in the table, within the step's noise for SmolLM2: 6.5–7 s per
+/// step either way under load). Before 16 only the one-hot form accumulates
+/// repeated ids, so `Auto` falls back to it there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EmbeddingGrad {
-    /// ScatterND with reduction "add" from opset 16, one-hot MatMul before.
+    /// ScatterElements with reduction "add" from opset 16, one-hot MatMul before.
     #[default]
     Auto,
-    /// `ScatterND(zeros[V, D], ids[N, 1], dY[N, D], reduction="add")` (opset ≥ 16).
-    ScatterNd,
     /// `ScatterElements(zeros[V, D], ids expanded to [N, D], dY, axis 0,
     /// reduction="add")` (opset ≥ 16).
     ScatterElements,
@@ -171,7 +179,7 @@ fn scatter_add_rows(
         bail!("internal: scatter rows must be 2-D");
     };
     let form = match form {
-        EmbeddingGrad::Auto if ctx.opset() >= 16 => EmbeddingGrad::ScatterNd,
+        EmbeddingGrad::Auto if ctx.opset() >= 16 => EmbeddingGrad::ScatterElements,
         EmbeddingGrad::Auto => EmbeddingGrad::OneHotMatMul,
         f if ctx.opset() < 16 && f != EmbeddingGrad::OneHotMatMul => bail!(
             "embedding gradient form {f:?} needs opset 16 (scatter reduction); use auto or one-hot-mat-mul"
@@ -180,17 +188,6 @@ fn scatter_add_rows(
     };
     let add = a_string("reduction", "add");
     Ok(match form {
-        EmbeddingGrad::ScatterNd => {
-            let zeros = zeros(ctx, &[dim, d], dt)?;
-            let i2 = ctx.reshape(idx, &[n, 1])?;
-            ctx.emit_shaped(
-                "ScatterND",
-                &[&zeros, &i2, rows],
-                vec![add],
-                dt,
-                vec![dim, d],
-            )
-        }
         EmbeddingGrad::ScatterElements => {
             let zeros = zeros(ctx, &[dim, d], dt)?;
             let i2 = ctx.reshape(idx, &[n, 1])?;
