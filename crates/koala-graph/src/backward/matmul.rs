@@ -3,7 +3,8 @@
 //! dA = dY·Bᵀ and dB = Aᵀ·dY on the last two axes, summed over broadcast
 //! batch axes. The common "activations [.., M, K] times a 2-D weight [K, N]"
 //! case folds the batch axes into M and uses one Gemm for dB instead of a
-//! batched MatMul followed by a ReduceSum.
+//! batched MatMul followed by a ReduceSum, and one Gemm with `transB` for dA
+//! instead of materialising Bᵀ.
 //!
 //! Spec: https://onnx.ai/onnx/operators/onnx__MatMul.html.
 //! Opsets: 1/9/13 (types only). Attention shapes ([B,H,T,D]×[B,H,D,T],
@@ -49,11 +50,30 @@ pub fn matmul(ctx: &mut GradCtx, r: &RuleInput) -> Result<Vec<Option<String>>> {
     let dt = ctx.dtype(&dy)?;
     let mut out = r.none();
     if r.need(0) {
-        let bt = swap_last_two(ctx, &b2)?;
         let k = sa2[sa2.len() - 1];
-        let shape: Vec<usize> = batch.iter().copied().chain([m, k]).collect();
-        let g = ctx.emit_shaped("MatMul", &[&dy2, &bt], vec![], dt, shape);
-        let g = ctx.unbroadcast(&g, &sa2)?;
+        let g = if sb2.len() == 2 {
+            // A 2-D B (a weight): dA_flat = dY_flat · Bᵀ as one Gemm with transB, so Bᵀ is
+            // never a tensor. Written as Transpose + MatMul, ONNX Runtime constant-folds
+            // the Transpose of a frozen weight into a second, transposed copy of it (a
+            // LoRA run kept every base weight twice) and transposes a trained one every step.
+            let rows: usize = y2_shape[..y2_shape.len() - 1].iter().product();
+            let df = ctx.reshape(&dy2, &[rows, n])?;
+            let g = ctx.emit_shaped(
+                "Gemm",
+                &[&df, &b2],
+                vec![a_int("transB", 1)],
+                dt,
+                vec![rows, k],
+            );
+            let shape: Vec<usize> = batch.iter().copied().chain([m, k]).collect();
+            let g = ctx.reshape(&g, &shape)?;
+            ctx.unbroadcast(&g, &sa2)?
+        } else {
+            let bt = swap_last_two(ctx, &b2)?;
+            let shape: Vec<usize> = batch.iter().copied().chain([m, k]).collect();
+            let g = ctx.emit_shaped("MatMul", &[&dy2, &bt], vec![], dt, shape);
+            ctx.unbroadcast(&g, &sa2)?
+        };
         out[0] = Some(ctx.reshape(&g, &sa)?);
     }
     if r.need(1) {
