@@ -547,10 +547,11 @@ fn main() -> Result<()> {
     let args = Options::resolve(Args::parse())?;
     // Graph structure only (signature, vocabulary): the weights are read where a step is
     // built, and ORT's forward baseline loads the file itself.
-    let model = Model::load(&args.model)?.clone_without_initializers(|t| t.dims.len() > 1);
+    let (full, adapters) = trained_model(&args)?;
+    let model = full.clone_without_initializers(|t| t.dims.len() > 1);
+    drop(full);
     let vocab = vocab_size(&model)?;
     let ids = token_ids(&root().join(TEXT), vocab)?;
-    let adapters = trained_model(&args)?.1;
     let trained = match (&args.lora, &args.train) {
         (Some(cfg), _) => format!(
             "LoRA rank {} (alpha {}) on {} weights",

@@ -15,6 +15,7 @@ use koala::train::TrainConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::cli::{refs, tiny_finetune};
 use support::fd_case::{finite_differences_with_tolerance, rel_l2, write_case};
 
 fn root() -> PathBuf {
@@ -573,29 +574,9 @@ fn resume_works_from_another_directory() {
     );
 }
 
-/// `koala finetune` on the tiny CNN and the shipped Fashion-MNIST subset at
-/// 16×16, followed by `extra` (owned strings: paths are built per test).
-fn tiny_finetune(extra: &[&str]) -> Vec<String> {
-    let (m, d) = (tiny_model(), fashion());
-    let base = [
-        "finetune",
-        "--model",
-        m.to_str().unwrap(),
-        "--data",
-        d.to_str().unwrap(),
-        "--image-size",
-        "16",
-    ];
-    base.iter().chain(extra).map(|s| s.to_string()).collect()
-}
-
 /// Where the value of `flag` sits in `args` (to change it in place).
 fn value_index(args: &[String], flag: &str) -> usize {
     args.iter().position(|a| a == flag).unwrap() + 1
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// More classes in the data than model outputs: refused before training,

@@ -6,22 +6,11 @@
 mod support;
 
 use std::path::Path;
-use support::cli::{ok, root};
+use support::cli::{ok, refs, tiny_finetune};
 
 /// A 2-step tiny-CNN run (16×16, one thread) into `run_dir`.
 fn tiny_run(run_dir: &Path) -> String {
-    let (m, d) = (
-        root().join("tests/fixtures/reference/tiny_cnn/model.onnx"),
-        root().join("data/fashion_mnist_small"),
-    );
-    ok(&[
-        "finetune",
-        "--model",
-        m.to_str().unwrap(),
-        "--data",
-        d.to_str().unwrap(),
-        "--image-size",
-        "16",
+    ok(&refs(&tiny_finetune(&[
         "--batch-size",
         "16",
         "--limit-train",
@@ -32,7 +21,7 @@ fn tiny_run(run_dir: &Path) -> String {
         "2",
         "--run-dir",
         run_dir.to_str().unwrap(),
-    ])
+    ])))
 }
 
 /// Rewrites `config.toml` of `run_dir` line by line.

@@ -5,16 +5,14 @@
 
 #![cfg(unix)]
 
+mod support;
+
 use koala::train::run_lock::{RunLock, FILE_NAME};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn koala() -> Command {
     Command::new(env!("CARGO_BIN_EXE_koala"))
@@ -29,19 +27,8 @@ fn text(b: &[u8]) -> String {
 /// is 4 micro-batches of 16 (~5 ms), and evaluation (so the step-based checkpoint) only
 /// comes at the end: a run of a few hundred steps is long enough to interrupt.
 fn finetune_args(run_dir: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
-    let (m, d) = (
-        root().join("tests/fixtures/reference/tiny_cnn/model.onnx"),
-        root().join("data/fashion_mnist_small"),
-    );
     let steps = steps.to_string();
-    let base = [
-        "finetune",
-        "--model",
-        m.to_str().unwrap(),
-        "--data",
-        d.to_str().unwrap(),
-        "--image-size",
-        "16",
+    let run = [
         "--batch-size",
         "16",
         "--accumulate",
@@ -59,7 +46,8 @@ fn finetune_args(run_dir: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
         "--run-dir",
         run_dir.to_str().unwrap(),
     ];
-    base.iter().chain(extra).map(|s| s.to_string()).collect()
+    let args: Vec<&str> = run.iter().chain(extra).copied().collect();
+    support::cli::tiny_finetune(&args)
 }
 
 fn run(args: &[String]) -> Output {

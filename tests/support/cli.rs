@@ -22,6 +22,30 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `koala finetune` on the tiny CNN and the shipped Fashion-MNIST subset at 16×16, followed
+/// by `extra` (owned strings: paths are built per test).
+pub fn tiny_finetune(extra: &[&str]) -> Vec<String> {
+    let (m, d) = (
+        root().join("tests/fixtures/reference/tiny_cnn/model.onnx"),
+        root().join("data/fashion_mnist_small"),
+    );
+    let base = [
+        "finetune",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--image-size",
+        "16",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// Borrowed views of owned arguments (for [`ok`] and [`koala`]).
+pub fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// Runs `koala` with `args`, which must succeed; returns its stdout and stderr together.
 pub fn ok(args: &[&str]) -> String {
     let out = koala(args);

@@ -388,8 +388,7 @@ fn seed_by_scatter(
         None => {
             let one = ctx.scalar_like(1.0, p)?;
             let c = ctx.binary("Div", &one, denom)?;
-            let ones = ctx.const_of(&vec![1.0; rows], &[rows], dt)?;
-            ctx.binary("Mul", &ones, &c)?
+            ctx.expand(&c, &[rows])?
         }
     };
     let c = ctx.unsqueeze(&c, &[1])?;

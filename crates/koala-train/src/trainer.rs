@@ -346,7 +346,7 @@ impl Run {
             execution_target: Some(step.graph().target),
             ..TrainerState::default()
         };
-        Ok(Run {
+        let mut run = Run {
             cfg,
             model,
             task,
@@ -357,11 +357,9 @@ impl Run {
             steps_per_epoch,
             state,
             memory: Vec::new(),
-        })
-        .map(|mut run| {
-            run.mark_memory("graph build");
-            run
-        })
+        };
+        run.mark_memory("graph build");
+        Ok(run)
     }
 
     /// Records the process's peak RSS so far as the end of `phase`.
