@@ -38,14 +38,13 @@
 set -euo pipefail
 set -f # flags are split on whitespace on purpose; never glob them
 
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
-  exit 2
-}
+help_text() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+usage() { help_text >&2; exit 2; }  # a bad command line: the help on stderr, exit 2
+help() { help_text; exit 0; }       # --help: on stdout, exit 0
 die() { echo "error: $*" >&2; exit 1; }
 
 [ $# -ge 1 ] || usage
-case "$1" in -h|--help) usage ;; -*) die "the first argument must be OUT_DIR, got '$1' (see --help)" ;; esac
+case "$1" in -h|--help) help ;; -*) die "the first argument must be OUT_DIR, got '$1' (see --help)" ;; esac
 out=${1%/}
 shift
 shell_quote() { # args -> one line a shell reads back as the same words
@@ -70,7 +69,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=${2:?--threads needs a value}; shift 2 ;;
     --base) base=${2?--base needs a value (quote the flags: --base '--model m.onnx --data d')}; shift 2 ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) usage ;;
+    -h|--help) help ;;
     --*) die "unknown option '$1' (options: --seeds, --jobs, --threads, --base, --report-only; configurations are 'name|flags')" ;;
     *) specs+=("$1"); shift ;;
   esac

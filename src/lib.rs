@@ -80,9 +80,11 @@ pub fn summary_text(r: &train::RunSummary) -> String {
         let _ = writeln!(s, "{what} before: {}", eval_text(r.task, &b));
     }
     let _ = writeln!(s, "{what} after:  {}", eval_text(r.task, &r.after));
-    let speed = match r.tokens_per_sec {
-        Some(t) => format!("{t:.0} tokens/s ({:.1} sequences/s)", r.samples_per_sec),
-        None => format!("{:.1} samples/s", r.samples_per_sec),
+    let speed = match (r.samples_per_sec, r.tokens_per_sec) {
+        (None, _) => "no training step in this process (the run had already reached its last step)"
+            .to_string(),
+        (Some(sps), Some(t)) => format!("{t:.0} tokens/s ({sps:.1} sequences/s)"),
+        (Some(sps), None) => format!("{sps:.1} samples/s"),
     };
     let _ = writeln!(
         s,

@@ -2,7 +2,8 @@
 //! import, inspect.
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use koala::train::config::{DataFormat, LossVar, TaskKind, TrainConfig};
 use koala::train::schedule::ScheduleKind;
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ enum Command {
     /// the same options and fails exactly when finetune would refuse the model.
     #[command(
         mut_arg("resume", |a| a.help(CHECK_RESUME_HELP)),
-        after_help = "Options that only shape a run's output (--run-dir, --export, --checkpoint-minutes, --log-every, --eval-every, --seed, --prompt, --sample-tokens) are accepted, so a finetune command line can be pasted, and ignored.\n\nExamples:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'\n  koala check --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96\n  koala check --resume runs/latest"
+        after_help = "Options that only shape a run's output (--run-dir, --export, --checkpoint-every, --checkpoint-minutes, --log-every, --eval-every, --seed, --prompt, --sample-tokens) are accepted, so a finetune command line can be pasted, and ignored.\n\nExamples:\n  koala check models/mobilenet_v2/model.onnx --freeze '^features\\.[0-9]\\.'\n  koala check --model models/mobilenet_v2/model.onnx --data data/fashion_mnist_small --num-classes 10 --image-size 96\n  koala check --resume runs/latest"
     )]
     Check(Box<CheckArgs>),
     /// Compare koala's gradients with a PyTorch reference case directory.
@@ -99,7 +100,7 @@ struct FinetuneArgs {
     config: Option<PathBuf>,
     /// Continue the run in this directory from its latest checkpoint, with
     /// its config.toml (no other option: they would be silently ignored).
-    #[arg(long, exclusive = true)]
+    #[arg(long)]
     resume: Option<PathBuf>,
     /// Pretrained ONNX model.
     #[arg(long)]
@@ -184,6 +185,11 @@ struct FinetuneArgs {
     /// learn in the README's study).
     #[arg(long, value_enum)]
     koala_diagonal: Option<DiagonalArg>,
+    /// KOALA++: the target value f* of its Polyak step (a koala extension): the filter
+    /// measures ℓ = L + ½·wd·‖θ‖² − f* instead of the paper's f* = 0. A negative f* keeps
+    /// the step from shrinking with the loss, without weight decay's pull towards 0.
+    #[arg(long, allow_negative_numbers = true)]
+    koala_loss_target: Option<f64>,
     /// Which runtime the training graph is written for: ort (the default: convolutions and
     /// their gradients on ONNX Runtime's blocked NCHWc kernels, contrib ops that every stock
     /// x86-64 build ships) or portable (standard ONNX operators only). The exported model is
@@ -235,8 +241,12 @@ struct FinetuneArgs {
     /// Use only the first N training samples.
     #[arg(long)]
     limit_train: Option<usize>,
+    /// Write a checkpoint every N steps (default: at each evaluation, see --eval-every).
+    #[arg(long, value_name = "STEPS", value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: Option<u64>,
     /// Also write a checkpoint when this many minutes passed since the last one, so a
-    /// crash costs at most that much (default 10; 0: only the step-based checkpoints).
+    /// crash costs at most that much (default 10; 0: only the step-based checkpoints of
+    /// --checkpoint-every).
     #[arg(long)]
     checkpoint_minutes: Option<f64>,
     /// The task (default: detected from the model's inputs: an int64 `input_ids` input is a
@@ -492,7 +502,11 @@ enum ConvGradArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    if let Some(e) = resume_with_other_options(&matches) {
+        e.exit();
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => match e.downcast_ref::<koala::train::interrupt::Interrupted>() {
@@ -506,6 +520,49 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `finetune --resume RUN_DIR` (and `check --resume`) take no other option: the run's
+/// config.toml holds them all. The error names the options given beside it (clap's
+/// `exclusive` only says "one or more of the other specified arguments").
+fn resume_with_other_options(m: &clap::ArgMatches) -> Option<clap::Error> {
+    let (name, sub) = m.subcommand()?;
+    if !matches!(name, "finetune" | "check")
+        || sub.value_source("resume") != Some(ValueSource::CommandLine)
+    {
+        return None;
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let sub_cmd = cmd.find_subcommand_mut(name)?;
+    // The options given on the command line, as the user wrote them (ids of flattened
+    // groups are not arguments and are left out).
+    let given: Vec<String> = sub_cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_id() != "resume"
+                && sub.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+        })
+        .map(|a| match a.get_long() {
+            Some(long) => format!("--{long}"),
+            None => a
+                .get_value_names()
+                .and_then(|v| v.first())
+                .map_or_else(|| a.get_id().to_string(), |v| v.to_string()),
+        })
+        .collect();
+    if given.is_empty() {
+        return None;
+    }
+    Some(sub_cmd.error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!(
+            "--resume RUN_DIR takes no other option (the run's RUN_DIR/config.toml holds them), but {} {} given: drop {}, or edit the value in RUN_DIR/config.toml before resuming (e.g. max_steps or epochs to train longer; a changed value applies from the checkpoint on)",
+            given.join(", "),
+            if given.len() == 1 { "was" } else { "were" },
+            if given.len() == 1 { "it" } else { "them" },
+        ),
+    ))
 }
 
 fn run(cli: Cli) -> Result<u8> {
@@ -622,6 +679,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         max_steps,
         clip_grad_norm,
         eval_every,
+        checkpoint_every,
         threads,
         export,
         limit_train,
@@ -656,6 +714,9 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
     }
     if let Some(t) = a.execution_target {
         c.execution_target = Some(t.into());
+    }
+    if let Some(f) = a.koala_loss_target {
+        c.koala_loss_target = Some(f);
     }
     if let Some(d) = a.koala_diagonal {
         c.koala_diagonal = Some(match d {

@@ -294,6 +294,35 @@ fn checkpoints_by_time_are_pruned_like_the_others() {
     );
 }
 
+/// `--checkpoint-every N` writes the step-based checkpoints every N steps instead of at each
+/// evaluation (the final step always gets one), and 0 is refused by the command line.
+#[test]
+fn checkpoint_every_sets_the_step_cadence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("every-2");
+    let out = run(&finetune_args(
+        &dir,
+        5,
+        &["--checkpoint-every", "2", "--checkpoint-minutes", "0"],
+    ));
+    assert_ok(&out, "--checkpoint-every 2");
+    // Steps 2, 4 and 5 were written; pruning keeps the last two (without the flag: [5]).
+    assert_eq!(checkpoint_steps(&dir), vec![4, 5]);
+    let config = koala::train::TrainConfig::from_toml_file(&dir.join("config.toml")).unwrap();
+    assert_eq!(config.checkpoint_every, Some(2), "recorded in config.toml");
+    let out = run(&finetune_args(
+        &tmp.path().join("zero"),
+        5,
+        &["--checkpoint-every", "0"],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--checkpoint-every"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// A second Ctrl-C does not wait for the step: with steps of 1000 micro-batches (about a
 /// second), a second SIGINT sent right after the first was acknowledged ends the process
 /// at once with 130, before the step ends, so no checkpoint is written, and nothing is
@@ -398,7 +427,7 @@ fn check_help_explains_resume_and_output_only_options() {
     assert!(!help.contains("Continue the run"), "{help}");
     assert!(
         help.contains("a finetune command line can be pasted, and ignored")
-            && help.contains("--run-dir, --export, --checkpoint-minutes"),
+            && help.contains("--run-dir, --export, --checkpoint-every, --checkpoint-minutes"),
         "{help}"
     );
     let out = koala().args(["finetune", "--help"]).output().unwrap();
@@ -406,4 +435,54 @@ fn check_help_explains_resume_and_output_only_options() {
         text(&out.stdout).contains("Continue the run in this directory"),
         "finetune keeps its own text"
     );
+}
+
+/// `--resume RUN_DIR` takes no other option: the refusal names the options given beside it
+/// (for finetune and check) and says how to train longer; resuming a finished run says it
+/// trained no step instead of "0.0 samples/s"; and a `max_steps` raised in config.toml is
+/// what resume then trains to.
+#[test]
+fn resume_names_the_options_given_beside_it_and_trains_to_an_edited_max_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    assert_ok(&run(&finetune_args(&dir, 2, &[])), "finetune");
+    let d = dir.to_str().unwrap();
+
+    let out = koala()
+        .args(["finetune", "--resume", d, "--max-steps", "4", "--lr", "0.1"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--lr, --max-steps were given")
+            && err.contains("RUN_DIR/config.toml")
+            && err.contains("max_steps"),
+        "{err}"
+    );
+    let out = koala()
+        .args(["check", "--resume", d, "--no-augment"])
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--no-augment was given"), "{err}");
+
+    let out = koala().args(["finetune", "--resume", d]).output().unwrap();
+    assert_ok(&out, "resume of a finished run");
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        all.contains("steps 2 (") && all.contains("no training step in this process"),
+        "{all}"
+    );
+    assert!(!all.contains("0.0 samples/s"), "{all}");
+
+    let config = dir.join("config.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    assert!(toml.contains("max_steps = 2\n"), "{toml}");
+    std::fs::write(&config, toml.replace("max_steps = 2\n", "max_steps = 4\n")).unwrap();
+    let out = koala().args(["finetune", "--resume", d]).output().unwrap();
+    assert_ok(&out, "resume after raising max_steps");
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("steps 4 ("), "{all}");
 }

@@ -154,6 +154,12 @@ pub struct KoalaPPConfig {
     pub beta2: f64,
     /// `diagonal = second-moment`: ε added to √m̂. Default 1e-8 (Adam's).
     pub eps: f64,
+    /// The target value f* of the Polyak step (koala extension, issue 10): the filter
+    /// measures ℓ = L + ½·wd·‖θ‖² − f* instead of ℓ = L + ½·wd·‖θ‖² (spec §5.3 j, where
+    /// the implicit target is 0). A negative f* keeps the step from shrinking with the
+    /// loss without weight decay's pull of θ towards 0 (README "KOALA++ vs AdamW").
+    /// Default 0 (the reference).
+    pub loss_target: f64,
 }
 
 impl Default for KoalaPPConfig {
@@ -174,11 +180,18 @@ impl Default for KoalaPPConfig {
             diagonal: KoalaPPDiagonal::None,
             beta2: 0.999,
             eps: 1e-8,
+            loss_target: 0.0,
         }
     }
 }
 
 impl KoalaPPConfig {
+    /// The measured loss ℓ = L + ½·wd·‖θ‖² − f* from the loop's loss L and the L2 term
+    /// `half_wd_tt` (spec §5.3 j, with [`KoalaPPConfig::loss_target`] f*).
+    pub(crate) fn measured_loss(&self, loss: f64, half_wd_tt: f64) -> f64 {
+        loss + half_wd_tt - self.loss_target
+    }
+
     fn validate(&self) -> Result<(), OptimError> {
         positive("sigma", self.sigma)?;
         non_negative("q", self.q)?;
@@ -188,6 +201,7 @@ impl KoalaPPConfig {
         non_negative("skip_eps", self.skip_eps)?;
         half_open_unit("beta2", self.beta2)?;
         positive("eps", self.eps)?;
+        finite("loss_target", self.loss_target)?;
         if self.diagonal == KoalaPPDiagonal::SecondMoment && self.path == KoalaPPPath::Literal {
             return Err(OptimError::config(
                 "diagonal",

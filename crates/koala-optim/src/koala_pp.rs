@@ -241,7 +241,9 @@ impl KoalaPP {
     fn scalars(&self, dots: Dots, prev: Option<Prev>, r: f64, ctx: &StepContext) -> StepScalars {
         let f = self.filter(dots, prev, self.own_lazy_s_p(dots.c, r));
         let s = f.hph + r;
-        let layer_loss = ctx.loss + 0.5 * self.cfg.weight_decay * dots.t;
+        let layer_loss = self
+            .cfg
+            .measured_loss(ctx.loss, 0.5 * self.cfg.weight_decay * dots.t);
         StepScalars {
             c_v: f.c_v,
             c_h: f.c_h,
@@ -434,7 +436,7 @@ impl KoalaPP {
             }
             break s;
         };
-        let layer_loss = ctx.loss + 0.5 * wd * dot(p, p); // j.
+        let layer_loss = self.cfg.measured_loss(ctx.loss, 0.5 * wd * dot(p, p)); // j.
         let step = (-ctx.lr * layer_loss / s) as f32; // k.
         for (p, vq) in p.iter_mut().zip(vq.iter()) {
             *p += step * vq;

@@ -13,7 +13,7 @@
 //! ```text
 //! h_t = g_t + wd_t·θ_t,   v_t as in spec §5.3 h (per tensor)
 //! S   = Σ_t h_t·P̂_t·h_t + R = Σ_t (v_t·h_t + Q_t·‖h_t‖²) + R
-//! ℓ   = L + ½·Σ_t wd_t·‖θ_t‖²                       (one measured loss)
+//! ℓ   = L + ½·Σ_t wd_t·‖θ_t‖² − f*                  (one measured loss; f* = loss_target)
 //! θ_t ← θ_t − η_t·ℓ·(v_t + Q_t·h_t) / S
 //! P_t ← P̂_t − P̂_t·h_tᵀ·h_t·P̂_t / S                 (diagonal blocks of the EKF update)
 //! ```
@@ -98,7 +98,7 @@ pub(crate) fn step_joint(
         l2 += half_wd_tt;
     }
     let lazy_s_p = lazy_hph + r;
-    let ell = ctx.loss + l2;
+    let ell = groups[0].koala.cfg.measured_loss(ctx.loss, l2);
 
     // Every tensor's filter, then the joint S.
     let mut hph = 0.0;

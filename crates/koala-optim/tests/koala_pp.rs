@@ -19,14 +19,24 @@ fn config(path: KoalaPPPath, s_guard: bool, weight_decay: f64) -> OptimizerConfi
 }
 
 /// Spec §5.3: h·Δθ = −η·ℓ·(S − R)/S for every updated tensor and step, with h = g + wd·θ
-/// and ℓ = L + ½·wd·‖θ‖² taken before the step. Tolerance 1e-4 relative: Δθ is a
+/// and ℓ = L + ½·wd·‖θ‖² − f* taken before the step, for the paper's target f* = 0 and a
+/// target below zero (`loss_target`), on both paths. Tolerance 1e-4 relative: Δθ is a
 /// difference of f32 parameters (≈1e-7 relative each) of modest cancellation.
 #[test]
 fn step_satisfies_the_linearised_loss_invariant() {
     let problem = Problem::quadratic(&[50_000, 64]);
     let (wd, lr) = (5e-4, 0.5);
-    for path in [KoalaPPPath::Fused, KoalaPPPath::Literal] {
-        let opt = build(&config(path, false, wd)).unwrap();
+    for (path, loss_target) in [
+        (KoalaPPPath::Fused, 0.0),
+        (KoalaPPPath::Literal, 0.0),
+        (KoalaPPPath::Fused, -0.5),
+        (KoalaPPPath::Literal, -0.5),
+    ] {
+        let mut cfg = config(path, false, wd);
+        if let OptimizerConfig::KoalaPlusPlus(c) = &mut cfg {
+            c.loss_target = loss_target;
+        }
+        let opt = build(&cfg).unwrap();
         let mut state = opt.init(&problem.specs).unwrap();
         let mut params = problem.init.clone();
         for k in 1..=12u64 {
@@ -37,12 +47,12 @@ fn step_satisfies_the_linearised_loss_invariant() {
             for (i, rep) in state.tensor_reports().enumerate() {
                 let s = rep.s.unwrap();
                 let (h_dtheta, theta_sq) = h_dot_step(&grads[i], &before[i], &params[i], wd);
-                let ell = loss + 0.5 * wd * theta_sq;
+                let ell = loss + 0.5 * wd * theta_sq - loss_target;
                 let want = -lr * ell * (s - r) / s;
                 let err = ((h_dtheta - want) / want).abs();
                 assert!(
                     err < 1e-4,
-                    "{path:?} step {k} tensor {i}: {h_dtheta} vs {want}"
+                    "{path:?} f* {loss_target} step {k} tensor {i}: {h_dtheta} vs {want}"
                 );
             }
         }

@@ -117,6 +117,9 @@ pub struct TrainConfig {
     /// `second-moment` (Adam's running h², koala_optim's `koala_pp_diagonal`).
     /// `None`: the optimizer's default (none).
     pub koala_diagonal: Option<koala_optim::KoalaPPDiagonal>,
+    /// KOALA++: the target value f* of the Polyak step (koala_optim's
+    /// `KoalaPPConfig::loss_target`); `None`: 0, the paper's.
+    pub koala_loss_target: Option<f64>,
     /// The runtime the training graph is written for: `ort` (ORT's blocked conv kernels,
     /// the default) or `portable` (standard ONNX only). The exported model is standard
     /// ONNX either way. `None` in a run directory written before the key: `portable`, the
@@ -221,6 +224,7 @@ impl Default for TrainConfig {
             loss_var: None,
             koala_innovation: None,
             koala_diagonal: None,
+            koala_loss_target: None,
             execution_target: None,
             schedule: ScheduleKind::Constant,
             warmup_steps: 0,

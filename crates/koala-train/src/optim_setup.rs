@@ -109,6 +109,7 @@ pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
             if let Some(d) = cfg.koala_diagonal {
                 c.diagonal = d;
             }
+            set(&mut c.loss_target, cfg.koala_loss_target);
         }
         OptimizerConfig::KoalaV(c) => {
             set(&mut c.lr, cfg.lr);
@@ -133,6 +134,7 @@ pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
         for (set, flag) in [
             (cfg.koala_innovation.is_some(), "--koala-innovation"),
             (cfg.koala_diagonal.is_some(), "--koala-diagonal"),
+            (cfg.koala_loss_target.is_some(), "--koala-loss-target"),
         ] {
             if set {
                 bail!("{flag} applies to KOALA++ only, and --optimizer {} is not KOALA++: drop {flag} (config key {}), or use --optimizer koala++", cfg.optimizer, flag.trim_start_matches("--").replace('-', "_"));
@@ -169,8 +171,13 @@ pub fn describe(oc: &OptimizerConfig, loss_var: Option<crate::config::LossVar>) 
                     format!(", second-moment diagonal β₂ {}", c.beta2)
                 }
             };
+            let target = if c.loss_target == 0.0 {
+                String::new()
+            } else {
+                format!(", loss target f* {}", c.loss_target)
+            };
             format!(
-                "KOALA++ ({innovation}{diagonal}) η {}, σ {}, Q {}, weight decay {}{v}",
+                "KOALA++ ({innovation}{diagonal}) η {}, σ {}, Q {}, weight decay {}{target}{v}",
                 c.lr, c.sigma, c.q, c.weight_decay
             )
         }
@@ -279,6 +286,16 @@ mod tests {
             panic!()
         };
         assert_eq!(c.lr, 0.5, "--lr wins");
+        let target = TrainConfig {
+            optimizer: "adamw".into(),
+            koala_loss_target: Some(-1.0),
+            ..TrainConfig::default()
+        };
+        let err = resolve(&target, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("--koala-loss-target applies to KOALA++ only"),
+            "{err}"
+        );
         let preset = TrainConfig {
             optimizer: "vision-cnn".into(),
             ..TrainConfig::default()
@@ -395,6 +412,15 @@ mod tests {
         assert_eq!(
             line,
             "KOALA++ (joint innovation, second-moment diagonal β₂ 0.999) η 0.3, σ 0.1, Q 0.1, weight decay 0.0005, V = second-moment"
+        );
+        let target = TrainConfig {
+            weight_decay: Some(0.0),
+            koala_loss_target: Some(-2.0),
+            ..cfg
+        };
+        assert_eq!(
+            describe(&resolve(&target, 158).unwrap(), None),
+            "KOALA++ (joint innovation, second-moment diagonal β₂ 0.999) η 0.3, σ 0.1, Q 0.1, weight decay 0, loss target f* -2"
         );
         let adamw = TrainConfig {
             optimizer: "adamw".into(),

@@ -49,8 +49,9 @@ pub struct RunSummary {
     /// Samples skipped because they could not be decoded.
     pub skipped_samples: usize,
     /// Training throughput (samples/s) over this process's training steps (data, forward,
-    /// backward, optimizer; evaluations, checkpoints and the export excluded).
-    pub samples_per_sec: f64,
+    /// backward, optimizer; evaluations, checkpoints and the export excluded). `None` when
+    /// this process trained no step (a resumed run that had already reached its last step).
+    pub samples_per_sec: Option<f64>,
     /// Predicted tokens per second over this process's steps (language models).
     pub tokens_per_sec: Option<f64>,
     /// The task that was trained.
@@ -791,7 +792,8 @@ impl Run {
             steps: self.state.step,
             skipped_steps: self.state.skipped_steps,
             skipped_samples,
-            samples_per_sec: seg.samples_done as f64 / seg.step_seconds(),
+            samples_per_sec: (seg.samples_done > 0)
+                .then(|| seg.samples_done as f64 / seg.step_seconds()),
             tokens_per_sec: (seg.tokens_done > 0)
                 .then(|| seg.tokens_done as f64 / seg.step_seconds()),
             task: self.task.kind(),
