@@ -680,6 +680,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         clip_grad_norm,
         eval_every,
         checkpoint_every,
+        koala_loss_target,
         threads,
         export,
         limit_train,
@@ -714,9 +715,6 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
     }
     if let Some(t) = a.execution_target {
         c.execution_target = Some(t.into());
-    }
-    if let Some(f) = a.koala_loss_target {
-        c.koala_loss_target = Some(f);
     }
     if let Some(d) = a.koala_diagonal {
         c.koala_diagonal = Some(match d {

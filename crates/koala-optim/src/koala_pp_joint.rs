@@ -37,7 +37,8 @@
 //! **Cost.** The same two passes over memory as the fused per-tensor path (spec §5.5);
 //! the only change is a barrier: pass 2 of any tensor needs every tensor's pass-1 sums.
 //! Groups (e.g. decay / no-decay) stepped together by [`crate::step_groups`] share S, ℓ
-//! and the lazy phantom; R is the first group's (all groups of a run see the same V).
+//! and the lazy phantom; R and the loss target f* are the first group's (all groups of a
+//! run see the same V and are built from one configuration).
 
 use rayon::prelude::*;
 

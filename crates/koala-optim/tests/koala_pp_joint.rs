@@ -40,9 +40,9 @@ fn ctx(loss: f64, lr: f64, step: u64) -> StepContext {
 /// parameters (≈1e-7 relative each) of modest cancellation, as in `koala_pp.rs`.
 #[test]
 fn the_joint_step_removes_eta_of_the_loss_summed_over_tensors() {
+    let problem = Problem::quadratic(&[50_000, 64, 3]);
+    let (wd, lr) = (5e-4, 0.3);
     for loss_target in [0.0, -0.5] {
-        let problem = Problem::quadratic(&[50_000, 64, 3]);
-        let (wd, lr) = (5e-4, 0.3);
         let opt = build(&OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
             loss_target,
             ..config(KoalaPPInnovation::Joint, wd)
