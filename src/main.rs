@@ -151,8 +151,8 @@ struct FinetuneArgs {
     /// koala++ (default), koala-v, koala-m, adamw, sgd, or a preset (vision-cnn, vision-cnn-small-lr, vision-transformer, language-model).
     #[arg(long)]
     optimizer: Option<String>,
-    /// Learning rate. Defaults: koala++ min(1, 4 / number of trainable tensors) (each per-tensor
-    /// filter removes η of the loss, see the README), 0.5 with --koala-innovation joint,
+    /// Learning rate. Defaults: koala++ per-tensor min(1, 4 / number of trainable tensors)
+    /// (each per-tensor filter removes η of the loss, see the README), joint 0.5,
     /// adamw 1e-4, sgd 1e-2, presets their own.
     // Negative values parse, so validation can name the option
     // instead of clap calling `-1` an unexpected argument.
@@ -173,13 +173,15 @@ struct FinetuneArgs {
     /// What KOALA receives as loss variance.
     #[arg(long, value_enum)]
     loss_var: Option<LossVarArg>,
-    /// KOALA++: one Kalman filter per weight tensor (per-tensor, the paper's code and the
-    /// default; default η 4 / tensors) or one innovation variance shared by all tensors
-    /// (joint, a koala extension: η is the fraction of the loss removed per step whatever
-    /// the number of tensors; default η 0.5).
+    /// KOALA++: one Kalman filter per weight tensor (per-tensor, the paper's code; default
+    /// η 4 / tensors) or one innovation variance shared by all tensors (joint, a koala
+    /// extension: η is the fraction of the loss removed per step whatever the number of
+    /// tensors; default η 0.5). Without this flag and --koala-diagonal, an image classifier
+    /// gets joint + second-moment + --koala-max-step 1e-4 and a language model per-tensor
+    /// (README "Which KOALA++").
     #[arg(long, value_enum)]
     koala_innovation: Option<InnovationArg>,
-    /// KOALA++: per-coordinate covariance scale: none (the paper's σ·I, Q·I; the default) or
+    /// KOALA++: per-coordinate covariance scale: none (the paper's σ·I, Q·I) or
     /// second-moment (σ·D, Q·D with D = 1/(√m̂ + ε) from Adam's running mean of h², a koala
     /// extension; use it with --koala-innovation joint: with per-tensor filters it did not
     /// learn in the README's study).
@@ -190,6 +192,12 @@ struct FinetuneArgs {
     /// the step from shrinking with the loss, without weight decay's pull towards 0.
     #[arg(long, allow_negative_numbers = true)]
     koala_loss_target: Option<f64>,
+    /// KOALA++: bound γ_max on its step (a koala extension, the bounded Polyak step
+    /// SPS_max): the step factor η·ℓ/S is clamped to γ_max/(σ+Q), so a first step moves
+    /// no weight by more than γ_max (with --koala-diagonal second-moment, whose first step
+    /// is a sign step: Adam's learning-rate unit) or γ_max·|gradient| (without). E.g. 1e-4.
+    #[arg(long)]
+    koala_max_step: Option<f64>,
     /// Which runtime the training graph is written for: ort (the default: convolutions and
     /// their gradients on ONNX Runtime's blocked NCHWc kernels, contrib ops that every stock
     /// x86-64 build ships) or portable (standard ONNX operators only). The exported model is
@@ -681,6 +689,7 @@ fn apply(c: &mut TrainConfig, a: FinetuneArgs) {
         eval_every,
         checkpoint_every,
         koala_loss_target,
+        koala_max_step,
         threads,
         export,
         limit_train,

@@ -323,6 +323,45 @@ fn checkpoint_every_sets_the_step_cadence() {
     );
 }
 
+/// `--koala-max-step` reaches the optimizer (its run-log line names the bound), is recorded
+/// in config.toml, and a bound that is not > 0 is refused with the key named.
+#[test]
+fn koala_max_step_is_used_recorded_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bounded");
+    let joint = [
+        "--optimizer",
+        "koala++",
+        "--koala-innovation",
+        "joint",
+        "--koala-diagonal",
+        "second-moment",
+    ];
+    let extra: Vec<&str> = joint
+        .iter()
+        .copied()
+        .chain(["--koala-max-step", "1e-4"])
+        .collect();
+    let out = run(&finetune_args(&dir, 3, &extra));
+    assert_ok(&out, "--koala-max-step 1e-4");
+    let log = text(&out.stdout) + &text(&out.stderr);
+    assert!(log.contains("step bound γ_max 0.0001"), "{log}");
+    let config = koala::train::TrainConfig::from_toml_file(&dir.join("config.toml")).unwrap();
+    assert_eq!(config.koala_max_step, Some(1e-4), "recorded in config.toml");
+    let extra: Vec<&str> = joint
+        .iter()
+        .copied()
+        .chain(["--koala-max-step", "0"])
+        .collect();
+    let out = run(&finetune_args(&tmp.path().join("zero"), 3, &extra));
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--koala-max-step") && err.contains("> 0"),
+        "{err}"
+    );
+}
+
 /// A second Ctrl-C does not wait for the step: with steps of 1000 micro-batches (about a
 /// second), a second SIGINT sent right after the first was acknowledged ends the process
 /// at once with 130, before the step ends, so no checkpoint is written, and nothing is

@@ -164,7 +164,7 @@ cases! {
 /// The conv heads learn: tiny SqueezeNet (Conv 1×1 → Relu → GlobalAveragePool
 /// → Softmax, `[1, C, 1, 1]`) and DenseNet (GlobalAveragePool → Conv 1×1)
 /// re-headed for 3 classes, trained 6 epochs on 3 × 6 tinted images (batch 1,
-/// accumulated to 3, KOALA++ defaults, seed 1), scored on those images. A
+/// accumulated to 3, the paper's per-tensor KOALA++ with koala's default η, seed 1), scored on those images. A
 /// fresh 3-class head starts near ln 3 = 1.0986 (uniform guessing: 1.105 and
 /// 1.197 here). DenseNet reaches loss 0.44 and 100 %: asserted < 0.5 and all
 /// right. SqueezeNet's head sits behind a Relu, so it starts at zero weights and
@@ -208,6 +208,9 @@ fn conv_heads_learn_with_num_classes() {
                 "1",
                 "--seed",
                 "1",
+                // the paper's per-tensor KOALA++ (η = 4/tensors): the image default's step bound (1e-4, a fine-tuning step size) barely moves a freshly initialised toy model in a few dozen steps.
+                "--koala-innovation",
+                "per-tensor",
                 "--run-dir",
                 run.to_str().unwrap(),
             ],

@@ -248,7 +248,7 @@ impl KoalaPP {
             c_v: f.c_v,
             c_h: f.c_h,
             c_p: f.c_p,
-            step: -ctx.lr * layer_loss / s,
+            step: -self.cfg.step_size(ctx.lr, layer_loss, s),
             s,
             guard_hit: false,
             x_next: f.x_next,
@@ -437,7 +437,7 @@ impl KoalaPP {
             break s;
         };
         let layer_loss = self.cfg.measured_loss(ctx.loss, 0.5 * wd * dot(p, p)); // j.
-        let step = (-ctx.lr * layer_loss / s) as f32; // k.
+        let step = (-self.cfg.step_size(ctx.lr, layer_loss, s)) as f32; // k.
         for (p, vq) in p.iter_mut().zip(vq.iter()) {
             *p += step * vq;
         }

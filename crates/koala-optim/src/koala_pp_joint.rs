@@ -14,7 +14,7 @@
 //! h_t = g_t + wd_t·θ_t,   v_t as in spec §5.3 h (per tensor)
 //! S   = Σ_t h_t·P̂_t·h_t + R = Σ_t (v_t·h_t + Q_t·‖h_t‖²) + R
 //! ℓ   = L + ½·Σ_t wd_t·‖θ_t‖² − f*                  (one measured loss; f* = loss_target)
-//! θ_t ← θ_t − η_t·ℓ·(v_t + Q_t·h_t) / S
+//! θ_t ← θ_t − γ_t·(v_t + Q_t·h_t),   γ_t = η_t·ℓ/S   (optionally bounded: max_step)
 //! P_t ← P̂_t − P̂_t·h_tᵀ·h_t·P̂_t / S                 (diagonal blocks of the EKF update)
 //! ```
 //! The EKF update also creates cross-covariances between tensors; keeping only the
@@ -28,7 +28,8 @@
 //! one tensor every formula reduces to the per-tensor step (tested bitwise).
 //!
 //! Invariant (tested): with a common η, Σ_t h_t·Δθ_t = −η·ℓ·(1 − R/S), i.e. the
-//! linearised loss drops by the fraction η·(1 − R/S) of ℓ, whatever T is.
+//! linearised loss drops by the fraction η·(1 − R/S) of ℓ, whatever T is (with the optional
+//! `max_step` bound, by γ·S·(1 − R/S) with γ the bounded step factor).
 //!
 //! Guard (optional `s_guard`): a tensor whose h·P̂·h ≤ 0 restarts from its own lazy state
 //! with its own phantom ((σ+Q)‖h‖² + R), a tensor-local restart, so one bad tensor cannot
@@ -110,7 +111,8 @@ pub(crate) fn step_joint(
 
     let mut reports = Vec::with_capacity(groups.len());
     for g in groups.iter_mut() {
-        g.koala.joint_pass2(g.step, ell, s, ctx);
+        let gamma = g.koala.cfg.step_size(ctx.lr, ell, s);
+        g.koala.joint_pass2(g.step, gamma, s);
         g.step.state.last_step = Some(ctx.step);
         reports.push(summarize(g.step.state));
     }
@@ -181,10 +183,10 @@ impl KoalaPP {
         hph
     }
 
-    /// Pass 2 of every updated tensor with step −η·ℓ/S (tensors in parallel); writes the
-    /// per-tensor reports.
-    fn joint_pass2(&self, gs: &mut GroupStep<'_, '_>, ell: f64, s: f64, ctx: &StepContext) {
-        let step = -ctx.lr * ell / s;
+    /// Pass 2 of every updated tensor with step −γ, γ = η·ℓ/S (bounded by the optional
+    /// `max_step`), tensors in parallel; writes the per-tensor reports.
+    fn joint_pass2(&self, gs: &mut GroupStep<'_, '_>, gamma: f64, s: f64) {
+        let step = -gamma;
         gs.state
             .tensors
             .par_iter_mut()

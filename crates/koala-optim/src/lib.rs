@@ -10,11 +10,12 @@
 //!
 //! Algorithms: KOALA++ (symmetric/vanilla, fused or literal path), KOALA-V, KOALA-M
 //! (all following `koala-spec.md` and checked against its reference vectors), AdamW and
-//! SGD (PyTorch semantics). Two documented koala extensions of KOALA++, both off by
-//! default so the reference form stays exact to the vectors: joint innovation (one
-//! innovation variance for all tensors, `koala_pp_joint.rs`; several optimizer groups
-//! share it through [`step_groups`]) and a second-moment diagonal covariance scale
-//! (`koala_pp_diagonal.rs`). Parameters, gradients and state vectors are f32; reductions
+//! SGD (PyTorch semantics). Documented koala extensions of KOALA++, all off by default
+//! so the reference form stays exact to the vectors: joint innovation (one innovation
+//! variance for all tensors, `koala_pp_joint.rs`; several optimizer groups share it
+//! through [`step_groups`]), a second-moment diagonal covariance scale
+//! (`koala_pp_diagonal.rs`), a Polyak target f* ([`KoalaPPConfig::loss_target`]) and a
+//! bound on the step factor ([`KoalaPPConfig::max_step`], SPS_max's). Parameters, gradients and state vectors are f32; reductions
 //! and scalars are f64. Reductions use fixed-size chunks combined in a fixed order, so
 //! results do not depend on the number of threads.
 

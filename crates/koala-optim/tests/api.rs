@@ -35,6 +35,14 @@ fn unknown_field_and_invalid_value_are_named() {
     });
     let err = build(&c).unwrap_err().to_string();
     assert!(err.contains("`alpha_r`"), "{err}");
+    for bound in [0.0, -1e-4, f64::NAN] {
+        let c = OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
+            max_step: Some(bound),
+            ..KoalaPPConfig::default()
+        });
+        let err = build(&c).unwrap_err().to_string();
+        assert!(err.contains("`max_step`") && err.contains("> 0"), "{err}");
+    }
 }
 
 #[test]

@@ -18,44 +18,98 @@ fn config(path: KoalaPPPath, s_guard: bool, weight_decay: f64) -> OptimizerConfi
     })
 }
 
-/// Spec §5.3: h·Δθ = −η·ℓ·(S − R)/S for every updated tensor and step, with h = g + wd·θ
-/// and ℓ = L + ½·wd·‖θ‖² − f* taken before the step, for the paper's target f* = 0 and a
-/// target below zero (`loss_target`), on both paths. Tolerance 1e-4 relative: Δθ is a
-/// difference of f32 parameters (≈1e-7 relative each) of modest cancellation.
+/// What [`checked_run`] saw: the final parameters, how many (tensor, step) updates the bound
+/// left free / clamped, and every unbounded step factor in first-step units, γ·(σ+Q).
+struct CheckedRun {
+    params: Vec<Vec<f32>>,
+    bound_acted: [usize; 2],
+    free_steps: Vec<f64>,
+}
+
+/// Runs 12 steps of per-tensor KOALA++ (σ = Q = 0.1, wd 5e-4, η 0.5) with target `loss_target`
+/// and bound `max_step` on `path`, asserting spec §5.3's invariant at every updated tensor and
+/// step: h·Δθ = −γ·(S − R) with h = g + wd·θ, ℓ = L + ½·wd·‖θ‖² − f* taken before the step and
+/// γ = min(η·ℓ/S, γ_max/(σ+Q)) (without a bound, −η·ℓ·(S − R)/S). Tolerance 1e-4 relative:
+/// Δθ is a difference of f32 parameters (≈1e-7 relative each) of modest cancellation.
+fn checked_run(path: KoalaPPPath, loss_target: f64, max_step: Option<f64>) -> CheckedRun {
+    let problem = Problem::quadratic(&[50_000, 64]);
+    let (wd, lr, sigma_plus_q) = (5e-4, 0.5, 0.2);
+    let mut cfg = config(path, false, wd);
+    if let OptimizerConfig::KoalaPlusPlus(c) = &mut cfg {
+        c.loss_target = loss_target;
+        c.max_step = max_step;
+    }
+    let opt = build(&cfg).unwrap();
+    let mut state = opt.init(&problem.specs).unwrap();
+    let mut run = CheckedRun {
+        params: problem.init.clone(),
+        bound_acted: [0; 2],
+        free_steps: Vec::new(),
+    };
+    for k in 1..=12u64 {
+        let before = run.params.clone();
+        let (loss, grads) = problem.loss_and_grads(&run.params);
+        step_with_grads(
+            opt.as_ref(),
+            &mut state,
+            &mut run.params,
+            &grads,
+            loss,
+            lr,
+            k,
+        );
+        let r = state.global("R").unwrap();
+        for (i, rep) in state.tensor_reports().enumerate() {
+            let s = rep.s.unwrap();
+            let (h_dtheta, theta_sq) = h_dot_step(&grads[i], &before[i], &run.params[i], wd);
+            let ell = loss + 0.5 * wd * theta_sq - loss_target;
+            let free = lr * ell / s;
+            run.free_steps.push(free * sigma_plus_q);
+            let gamma = max_step.map_or(free, |m| free.min(m / sigma_plus_q));
+            run.bound_acted[usize::from(gamma < free)] += 1;
+            let want = -gamma * (s - r);
+            let err = ((h_dtheta - want) / want).abs();
+            assert!(
+                err < 1e-4,
+                "{path:?} f* {loss_target} γ_max {max_step:?} step {k} tensor {i}: {h_dtheta} vs {want}"
+            );
+        }
+    }
+    run
+}
+
+/// Spec §5.3's invariant (see [`checked_run`]) for the paper's target f* = 0 and a target
+/// below zero (`loss_target`), on both paths.
 #[test]
 fn step_satisfies_the_linearised_loss_invariant() {
-    let problem = Problem::quadratic(&[50_000, 64]);
-    let (wd, lr) = (5e-4, 0.5);
-    for (path, loss_target) in [
-        (KoalaPPPath::Fused, 0.0),
-        (KoalaPPPath::Literal, 0.0),
-        (KoalaPPPath::Fused, -0.5),
-        (KoalaPPPath::Literal, -0.5),
-    ] {
-        let mut cfg = config(path, false, wd);
-        if let OptimizerConfig::KoalaPlusPlus(c) = &mut cfg {
-            c.loss_target = loss_target;
+    for path in [KoalaPPPath::Fused, KoalaPPPath::Literal] {
+        for loss_target in [0.0, -0.5] {
+            checked_run(path, loss_target, None);
         }
-        let opt = build(&cfg).unwrap();
-        let mut state = opt.init(&problem.specs).unwrap();
-        let mut params = problem.init.clone();
-        for k in 1..=12u64 {
-            let before = params.clone();
-            let (loss, grads) = problem.loss_and_grads(&params);
-            step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
-            let r = state.global("R").unwrap();
-            for (i, rep) in state.tensor_reports().enumerate() {
-                let s = rep.s.unwrap();
-                let (h_dtheta, theta_sq) = h_dot_step(&grads[i], &before[i], &params[i], wd);
-                let ell = loss + 0.5 * wd * theta_sq - loss_target;
-                let want = -lr * ell * (s - r) / s;
-                let err = ((h_dtheta - want) / want).abs();
-                assert!(
-                    err < 1e-4,
-                    "{path:?} f* {loss_target} step {k} tensor {i}: {h_dtheta} vs {want}"
-                );
-            }
-        }
+    }
+}
+
+/// `max_step` (the bounded Polyak step, a koala extension): the invariant with the bounded
+/// γ on both paths, the bound acting on some steps and not on others (so both branches are
+/// checked), and a bound that never acts leaves the step bitwise the reference's.
+#[test]
+fn max_step_bounds_the_step_factor() {
+    for path in [KoalaPPPath::Fused, KoalaPPPath::Literal] {
+        let free = checked_run(path, 0.0, None);
+        let loose = checked_run(path, 0.0, Some(1e30));
+        assert_eq!(loose.bound_acted[1], 0);
+        assert_eq!(
+            free.params, loose.params,
+            "{path:?}: a bound that never acts changed the step"
+        );
+        // A bound at the median of the unbounded run's γ·(σ+Q) acts on about half the steps.
+        let mut steps = free.free_steps;
+        steps.sort_by(f64::total_cmp);
+        let acted = checked_run(path, 0.0, Some(steps[steps.len() / 2])).bound_acted;
+        assert!(
+            acted[0] > 0 && acted[1] > 0,
+            "{path:?}: want steps with and without the bound acting, got (free, bound) {acted:?}"
+        );
     }
 }
 

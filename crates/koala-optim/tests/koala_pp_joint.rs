@@ -77,6 +77,59 @@ fn the_joint_step_removes_eta_of_the_loss_summed_over_tensors() {
     }
 }
 
+/// `max_step` with joint innovation and a decaying η: Σ_t h_t·Δθ_t = −γ·(S − R) with the
+/// one bounded step factor γ = min(η·ℓ/S, γ_max/(σ+Q)) (a constant bound, whatever η);
+/// with γ_max at the median of the unbounded run's γ·(σ+Q) the bound acts on some steps
+/// and not on others. Tolerance 1e-4 relative, as above.
+#[test]
+fn max_step_bounds_the_joint_step_factor() {
+    let problem = Problem::quadratic(&[50_000, 64, 3]);
+    let (wd, base_lr, sigma_plus_q) = (5e-4, 0.3, 0.2);
+    let run = |max_step: Option<f64>| {
+        let opt = build(&OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
+            max_step,
+            lr: base_lr,
+            ..config(KoalaPPInnovation::Joint, wd)
+        }))
+        .unwrap();
+        let mut state = opt.init(&problem.specs).unwrap();
+        let mut params = problem.init.clone();
+        let (mut acted, mut free_steps) = ([0usize; 2], Vec::new());
+        for k in 1..=15u64 {
+            let lr = base_lr * (1.0 - k as f64 / 20.0); // a decaying schedule
+            let before = params.clone();
+            let (loss, grads) = problem.loss_and_grads(&params);
+            step_with_grads(opt.as_ref(), &mut state, &mut params, &grads, loss, lr, k);
+            let r = state.global("R").unwrap();
+            let s = state.tensor_reports().next().unwrap().s.unwrap();
+            let (mut h_dtheta, mut theta_sq) = (0.0, 0.0);
+            for i in 0..grads.len() {
+                let (hd, tt) = h_dot_step(&grads[i], &before[i], &params[i], wd);
+                h_dtheta += hd;
+                theta_sq += tt;
+            }
+            let free = lr * (loss + 0.5 * wd * theta_sq) / s;
+            free_steps.push(free * sigma_plus_q);
+            let gamma = max_step.map_or(free, |m| free.min(m / sigma_plus_q));
+            acted[usize::from(gamma < free)] += 1;
+            let want = -gamma * (s - r);
+            let err = ((h_dtheta - want) / want).abs();
+            assert!(
+                err < 1e-4,
+                "γ_max {max_step:?} step {k}: Σ h·Δθ = {h_dtheta}, want {want}"
+            );
+        }
+        (acted, free_steps)
+    };
+    let (_, mut free_steps) = run(None);
+    free_steps.sort_by(f64::total_cmp);
+    let (acted, _) = run(Some(free_steps[free_steps.len() / 2]));
+    assert!(
+        acted[0] > 0 && acted[1] > 0,
+        "want steps with and without the bound acting, got (free, bound) {acted:?}"
+    );
+}
+
 /// With one tensor the joint filter is the per-tensor filter: bitwise equal parameters and
 /// state over 30 steps (the joint sums add 0.0 first, which changes no bit).
 #[test]

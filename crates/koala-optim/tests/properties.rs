@@ -57,6 +57,18 @@ fn diagonal(innovation: KoalaPPInnovation) -> OptimizerConfig {
     })
 }
 
+/// `max_step` set (whether the bound acts is checked in `koala_pp.rs` / `koala_pp_joint.rs`;
+/// here the bounded form must converge, resume bitwise and ignore the thread count).
+fn bounded(config: OptimizerConfig) -> OptimizerConfig {
+    let OptimizerConfig::KoalaPlusPlus(c) = config else {
+        unreachable!()
+    };
+    OptimizerConfig::KoalaPlusPlus(KoalaPPConfig {
+        max_step: Some(0.05),
+        ..c
+    })
+}
+
 /// Step counts are ~2–5× what each optimizer needs to reach the 1e-6 relative target
 /// (measured while writing this table), so the tests are not on a knife edge.
 fn table() -> Vec<Entry> {
@@ -101,6 +113,10 @@ fn table() -> Vec<Entry> {
         koala(
             "koala++ joint innovation, second-moment diagonal",
             diagonal(KoalaPPInnovation::Joint),
+        ),
+        koala(
+            "koala++ joint innovation, second-moment diagonal, step bound",
+            bounded(diagonal(KoalaPPInnovation::Joint)),
         ),
         koala(
             "koala-v",

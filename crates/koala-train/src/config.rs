@@ -120,6 +120,9 @@ pub struct TrainConfig {
     /// KOALA++: the target value f* of the Polyak step (koala_optim's
     /// `KoalaPPConfig::loss_target`); `None`: 0, the paper's.
     pub koala_loss_target: Option<f64>,
+    /// KOALA++: the bound γ_max on its step factor (koala_optim's
+    /// `KoalaPPConfig::max_step`); `None`: no bound, the paper's.
+    pub koala_max_step: Option<f64>,
     /// The runtime the training graph is written for: `ort` (ORT's blocked conv kernels,
     /// the default) or `portable` (standard ONNX only). The exported model is standard
     /// ONNX either way. `None` in a run directory written before the key: `portable`, the
@@ -225,6 +228,7 @@ impl Default for TrainConfig {
             koala_innovation: None,
             koala_diagonal: None,
             koala_loss_target: None,
+            koala_max_step: None,
             execution_target: None,
             schedule: ScheduleKind::Constant,
             warmup_steps: 0,

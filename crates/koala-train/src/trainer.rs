@@ -152,9 +152,8 @@ impl Segment {
 pub fn finetune(mut cfg: TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
     // The LoRA α and the KOALA++ form in effect are recorded, so `--resume` keeps them if
-    // a default ever changes.
+    // a default ever changes (the KOALA++ form depends on the task: `Run::new` pins it).
     cfg.lora_alpha = cfg.lora().map(|l| l.alpha);
-    optim_setup::pin_koala_pp_form(&mut cfg, false);
     cfg.execution_target
         .get_or_insert(ExecutionTarget::default());
     // config.toml must work from any directory: `--resume` may run elsewhere.
@@ -296,6 +295,9 @@ impl Run {
         let kind = cfg.task.unwrap_or_else(|| task::detect(&model));
         let mut cfg = cfg;
         cfg.loss_var.get_or_insert(LossVar::default_for(kind));
+        // A new run without a KOALA++ form gets its task's (a resumed run's is pinned).
+        optim_setup::pin_koala_pp_task_form(&mut cfg, kind);
+        optim_setup::pin_koala_pp_form(&mut cfg, false);
         // The same pre-flight as `koala check`: it refuses here exactly when check reports an
         // error, before any data is read.
         // The data first: its class count helps choose a classifier's output. A problem with

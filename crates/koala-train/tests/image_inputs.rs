@@ -166,6 +166,8 @@ fn config_channels(model_path: &Path, data: &Path, run_dir: &Path, channels: usi
         std: Some(vec![0.5; channels]),
         augment: false,
         epochs: 4,
+        // the paper's per-tensor KOALA++ (η = 4/tensors): the image default's step bound (1e-4, a fine-tuning step size) barely moves a freshly initialised toy model in a few dozen steps.
+        koala_innovation: Some(koala_optim::KoalaPPInnovation::PerTensor),
         ..common::fast_config(data, run_dir)
     }
 }
