@@ -195,8 +195,10 @@ struct FinetuneArgs {
     /// KOALA++: bound γ_max on its step (a koala extension, the bounded Polyak step
     /// SPS_max): the step factor η·ℓ/S is clamped to γ_max/(σ+Q), so a first step moves
     /// no weight by more than γ_max (with --koala-diagonal second-moment, whose first step
-    /// is a sign step: Adam's learning-rate unit) or γ_max·|gradient| (without). E.g. 1e-4.
-    #[arg(long)]
+    /// is a sign step: Adam's learning-rate unit) or γ_max·|gradient| (without). An image
+    /// classifier's default form already has 1e-4; a form you name has none unless given.
+    // Negative values parse, so validation can name the option.
+    #[arg(long, allow_negative_numbers = true)]
     koala_max_step: Option<f64>,
     /// Which runtime the training graph is written for: ort (the default: convolutions and
     /// their gradients on ONNX Runtime's blocked NCHWc kernels, contrib ops that every stock

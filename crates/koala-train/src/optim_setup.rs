@@ -73,6 +73,25 @@ pub fn koala_pp_task_form(
     }
 }
 
+/// A note for a new run that names only one of `--koala-innovation` / `--koala-diagonal`
+/// where the task has a default form: the other takes the paper's value and there is no
+/// step bound, which is easy to mistake for "the default, with this one setting".
+pub fn partial_koala_pp_form_note(
+    cfg: &TrainConfig,
+    task: crate::task::TaskKind,
+) -> Option<String> {
+    let named = cfg.koala_innovation.is_some() != cfg.koala_diagonal.is_some();
+    let (innovation, diagonal, _) = koala_pp_task_form(task);
+    let task_has_a_form =
+        (innovation, diagonal) != (KOALA_PP_DEFAULT_INNOVATION, KOALA_PP_DEFAULT_DIAGONAL);
+    (is_koala_pp_name(&cfg.optimizer) && named && task_has_a_form).then(|| {
+        format!(
+            "note: a KOALA++ form flag given alone: the {} takes the paper's value and there is no step bound unless --koala-max-step is given (this task's default form is --koala-innovation joint --koala-diagonal second-moment --koala-max-step {KOALA_PP_IMAGE_MAX_STEP}: give both flags, or neither)",
+            if cfg.koala_innovation.is_some() { "diagonal (--koala-diagonal none)" } else { "innovation (--koala-innovation per-tensor)" }
+        )
+    })
+}
+
 /// Writes the task's default KOALA++ form ([`koala_pp_task_form`]) into a new run's `cfg`
 /// when the user chose no form (neither `--koala-innovation` nor `--koala-diagonal`); a
 /// `--koala-max-step` given beside it is kept. A resumed run has its form pinned already
@@ -483,6 +502,13 @@ mod tests {
             koala_innovation: Some(KoalaPPInnovation::Joint),
             ..plain.clone()
         };
+        let note = partial_koala_pp_form_note(&partial, ImageClassification).unwrap();
+        assert!(note.contains("diagonal (--koala-diagonal none)"), "{note}");
+        assert_eq!(partial_koala_pp_form_note(&partial, CausalLm), None);
+        assert_eq!(
+            partial_koala_pp_form_note(&plain, ImageClassification),
+            None
+        );
         pin_koala_pp_task_form(&mut partial, ImageClassification);
         assert_eq!(form(&partial), (Some(KoalaPPInnovation::Joint), None, None));
         let mut adamw = TrainConfig {

@@ -296,6 +296,9 @@ impl Run {
         let mut cfg = cfg;
         cfg.loss_var.get_or_insert(LossVar::default_for(kind));
         // A new run without a KOALA++ form gets its task's (a resumed run's is pinned).
+        if let Some(note) = optim_setup::partial_koala_pp_form_note(&cfg, kind) {
+            eprintln!("{note}");
+        }
         optim_setup::pin_koala_pp_task_form(&mut cfg, kind);
         optim_setup::pin_koala_pp_form(&mut cfg, false);
         // The same pre-flight as `koala check`: it refuses here exactly when check reports an
