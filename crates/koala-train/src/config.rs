@@ -337,6 +337,9 @@ impl TrainConfig {
         if self.lr.is_some_and(|l| !(l.is_finite() && l > 0.0)) {
             bail!("--lr must be a positive number");
         }
+        if let Some(m) = self.koala_max_step.filter(|m| !(m.is_finite() && *m > 0.0)) {
+            bail!("--koala-max-step (config key koala_max_step) must be a finite number > 0, got {m}: it bounds each KOALA++ step, e.g. 1e-4 (drop it for the paper's unbounded step)");
+        }
         if self
             .clip_grad_norm
             .is_some_and(|c| !(c.is_finite() && c > 0.0))

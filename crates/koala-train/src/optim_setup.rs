@@ -81,13 +81,20 @@ pub fn partial_koala_pp_form_note(
     task: crate::task::TaskKind,
 ) -> Option<String> {
     let named = cfg.koala_innovation.is_some() != cfg.koala_diagonal.is_some();
-    let (innovation, diagonal, _) = koala_pp_task_form(task);
+    let (innovation, diagonal, max_step) = koala_pp_task_form(task);
     let task_has_a_form =
         (innovation, diagonal) != (KOALA_PP_DEFAULT_INNOVATION, KOALA_PP_DEFAULT_DIAGONAL);
     (is_koala_pp_name(&cfg.optimizer) && named && task_has_a_form).then(|| {
+        let other = if cfg.koala_innovation.is_some() {
+            format!("diagonal (--koala-diagonal {})", serde_plain(&KOALA_PP_DEFAULT_DIAGONAL))
+        } else {
+            format!("innovation (--koala-innovation {})", serde_plain(&KOALA_PP_DEFAULT_INNOVATION))
+        };
+        let bound = max_step.map_or(String::new(), |m| format!(" --koala-max-step {m}"));
         format!(
-            "note: a KOALA++ form flag given alone: the {} takes the paper's value and there is no step bound unless --koala-max-step is given (this task's default form is --koala-innovation joint --koala-diagonal second-moment --koala-max-step {KOALA_PP_IMAGE_MAX_STEP}: give both flags, or neither)",
-            if cfg.koala_innovation.is_some() { "diagonal (--koala-diagonal none)" } else { "innovation (--koala-innovation per-tensor)" }
+            "note: a KOALA++ form flag given alone: the {other} takes the paper's value and there is no step bound unless --koala-max-step is given (this task's default form is --koala-innovation {} --koala-diagonal {}{bound}: give both flags, or neither)",
+            serde_plain(&innovation),
+            serde_plain(&diagonal),
         )
     })
 }
@@ -177,11 +184,8 @@ pub fn resolve(cfg: &TrainConfig, tensors: usize) -> Result<OptimizerConfig> {
                 c.diagonal = d;
             }
             set(&mut c.loss_target, cfg.koala_loss_target);
-            if let Some(m) = cfg.koala_max_step {
-                if !(m.is_finite() && m > 0.0) {
-                    bail!("--koala-max-step (config key koala_max_step) must be a finite number > 0, got {m}: it bounds each KOALA++ step, e.g. 1e-4 (drop it for the paper's unbounded step)");
-                }
-                c.max_step = Some(m);
+            if cfg.koala_max_step.is_some() {
+                c.max_step = cfg.koala_max_step;
             }
         }
         OptimizerConfig::KoalaV(c) => {
