@@ -9,6 +9,10 @@
 //! --model PATH --lora-rank R]`.
 //! `KOALA_BENCH_JSON=path` also writes the numbers as JSON; that is what
 //! `benches/pytorch/compare_lm_step.py` reads to put PyTorch eager beside them.
+//! `KOALA_BENCH_SAVE_GRAPH=path.onnx` writes the training graph it builds (weights as
+//! inputs, so the file is small), for inspecting what a step keeps alive.
+//! Each shape also prints ONNX Runtime's arena counters for the step: the peak of live
+//! intermediate tensors and what the arena reserved for them.
 //! With LoRA, `KOALA_BENCH_ADAPTER_DIR=dir` writes the adapters as initialised
 //! (PEFT format, the same files a run exports) so that PyTorch's side starts
 //! from the same `A` and its gradients can be compared.
@@ -337,6 +341,11 @@ fn build_step(model: &Model, args: &Options, batch: usize, seq: usize) -> Result
             model.display_name()
         )
     })?;
+    if let Ok(path) = std::env::var("KOALA_BENCH_SAVE_GRAPH") {
+        use prost::Message;
+        std::fs::write(&path, graph.proto.encode_to_vec())
+            .with_context(|| format!("writing the training graph to {path}"))?;
+    }
     TrainStep::new(graph, Some(args.threads))
 }
 
@@ -491,7 +500,10 @@ fn bench_shape(
             step.run()
         })?;
     }
+    // The forward baseline is not part of a training process: close it and hand the heap
+    // pages it freed back (as `koala finetune` does after each phase) before the steps' peak.
     drop(fwd);
+    memory::release_free_heap();
     let steps_peak_mib = match reset_peak_rss() {
         true => {
             for k in 0..3 {
@@ -507,6 +519,13 @@ fn bench_shape(
         }
         false => None,
     };
+    if let Some(a) = step.arena_stats() {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        println!(
+            "{batch}×{seq}: ONNX Runtime arena: peak in use {:.0} MiB, reserved {:.0} MiB in {} extensions, largest allocation {:.0} MiB, in use between steps {:.0} MiB",
+            mib(a.max_in_use), mib(a.total_allocated), a.extensions, mib(a.max_alloc), mib(a.in_use)
+        );
+    }
     // The weights never change (no optimizer), so this is the loss of the
     // model as shipped: compare_lm_step.py checks PyTorch gets the same.
     let x0 = batch_of(ids, n, 0);

@@ -128,9 +128,25 @@ pub fn summary_text(r: &train::RunSummary) -> String {
             phases.join(", ")
         );
     }
+    if let Some(a) = r.step_arena {
+        let _ = writeln!(
+            s,
+            "training step's ONNX Runtime arena: {} of intermediate tensors at its peak, {} reserved",
+            koala_runtime::memory::gib_or_mib(a.max_in_use),
+            koala_runtime::memory::gib_or_mib(a.total_allocated)
+        );
+    }
+    // The exported file first when it was written into the run directory (the default).
+    let export_here = r
+        .export
+        .parent()
+        .filter(|p| *p == r.run_dir)
+        .and_then(|_| r.export.file_name())
+        .map(|f| format!("{}, ", f.to_string_lossy()))
+        .unwrap_or_default();
     let _ = write!(
         s,
-        "run directory {} (config.toml, metrics.jsonl, curves.png, checkpoints/)",
+        "run directory {} ({export_here}config.toml, metrics.jsonl, curves.png, checkpoints/)",
         r.run_dir.display()
     );
     s

@@ -722,6 +722,14 @@ fn fixed_batch_of_one_trains_with_accumulation() {
         "{}",
         text(&out.stdout)
     );
+    // The closing lines report the step's arena and list the exported file among the run
+    // directory's contents.
+    assert!(
+        text(&out.stdout).contains("training step's ONNX Runtime arena: ")
+            && text(&out.stdout).contains("(model.onnx, config.toml, metrics.jsonl"),
+        "{}",
+        text(&out.stdout)
+    );
     // `eval` feeds such a model in pieces of its batch size: same numbers as
     // the same weights with a free batch axis, fed whole batches (default 64).
     assert_eq!(eval_ok(&model, "16"), eval_ok(&tiny_model(), "16"));

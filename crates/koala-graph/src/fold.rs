@@ -24,19 +24,11 @@ pub fn fold_batchnorm_into_conv(model: &mut Model) -> usize {
     let g = model.graph();
     let inits: HashMap<&str, &TensorProto> =
         g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            *readers.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
+    let crate::model::GraphIndex {
+        outputs,
+        readers,
+        producer,
+    } = crate::model::GraphIndex::of(g);
     let mut plans: Vec<(usize, usize, DataType, usize)> = Vec::new(); // (conv, bn, dtype, weight rank)
     for (bi, bn) in g.node.iter().enumerate() {
         if bn.op_type != "BatchNormalization" || !(bn.domain.is_empty() || bn.domain == "ai.onnx") {

@@ -29,6 +29,8 @@ pub mod gradcheck;
 pub mod head;
 pub mod lm_signature;
 pub mod lora;
+pub mod recompute;
 pub mod reference;
 pub mod step;
 pub mod tied;
+pub mod transposed_matmul;

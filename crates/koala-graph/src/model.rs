@@ -9,7 +9,7 @@ use crate::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use crate::tensor;
 use anyhow::{bail, Context, Result};
 use prost::Message;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -318,6 +318,39 @@ fn validate(p: &ModelProto, what: &str) -> Result<()> {
 }
 
 /// Bytes per element of fixed-size types (None for strings and sub-byte types).
+/// Who reads and who writes each value of a graph, for rewrites that must know whether a
+/// value has other readers (`fold.rs`, `transposed_matmul.rs`).
+pub struct GraphIndex<'a> {
+    /// Names of the graph outputs.
+    pub outputs: HashSet<&'a str>,
+    /// Value → number of node inputs that read it.
+    pub readers: HashMap<&'a str, usize>,
+    /// Value → index of the node that writes it.
+    pub producer: HashMap<&'a str, usize>,
+}
+
+impl<'a> GraphIndex<'a> {
+    /// Indexes `g`.
+    pub fn of(g: &'a GraphProto) -> GraphIndex<'a> {
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for n in &g.node {
+            for i in &n.input {
+                *readers.entry(i.as_str()).or_default() += 1;
+            }
+        }
+        GraphIndex {
+            outputs: g.output.iter().map(|o| o.name.as_str()).collect(),
+            readers,
+            producer: g
+                .node
+                .iter()
+                .enumerate()
+                .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+                .collect(),
+        }
+    }
+}
+
 pub fn elem_size(dt: crate::proto::DataType) -> Option<usize> {
     use crate::proto::DataType::*;
     Some(match dt {

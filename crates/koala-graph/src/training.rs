@@ -166,6 +166,9 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
     if !spec.backward.keep_batchnorm {
         crate::fold::fold_batchnorm_into_conv(&mut model);
     }
+    // Linear layers written as MatMul(x, Transpose(W)) would keep a transposed copy of
+    // each weight alive until its backward; as Gemm(transB) there is none.
+    crate::transposed_matmul::matmul_by_transposed_to_gemm(&mut model);
     let refusals = crate::backward::lrn_ort_refusals(&model);
     if !refusals.is_empty() {
         bail!("{}: {}", model.display_name(), refusals.join("\n"));
@@ -218,6 +221,7 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         head.seed = ctx.reshape(&head.seed, &shape)?;
     }
     let loss_nodes = ctx.nodes.len();
+    let n_forward = g.node.len();
     let grads = backward::differentiate(
         &mut ctx,
         &g.node,
@@ -296,6 +300,21 @@ pub fn build(model: &Model, spec: &TrainingSpec) -> Result<TrainingGraph> {
         pg.node.push(identity(value, name));
     }
     pg.node.extend(new_nodes.into_iter().skip(loss_nodes));
+    if spec.backward.recompute {
+        let available: HashSet<String> = pg
+            .input
+            .iter()
+            .map(|i| i.name.clone())
+            .chain(pg.initializer.iter().map(|t| t.name.clone()))
+            .collect();
+        for (original, clone) in
+            crate::recompute::recompute_in_backward(&mut pg.node, n_forward, &available)
+        {
+            if let Some(fact) = facts.get(&original).cloned() {
+                facts.insert(&clone, fact);
+            }
+        }
+    }
     let mut outs = vec![
         value_info(LOSS, out_dt, &[]),
         value_info(PER_SAMPLE_LOSS, out_dt, &[batch]),

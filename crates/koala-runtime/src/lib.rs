@@ -64,6 +64,7 @@
 //! `CreateTensorWithDataAsOrtValue` wraps a Rust buffer without copying, and `Run` writes into
 //! preallocated output values in place. See `raw.rs` for the full reasoning.
 
+mod arena;
 mod error;
 mod library;
 pub mod memory;
@@ -74,6 +75,7 @@ mod runner;
 mod session;
 mod tensor;
 
+pub use arena::{Arena, ArenaStats};
 pub use error::{Direction, Error, Result};
 pub use library::{environment, init, init_with, ort_version};
 pub use options::{physical_cores, OptimizationLevel, SessionOptions};

@@ -27,6 +27,33 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Returns the C heap's free pages to the system (glibc's `malloc_trim(0)`); true if any were.
+///
+/// Memory freed by `free` stays in the process (counted in RSS) until the allocator reuses it;
+/// after a phase that freed a lot (the graph build's model copies, a closed session) this
+/// lets the kernel take it back, so the next phase's peak is not stacked on it. A no-op
+/// returning false off glibc.
+pub fn release_free_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+/// Bytes as GiB with one decimal from 1 GiB up, else as whole MiB ("1.3 GiB", "212 MiB").
+pub fn gib_or_mib(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        gib(bytes)
+    } else {
+        format!("{:.0} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
 /// Bytes as GiB with one decimal, the unit of the trainer's memory line ("2.4 GiB").
 pub fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -54,6 +81,8 @@ mod tests {
         assert_eq!(parse_kib(text, "VmRSS:"), Some(65_432));
         assert_eq!(parse_kib(text, "VmSwap:"), None);
         assert_eq!(gib(3 << 29), "1.5 GiB");
+        assert_eq!(gib_or_mib(3 << 29), "1.5 GiB");
+        assert_eq!(gib_or_mib(212 << 20), "212 MiB");
     }
 
     #[cfg(target_os = "linux")]

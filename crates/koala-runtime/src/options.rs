@@ -1,5 +1,6 @@
 //! Session options and the default thread count.
 
+use crate::Arena;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
 /// How much ONNX Runtime may rewrite the graph before running it.
@@ -38,6 +39,13 @@ pub struct SessionOptions {
     /// fell from 0.33–0.36 s to 0.09–0.11 s and throughput rose 4–5 %, ORT's own time
     /// unchanged.
     pub spinning: bool,
+    /// Which CPU arena holds the session's intermediate tensors; default
+    /// [`Arena::PowerOfTwo`], the session's own.
+    pub arena: Arena,
+    /// ONNX Runtime graph optimizers to skip, by name (e.g.
+    /// `CommonSubexpressionElimination`, which would merge the values a training graph
+    /// recomputes back into the ones it means not to keep).
+    pub disabled_optimizers: Vec<&'static str>,
 }
 
 impl Default for SessionOptions {
@@ -47,6 +55,8 @@ impl Default for SessionOptions {
             optimization: OptimizationLevel::All,
             memory_pattern: true,
             spinning: false,
+            arena: Arena::PowerOfTwo,
+            disabled_optimizers: Vec::new(),
         }
     }
 }
@@ -72,6 +82,22 @@ impl SessionOptions {
         let err = |what: &str| {
             let context = format!("{context}: setting {what}");
             move |e: ort::Error<SessionBuilder>| crate::Error::ort(context, e)
+        };
+        let builder = match self.arena {
+            Arena::PowerOfTwo => builder,
+            Arena::Exact => {
+                crate::arena::ensure_exact_arena()?;
+                builder
+                    .with_env_allocators()
+                    .map_err(err("the shared CPU arena"))?
+            }
+        };
+        let builder = if self.disabled_optimizers.is_empty() {
+            builder
+        } else {
+            builder
+                .with_disabled_optimizers(self.disabled_optimizers.join(";"))
+                .map_err(err("the disabled optimizers"))?
         };
         builder
             .with_intra_threads(self.resolved_intra_threads())

@@ -135,6 +135,13 @@ impl Session {
         })
     }
 
+    /// ONNX Runtime's counters for this session's CPU arena (peak bytes of live tensors,
+    /// bytes reserved), or `None` where ORT reports none. For memory diagnostics: the arena
+    /// holds a run's activations and temporaries, not the buffers koala binds.
+    pub fn arena_stats(&self) -> Option<crate::ArenaStats> {
+        crate::arena::stats(&self.inner)
+    }
+
     /// The model's inputs, in graph order.
     pub fn inputs(&self) -> &[ValueInfo] {
         &self.inputs

@@ -11,7 +11,8 @@ use std::time::Instant;
 
 use common::{max_abs_diff, read_f32, tiny_cnn_dir, within_30s};
 use koala_runtime::{
-    Dim, ElementType, OptimizationLevel, Runner, Session, SessionOptions, TensorView, TensorViewMut,
+    Arena, Dim, ElementType, OptimizationLevel, Runner, Session, SessionOptions, TensorView,
+    TensorViewMut,
 };
 
 const TOL: f32 = 1e-5;
@@ -132,6 +133,7 @@ fn thread_counts_and_optimization_levels_agree_with_reference() {
                 memory_pattern: threads == 1,
                 // Both settings of ORT's spinning must give the same numbers.
                 spinning: threads == 2,
+                ..SessionOptions::default()
             };
             assert_eq!(opts.resolved_intra_threads(), threads);
             let out = session(&opts)
@@ -204,4 +206,32 @@ fn timing_run_versus_run_into_versus_runner() {
         "tiny_cnn forward, median of {N} ({} intra-op threads): run {run_us:.1} µs, run_into {run_into_us:.1} µs, runner {runner_us:.1} µs",
         opts.resolved_intra_threads()
     );
+}
+
+/// Both CPU arenas give the reference logits, and ORT's counters describe each: a run puts
+/// live tensors in the arena (peak in use > 0), which reserves at least that much. The
+/// shared exact-growth arena (`Arena::Exact`) serves every session that asks for it.
+#[test]
+fn both_arenas_agree_with_reference_and_report_their_use() {
+    let x = input();
+    for arena in [Arena::PowerOfTwo, Arena::Exact, Arena::Exact] {
+        let opts = SessionOptions {
+            arena,
+            memory_pattern: false,
+            ..SessionOptions::default()
+        };
+        let mut s = session(&opts);
+        let out = s.run(&[("input", TensorView::f32(&x, &SHAPE))]).unwrap();
+        let d = max_abs_diff(out[0].as_f32().unwrap(), &reference_logits());
+        assert!(d <= TOL, "{arena:?}: max abs diff {d}");
+        let stats = s
+            .arena_stats()
+            .unwrap_or_else(|| panic!("{arena:?}: ORT reports no arena counters"));
+        assert!(stats.max_in_use > 0, "{arena:?}: {stats:?}");
+        assert!(
+            stats.total_allocated >= stats.max_in_use,
+            "{arena:?}: {stats:?}"
+        );
+        assert!(stats.max_alloc <= stats.max_in_use, "{arena:?}: {stats:?}");
+    }
 }

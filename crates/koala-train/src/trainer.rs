@@ -78,6 +78,9 @@ pub struct RunSummary {
     /// process, in order: the phase where it grows is the one that holds the peak. Empty
     /// where the system does not report it (see `koala_runtime::memory`).
     pub memory: Vec<(&'static str, u64)>,
+    /// ONNX Runtime's counters for the training step's arena (its intermediate tensors):
+    /// the peak of live bytes and what the arena reserved. `None` where ORT reports none.
+    pub step_arena: Option<koala_runtime::ArenaStats>,
 }
 
 /// One optimizer group: which tensors, the optimizer and its state.
@@ -368,11 +371,14 @@ impl Run {
         Ok(run)
     }
 
-    /// Records the process's peak RSS so far as the end of `phase`.
+    /// Records the process's peak RSS so far as the end of `phase`, then returns the heap
+    /// pages the phase freed to the system, so the next phase's peak is not stacked on
+    /// memory that only sits in the allocator's free lists (the build's model copies).
     fn mark_memory(&mut self, phase: &'static str) {
         if let Some(peak) = koala_runtime::memory::peak_rss() {
             self.memory.push((phase, peak));
         }
+        koala_runtime::memory::release_free_heap();
     }
 
     fn restore(&mut self, dir: &Path) -> Result<()> {
@@ -790,6 +796,7 @@ impl Run {
                 )
             })?;
         self.mark_memory("export and its check");
+        let step_arena = self.step.arena_stats();
         Ok(RunSummary {
             run_dir: self.cfg.run_dir.clone(),
             before,
@@ -810,6 +817,7 @@ impl Run {
             export_tract: check.tract,
             export_eval: check.eval,
             memory: self.memory,
+            step_arena,
         })
     }
 

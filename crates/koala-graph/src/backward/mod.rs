@@ -121,7 +121,7 @@ pub enum ExecutionTarget {
 }
 
 /// Options of the backward generator.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BackwardOptions {
     /// The runtime the training graph is written for.
     #[serde(default)]
@@ -136,6 +136,26 @@ pub struct BackwardOptions {
     /// Formulation of the gradient of a Gather on a weight (embeddings).
     #[serde(default)]
     pub embedding_grad: EmbeddingGrad,
+    /// Recompute cheap element-wise forward values in the backward pass instead of keeping
+    /// them (`recompute.rs`); on by default.
+    #[serde(default = "yes")]
+    pub recompute: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BackwardOptions {
+    fn default() -> Self {
+        BackwardOptions {
+            target: ExecutionTarget::default(),
+            conv_weight_grad: ConvWeightGrad::default(),
+            keep_batchnorm: false,
+            embedding_grad: EmbeddingGrad::default(),
+            recompute: true,
+        }
+    }
 }
 
 /// Values that depend on a trainable weight through float computations.
