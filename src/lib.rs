@@ -69,6 +69,23 @@ fn eval_text(task: train::task::TaskKind, r: &train::eval::EvalResult) -> String
     }
 }
 
+/// What a run directory holds, for the closing line: its entries sorted by name, folders
+/// with a trailing `/`, hidden files (the run lock) left out.
+fn run_dir_contents(dir: &std::path::Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let slash = if e.path().is_dir() { "/" } else { "" };
+            (!name.starts_with('.')).then(|| format!("{name}{slash}"))
+        })
+        .collect();
+    names.sort();
+    names.join(", ")
+}
+
 /// The end-of-run summary printed by `koala finetune`.
 pub fn summary_text(r: &train::RunSummary) -> String {
     let mut s = String::new();
@@ -129,25 +146,28 @@ pub fn summary_text(r: &train::RunSummary) -> String {
         );
     }
     if let Some(a) = r.step_arena {
+        use koala_runtime::memory::gib_or_mib;
+        // Between steps the arena holds only what ORT keeps for good: prepacked frozen
+        // weights (a LoRA run's base model), not activations.
+        let held = match a.in_use {
+            0 => String::new(),
+            b => format!(
+                " ({} of it held between steps: prepacked frozen weights)",
+                gib_or_mib(b)
+            ),
+        };
         let _ = writeln!(
             s,
-            "training step's ONNX Runtime arena: {} of intermediate tensors at its peak, {} reserved",
-            koala_runtime::memory::gib_or_mib(a.max_in_use),
-            koala_runtime::memory::gib_or_mib(a.total_allocated)
+            "training step's ONNX Runtime arena: {} in use at its peak{held}, {} reserved",
+            gib_or_mib(a.max_in_use),
+            gib_or_mib(a.total_allocated)
         );
     }
-    // The exported file first when it was written into the run directory (the default).
-    let export_here = r
-        .export
-        .parent()
-        .filter(|p| *p == r.run_dir)
-        .and_then(|_| r.export.file_name())
-        .map(|f| format!("{}, ", f.to_string_lossy()))
-        .unwrap_or_default();
     let _ = write!(
         s,
-        "run directory {} ({export_here}config.toml, metrics.jsonl, curves.png, checkpoints/)",
-        r.run_dir.display()
+        "run directory {} ({})",
+        r.run_dir.display(),
+        run_dir_contents(&r.run_dir)
     );
     s
 }

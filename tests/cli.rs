@@ -726,7 +726,18 @@ fn fixed_batch_of_one_trains_with_accumulation() {
     // directory's contents.
     assert!(
         text(&out.stdout).contains("training step's ONNX Runtime arena: ")
-            && text(&out.stdout).contains("(model.onnx, config.toml, metrics.jsonl"),
+            && text(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("run directory ")
+                    && [
+                        "checkpoints/",
+                        "config.toml",
+                        "curves.png",
+                        "metrics.jsonl",
+                        "model.onnx"
+                    ]
+                    .iter()
+                    .all(|f| l.contains(f))),
         "{}",
         text(&out.stdout)
     );

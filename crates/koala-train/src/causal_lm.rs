@@ -421,11 +421,15 @@ impl Task for CausalLm {
         trainable: &[(String, Vec<usize>)],
     ) -> Result<()> {
         // The evaluation graph must see tied copies as their canonical tensor,
-        // which is the one that trains.
-        let mut tied_model = model.clone();
-        tied::tie(&mut tied_model, &self.tied);
-        self.evaluator = Some(LmEvaluator::with_weights(
-            &tied_model,
+        // which is the one that trains. Tied on the evaluation graph, which holds no trained
+        // values, rather than on a clone of the model (0.5 GB for SmolLM2-135M, at the
+        // graph-build phase's peak).
+        let sig = lm_signature::detect(model)?;
+        let mut graph = eval::eval_graph(model, trainable)?;
+        tied::tie(&mut graph, &self.tied);
+        self.evaluator = Some(LmEvaluator::from_eval_graph(
+            sig,
+            &graph,
             trainable,
             self.cfg.threads,
         )?);
@@ -532,11 +536,24 @@ impl LmEvaluator {
         let sig = lm_signature::detect(model)?;
         // Serialised straight from `model` when nothing is bound (no 0.5 GB clone for
         // SmolLM2-135M).
-        let bytes = if trainable.is_empty() {
-            model.to_bytes()
-        } else {
-            eval::eval_graph(model, trainable)?.to_bytes()
-        };
+        if trainable.is_empty() {
+            return LmEvaluator::from_eval_graph(sig, model, trainable, threads);
+        }
+        let graph = eval::eval_graph(model, trainable)?;
+        LmEvaluator::from_eval_graph(sig, &graph, trainable, threads)
+    }
+
+    /// An evaluator over `graph`, the model with the `trainable` tensors as inputs
+    /// ([`eval::eval_graph`]), or the model itself when none are; `sig` is the model's
+    /// input signature.
+    pub fn from_eval_graph(
+        sig: LmSignature,
+        graph: &Model,
+        trainable: &[(String, Vec<usize>)],
+        threads: Option<usize>,
+    ) -> Result<LmEvaluator> {
+        let model = graph;
+        let bytes = model.to_bytes();
         let opts = SessionOptions {
             intra_threads: threads,
             ..SessionOptions::default()
