@@ -31,7 +31,7 @@ pub fn fold_batchnorm_into_conv(model: &mut Model) -> usize {
     } = crate::model::GraphIndex::of(g);
     let mut plans: Vec<(usize, usize, DataType, usize)> = Vec::new(); // (conv, bn, dtype, weight rank)
     for (bi, bn) in g.node.iter().enumerate() {
-        if bn.op_type != "BatchNormalization" || !(bn.domain.is_empty() || bn.domain == "ai.onnx") {
+        if bn.op_type != "BatchNormalization" || !crate::model::is_default_domain(bn) {
             continue;
         }
         if attrs::int(bn, "training_mode", 0) != 0

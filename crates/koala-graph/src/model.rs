@@ -22,10 +22,15 @@ pub struct Model {
     pub source: Option<PathBuf>,
 }
 
+/// Is `node` in ONNX's default operator domain (`""` or `"ai.onnx"`)?
+pub fn is_default_domain(node: &NodeProto) -> bool {
+    node.domain.is_empty() || node.domain == "ai.onnx"
+}
+
 /// A human-readable label for a node: index, name and op, as used in every
 /// error message that concerns a node.
 pub fn node_label(index: usize, node: &NodeProto) -> String {
-    let dom = if node.domain.is_empty() || node.domain == "ai.onnx" {
+    let dom = if is_default_domain(node) {
         String::new()
     } else {
         format!("{}::", node.domain)

@@ -28,6 +28,7 @@
 //!
 //! Tests: `crates/koala-graph/tests/recompute.rs`.
 
+use crate::model::is_default_domain;
 use crate::proto::NodeProto;
 use std::collections::{HashMap, HashSet};
 
@@ -94,8 +95,7 @@ pub fn recompute_in_backward(
     // Forward order: which nodes could be recomputed from what the backward pass has.
     let mut recomputable: HashSet<String> = HashSet::new();
     for n in &nodes[..n_forward] {
-        let standard = n.domain.is_empty() || n.domain == "ai.onnx";
-        if standard
+        if is_default_domain(n)
             && RECOMPUTED.contains(&n.op_type.as_str())
             && n.output.len() == 1
             && n.input
@@ -116,22 +116,20 @@ pub fn recompute_in_backward(
         }
     }
     picked.reverse();
-    let cloned: HashMap<String, String> = picked
+    if picked.is_empty() {
+        return Vec::new();
+    }
+    // (original, clone) names, in forward order.
+    let pairs: Vec<(String, String)> = picked
         .iter()
         .map(|&i| {
             let out = &nodes[i].output[0];
             (out.clone(), format!("{PREFIX}{out}"))
         })
         .collect();
-    if picked.is_empty() {
-        return Vec::new();
-    }
-    let pairs: Vec<(String, String)> = picked
+    let cloned: HashMap<&str, &str> = pairs
         .iter()
-        .map(|&i| {
-            let out = &nodes[i].output[0];
-            (out.clone(), cloned[out].clone())
-        })
+        .map(|(o, c)| (o.as_str(), c.as_str()))
         .collect();
     // Where each clone must exist by: its own first backward reader, or the place of a
     // later clone that reads it (walk the picks backwards so readers are placed first).
@@ -146,47 +144,34 @@ pub fn recompute_in_backward(
         }
         position.insert(i, pos);
     }
-    let clones: Vec<(usize, NodeProto)> = picked
-        .iter()
-        .map(|&i| {
-            let mut c = nodes[i].clone();
-            c.name = format!("{PREFIX}{}", nodes[i].name);
-            for x in c.input.iter_mut() {
-                if let Some(y) = cloned.get(x.as_str()) {
-                    *x = y.clone();
-                }
-            }
-            c.output = vec![cloned[&nodes[i].output[0]].clone()];
-            (position[&i], c)
-        })
-        .collect();
+    // Clones grouped by the node they go before, each group in forward order (so every
+    // clone's inputs come before it).
+    let mut insert_before: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    for (&i, (_, clone)) in picked.iter().zip(&pairs) {
+        let mut c = nodes[i].clone();
+        c.name = format!("{PREFIX}{}", nodes[i].name);
+        redirect(&mut c, &cloned);
+        c.output = vec![clone.clone()];
+        insert_before.entry(position[&i]).or_default().push(c);
+    }
     for n in nodes[n_forward..].iter_mut() {
-        for x in n.input.iter_mut() {
-            if let Some(y) = cloned.get(x.as_str()) {
-                *x = y.clone();
-            }
-        }
+        redirect(n, &cloned);
     }
-    // Insert from the back so earlier positions stay valid; clones sharing a position keep
-    // forward order (each one's inputs come before it).
-    let mut by_position: Vec<(usize, usize, NodeProto)> = clones
-        .into_iter()
-        .enumerate()
-        .map(|(order, (pos, c))| (pos, order, c))
-        .collect();
-    by_position.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
-    let mut cut = nodes.len();
-    let mut rest = std::mem::take(nodes);
-    let mut out_rev: Vec<NodeProto> = Vec::new();
-    for (pos, _, c) in by_position {
-        if pos < cut {
-            out_rev.extend(rest.split_off(pos).into_iter().rev());
-            cut = pos;
+    let old = std::mem::take(nodes);
+    for (k, n) in old.into_iter().enumerate() {
+        if let Some(pre) = insert_before.remove(&k) {
+            nodes.extend(pre);
         }
-        out_rev.push(c);
+        nodes.push(n);
     }
-    out_rev.extend(rest.into_iter().rev());
-    out_rev.reverse();
-    *nodes = out_rev;
     pairs
+}
+
+/// Points `node`'s inputs at the clones of the values that have one.
+fn redirect(node: &mut NodeProto, cloned: &HashMap<&str, &str>) {
+    for x in node.input.iter_mut() {
+        if let Some(y) = cloned.get(x.as_str()) {
+            *x = y.to_string();
+        }
+    }
 }

@@ -32,7 +32,7 @@
 //! the rewrite, every rank of `A`, and where it must not apply).
 
 use crate::attrs::{self, a_int, a_tensor};
-use crate::model::Model;
+use crate::model::{is_default_domain, Model};
 use crate::proto::NodeProto;
 use crate::tensor;
 use std::collections::{HashMap, HashSet};
@@ -82,10 +82,9 @@ fn find(model: &Model) -> Vec<(usize, usize)> {
         readers,
         producer,
     } = crate::model::GraphIndex::of(g);
-    let standard = |n: &NodeProto| n.domain.is_empty() || n.domain == "ai.onnx";
     let mut plans = Vec::new();
     for (mi, m) in g.node.iter().enumerate() {
-        if m.op_type != "MatMul" || !standard(m) || m.input.len() != 2 {
+        if m.op_type != "MatMul" || !is_default_domain(m) || m.input.len() != 2 {
             continue;
         }
         let b = m.input[1].as_str();
@@ -96,7 +95,7 @@ fn find(model: &Model) -> Vec<(usize, usize)> {
             None => true, // the default reverses the axes: [1, 0] for a matrix
         };
         if t.op_type != "Transpose"
-            || !standard(t)
+            || !is_default_domain(t)
             || !swaps
             || !rank2.contains(t.input[0].as_str())
             || readers.get(b) != Some(&1)

@@ -12,6 +12,7 @@ use super::{
     layernorm, lrn, math, matmul, pool, reduce, resize, shape_ops, slice_pad, softmax, tile_expand,
     where_, Rule,
 };
+use crate::model::is_default_domain;
 use crate::proto::NodeProto;
 
 /// Highest default-domain opset koala supports (see `check::OPSETS`).
@@ -181,10 +182,6 @@ pub const NON_DIFFERENTIABLE: &[NonDifferentiable] = &[
 /// Is `node` an op through which no gradient flows?
 pub fn is_non_differentiable(node: &NodeProto) -> bool {
     is_default_domain(node) && NON_DIFFERENTIABLE.iter().any(|e| e.op == node.op_type)
-}
-
-fn is_default_domain(node: &NodeProto) -> bool {
-    node.domain.is_empty() || node.domain == "ai.onnx"
 }
 
 /// The table entry for an op at a given opset, if koala has a rule for it.
